@@ -1,0 +1,279 @@
+"""The application object: workflow registry, store, and the ways to start and run work."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from codara.config import Settings, load_settings
+from codara.engine._codec import decode, dumps, input_adapter, validate_input
+from codara.engine._executor import Outcome, Workflow, WorkflowFn, execute
+from codara.engine._retry import RetryPolicy
+from codara.engine._worker import Worker
+from codara.errors import (
+    ConflictError,
+    InputError,
+    NotFoundError,
+    RunError,
+    UnknownWorkflowError,
+    WorkflowVersionError,
+)
+from codara.store import JournalRecord, RunRecord, Store, open_store
+from codara.store import Migrate as _Migrate
+from codara.trace import AuditReport, genesis_hash, verify_chain
+
+__all__ = ["App", "new_run_id"]
+
+log = logging.getLogger("codara")
+F = TypeVar("F", bound=WorkflowFn)
+
+
+def new_run_id() -> str:
+    """Time-ordered, unique: 12 hex digits of milliseconds, then 20 random hex digits."""
+    return f"{int(time.time() * 1000):012x}{uuid.uuid4().hex[:20]}"
+
+
+class App:
+    """A Codara application: its workflows and the store their runs live in.
+
+    ``App()`` reads ``codara.toml`` and ``CODARA_*`` variables; keyword arguments override
+    them. Use it as an async context manager (or ``await app.open()`` / ``close()``).
+    """
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        durability: str | None = None,
+        settings: Settings | None = None,
+        config_file: str | os.PathLike[str] | None = None,
+        clock: Callable[[], float] = time.time,
+        retry: RetryPolicy | None = None,
+        migrate: _Migrate = "create-if-empty",
+    ) -> None:
+        if settings is None:
+            settings = load_settings(
+                config_file,
+                overrides={"store": {"url": database_url, "durability": durability}},
+            )
+        self.settings = settings
+        self.clock = clock
+        self.retry = retry or RetryPolicy()
+        self._migrate: _Migrate = migrate
+        self._workflows: dict[str, dict[str, Workflow]] = {}
+        self._store: Store | None = None
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> App:
+        return cls(config_file=path, **kwargs)
+
+    # -- registry --------------------------------------------------------------------------
+    def workflow(
+        self, *, name: str, version: str = "1", compatible_with: Sequence[str] = ()
+    ) -> Callable[[F], F]:
+        """Register an async function ``fn(ctx, input)`` as workflow ``name`` at ``version``.
+
+        ``compatible_with`` lists older versions whose unfinished runs this code may resume
+        (their journals replay the same sequence of operations).
+        """
+
+        def register(fn: F) -> F:
+            if not asyncio.iscoroutinefunction(fn):
+                raise TypeError(f"workflow {name!r} must be an async function")
+            versions = self._workflows.setdefault(name, {})
+            if version in versions:
+                raise ValueError(f"workflow {name!r} version {version!r} is registered twice")
+            versions[version] = Workflow(
+                name, version, fn, tuple(str(v) for v in compatible_with), input_adapter(fn)
+            )
+            return fn
+
+        return register
+
+    def workflows(self) -> list[Workflow]:
+        return [wf for versions in self._workflows.values() for wf in versions.values()]
+
+    def latest(self, name: str) -> Workflow:
+        versions = self._workflows.get(name)
+        if not versions:
+            known = ", ".join(sorted(self._workflows)) or "none"
+            raise UnknownWorkflowError(
+                f"no workflow named {name!r} is registered (known: {known})",
+                hint="check the name, or import the module that defines it",
+            )
+        return list(versions.values())[-1]
+
+    def _for_run(self, workflow: str, version: str) -> Workflow:
+        for wf in self._workflows.get(workflow, {}).values():
+            if version == wf.version or version in wf.compatible_with:
+                return wf
+        have = ", ".join(self._workflows.get(workflow, {})) or "none"
+        raise WorkflowVersionError(
+            f"run needs workflow {workflow!r} version {version!r}, but this process has "
+            f"versions: {have}",
+            hint=f"run a worker with version {version} of {workflow!r}, or declare the new "
+            f"version compatible_with=[{version!r}] if it replays the same operations",
+        )
+
+    def _keys(self) -> list[str]:
+        return [key for wf in self.workflows() for key in wf.keys]
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise RuntimeError("the app is not open: use `async with app:` first")
+        return self._store
+
+    async def open(self) -> App:
+        if self._store is None:
+            s = self.settings.store
+            self._store = await open_store(
+                s.url, durability=s.durability, pool_size=s.pool_size, migrate=self._migrate
+            )
+        return self
+
+    async def close(self) -> None:
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+
+    async def __aenter__(self) -> App:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- starting runs ---------------------------------------------------------------------
+    async def start_run(self, workflow: str, input: Any = None, *, key: str | None = None) -> str:
+        """Enqueue a run of the latest version of ``workflow``; return its id.
+
+        A ``key`` makes the start idempotent: the same key returns the same run.
+        """
+        return (await self.start_runs(workflow, [input], keys=[key]))[0]
+
+    async def start_runs(
+        self, workflow: str, inputs: Sequence[Any], *, keys: Sequence[str | None] | None = None
+    ) -> list[str]:
+        """Enqueue many runs in one transaction (all or none)."""
+        wf = self.latest(workflow)
+        rows = []
+        for i, value in enumerate(inputs):
+            validate_input(wf.input_adapter, value, workflow)
+            try:
+                text = dumps(value)
+            except TypeError as exc:
+                raise InputError(f"input #{i} for {workflow!r} is not JSON: {exc}") from exc
+            run_id = new_run_id()
+            key = keys[i] if keys is not None else None
+            genesis = genesis_hash(run_id, wf.name, wf.version, text)
+            rows.append((run_id, wf.name, wf.version, text, key, genesis))
+        return await self.store.create_runs(rows, self.clock())
+
+    async def run(self, workflow: str, input: Any = None) -> Any:
+        """Start a run and execute it in this process; return its output.
+
+        Raises :class:`RunError` if the run fails, or parks on a wait or timer (a worker will
+        carry on with it).
+        """
+        run_id = await self.start_run(workflow, input)
+        outcome = await self.resume(run_id)
+        if outcome.status != "completed":
+            raise RunError(
+                f"run {run_id} is {outcome.status}"
+                + (f": {outcome.error['message']}" if outcome.error else ""),
+                hint=f"see `codara runs show {run_id}`",
+            )
+        return outcome.output
+
+    async def resume(self, run_id: str) -> Outcome:
+        """Claim one ready run by id and execute it here (replaying its journal)."""
+        record = await self.get_run(run_id)
+        wf = self._for_run(record.workflow, record.version)
+        now = self.clock()
+        lease = self.settings.worker.lease_seconds
+        owner = f"inline:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        claims = await self.store.claim(owner, wf.keys, 1, now, now + lease, run_id=run_id)
+        if not claims:
+            raise ConflictError(
+                f"run {run_id} is {record.status} and cannot be claimed now",
+                hint="a worker owns it, it is finished, or it waits for a signal or a timer",
+            )
+        return await execute(self.store, wf, claims[0], clock=self.clock, retry=self.retry)
+
+    # -- workers ---------------------------------------------------------------------------
+    def worker(self, *, concurrency: int | None = None, name: str | None = None) -> Worker:
+        return Worker(
+            store=self.store,
+            workflows={k: wf for wf in self.workflows() for k in wf.keys},
+            concurrency=concurrency or self.settings.worker.concurrency,
+            lease_seconds=self.settings.worker.lease_seconds,
+            poll_interval=self.settings.worker.poll_interval,
+            clock=self.clock,
+            retry=self.retry,
+            name=name,
+        )
+
+    async def work(
+        self,
+        *,
+        concurrency: int | None = None,
+        until_idle: bool = False,
+        stop: asyncio.Event | None = None,
+    ) -> int:
+        """Run a worker in this process; return how many runs it executed."""
+        return await self.worker(concurrency=concurrency).run(until_idle=until_idle, stop=stop)
+
+    # -- signals, cancel, inspection -------------------------------------------------------
+    async def send_signal(self, run_id: str, name: str, payload: Any = None) -> None:
+        try:
+            text = dumps(payload)
+        except TypeError as exc:
+            raise InputError(f"signal payload is not JSON: {exc}") from exc
+        if not await self.store.send_signal(run_id, name, text, self.clock()):
+            record = await self.get_run(run_id)
+            raise ConflictError(
+                f"run {run_id} is {record.status}; it takes no more signals",
+                hint="signals go to runs that are not finished",
+            )
+
+    async def cancel(self, run_id: str) -> None:
+        if not await self.store.cancel(run_id, self.clock()):
+            record = await self.get_run(run_id)
+            raise ConflictError(f"run {run_id} is already {record.status}")
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        record = await self.store.get_run(run_id)
+        if record is None:
+            raise NotFoundError(
+                f"no run with id {run_id!r}", hint="list runs with `codara runs list`"
+            )
+        return record
+
+    async def journal(self, run_id: str) -> list[JournalRecord]:
+        await self.get_run(run_id)
+        return await self.store.journal(run_id)
+
+    async def output(self, run_id: str) -> Any:
+        return decode((await self.get_run(run_id)).output)
+
+    async def wait_run(
+        self, run_id: str, *, timeout: float = 60.0, poll: float = 0.05
+    ) -> RunRecord:
+        """Poll until the run is finished (for scripts and tests)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            record = await self.get_run(run_id)
+            if record.status in ("completed", "failed", "cancelled"):
+                return record
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} is still {record.status} after {timeout} s")
+            await asyncio.sleep(poll)
+
+    async def verify(self, run_id: str | None = None) -> AuditReport:
+        return await verify_chain(self.store, run_id)

@@ -1,0 +1,147 @@
+"""Executes one claimed run: replays its journal, runs the workflow, parks or finishes it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from codara.engine._codec import decode, dump_error, dumps, validate_input
+from codara.engine._context import Abort, Context
+from codara.engine._retry import RetryPolicy
+from codara.errors import CodaraError
+from codara.store import Claim, FencedError, JournalRecord, Store
+from codara.trace import genesis_hash
+
+__all__ = ["Outcome", "Workflow", "execute"]
+
+log = logging.getLogger("codara.worker")
+
+WorkflowFn = Callable[[Context, Any], Any]
+
+
+@dataclass(frozen=True)
+class Workflow:
+    name: str
+    version: str
+    fn: WorkflowFn
+    compatible_with: tuple[str, ...]
+    input_adapter: TypeAdapter[Any] | None
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(f"{self.name}@{v}" for v in (self.version, *self.compatible_with))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # completed | failed | sleeping | waiting | lost
+    output: Any = None
+    error: dict[str, Any] | None = None
+
+
+async def execute(
+    store: Store,
+    workflow: Workflow,
+    claim: Claim,
+    *,
+    clock: Callable[[], float],
+    retry: RetryPolicy,
+    on_context: Callable[[Context], None] | None = None,
+) -> Outcome:
+    journal = await store.journal(claim.id)
+    ctx = Context(
+        store=store,
+        run_id=claim.id,
+        workflow=claim.workflow,
+        version=claim.version,
+        token=claim.token,
+        signal_version=claim.signal_version,
+        journal=journal,
+        genesis=genesis_hash(claim.id, claim.workflow, claim.version, claim.input),
+        clock=clock,
+        default_retry=retry,
+    )
+    if on_context is not None:
+        on_context(ctx)
+    try:
+        value = validate_input(workflow.input_adapter, decode(claim.input), workflow.name)
+    except CodaraError as exc:
+        return await _finish(store, ctx, claim, "failed", None, exc, clock)
+    task = asyncio.ensure_future(workflow.fn(ctx, value))
+    try:
+        await asyncio.wait((task, ctx.quiesced), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the worker is stopping or lost the lease
+        ctx.closing = True
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
+    if not task.done():
+        ctx.closing = True
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return await _park(store, ctx, claim, clock)
+    failure = task.exception()
+    if failure is None:
+        return await _finish(store, ctx, claim, "completed", task.result(), None, clock)
+    if isinstance(failure, Abort | FencedError):
+        log.info("run %s: another worker owns it now; stopped here", claim.id)
+        return Outcome("lost")
+    return await _finish(store, ctx, claim, "failed", None, failure, clock)
+
+
+async def _finish(
+    store: Store,
+    ctx: Context,
+    claim: Claim,
+    status: str,
+    value: Any,
+    exc: BaseException | None,
+    clock: Callable[[], float],
+) -> Outcome:
+    started = clock()
+    if exc is None:
+        try:
+            output: str | None = dumps(value)
+        except TypeError as err:
+            status, exc, output = "failed", err, None
+    else:
+        output = None
+    error = dump_error(exc) if exc is not None else None
+    record: JournalRecord = ctx._record(
+        -1, "result", status, status, None, output, error, started, 1
+    )
+    try:
+        await store.finish(claim.id, claim.token, status, output, error, record, clock())
+    except FencedError:
+        return Outcome("lost")
+    if exc is not None:
+        log.warning("run %s failed: %s", claim.id, exc)
+    return Outcome(status, value if exc is None else None, decode(error))
+
+
+async def _park(store: Store, ctx: Context, claim: Claim, clock: Callable[[], float]) -> Outcome:
+    deadlines = [b.deadline for b in ctx.blocks if b.deadline is not None]
+    signals = sorted({b.signal for b in ctx.blocks if b.signal is not None})
+    status = "waiting" if signals else "sleeping"
+    ready_at = min(deadlines) if deadlines else None
+    try:
+        newer = await store.suspend(
+            claim.id,
+            claim.token,
+            status,
+            ready_at,
+            ",".join(signals) or None,
+            ctx.signal_version,
+            clock(),
+        )
+        if newer is not None:  # a signal arrived while we were parking: run again now
+            await store.release(claim.id, claim.token, clock(), None, clock())
+            return Outcome("queued")
+    except FencedError:
+        return Outcome("lost")
+    return Outcome(status)

@@ -1,0 +1,184 @@
+"""Codara's exception tree.
+
+Every error Codara raises derives from :class:`CodaraError`. Each class carries a stable
+``code`` (for logs and the API), an HTTP status and a CLI exit code, so the three always
+agree. The tree is split by who has to act, as pydantic-ai does::
+
+    CodaraError
+    ├── UserError                  the person running Codara must fix something
+    │   ├── ConfigError            codara.toml, environment, a policy
+    │   ├── InputError             a malformed input file, JSON or argument
+    │   ├── UnknownWorkflowError   no workflow of that name is registered
+    │   └── NotFoundError          no run / review / user with that id
+    ├── StoreError                 our own database
+    │   ├── DatabaseUnreachableError
+    │   └── SchemaOutOfDateError   run `codara db upgrade`
+    ├── WorkflowCodeError          a mistake in workflow code
+    │   ├── NonDeterminismError    a replay took another path than the journal
+    │   └── WorkflowVersionError   the journal was written by a version this worker lacks
+    ├── ConflictError              the state changed under you (HTTP 409)
+    └── RunError                   a run failed while doing its work
+        ├── StepFailedError        a step raised (after its retries)
+        ├── WaitTimeoutError       a durable wait reached its timeout
+        └── ModelCallError         a model provider failed
+
+Errors that must not be retried carry ``non_retryable = True`` (as temporalio does).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "CodaraError",
+    "ConfigError",
+    "ConflictError",
+    "DatabaseUnreachableError",
+    "InputError",
+    "ModelCallError",
+    "NonDeterminismError",
+    "NotFoundError",
+    "RunError",
+    "SchemaOutOfDateError",
+    "StepFailedError",
+    "StoreError",
+    "UnknownWorkflowError",
+    "UserError",
+    "WaitTimeoutError",
+    "WorkflowCodeError",
+    "WorkflowVersionError",
+]
+
+
+class CodaraError(Exception):
+    """Base of every error Codara raises.
+
+    ``message`` says what happened; ``hint`` says what to do about it.
+    """
+
+    code: ClassVar[str] = "codara_error"
+    http_status: ClassVar[int] = 500
+    exit_code: ClassVar[int] = 1
+    non_retryable: bool = False
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\n  hint: {self.hint}"
+        return self.message
+
+    def to_dict(self) -> dict[str, str | None]:
+        """The error as the API and ``--json`` output show it."""
+        return {"code": self.code, "message": self.message, "hint": self.hint}
+
+
+class UserError(CodaraError):
+    code = "user_error"
+    http_status = 400
+    exit_code = 2
+    non_retryable = True
+
+
+class ConfigError(UserError):
+    code = "config_error"
+    exit_code = 3
+
+
+class InputError(UserError):
+    code = "input_error"
+    http_status = 422
+    exit_code = 4
+
+
+class UnknownWorkflowError(UserError):
+    code = "unknown_workflow"
+    http_status = 404
+    exit_code = 5
+
+
+class NotFoundError(UserError):
+    code = "not_found"
+    http_status = 404
+    exit_code = 6
+
+
+class StoreError(CodaraError):
+    code = "store_error"
+    http_status = 503
+    exit_code = 7
+
+
+class DatabaseUnreachableError(StoreError):
+    code = "database_unreachable"
+    exit_code = 8
+
+
+class SchemaOutOfDateError(StoreError):
+    code = "schema_out_of_date"
+    exit_code = 9
+    non_retryable = True
+
+
+class WorkflowCodeError(CodaraError):
+    code = "workflow_code_error"
+    exit_code = 10
+    non_retryable = True
+
+
+class NonDeterminismError(WorkflowCodeError):
+    code = "non_determinism"
+
+
+class WorkflowVersionError(WorkflowCodeError):
+    code = "workflow_version"
+    exit_code = 11
+
+
+class ConflictError(CodaraError):
+    code = "conflict"
+    http_status = 409
+    exit_code = 12
+    non_retryable = True
+
+
+class RunError(CodaraError):
+    code = "run_error"
+    exit_code = 13
+
+
+class StepFailedError(RunError):
+    """A step raised; ``error_type`` names the original exception class."""
+
+    code = "step_failed"
+
+    def __init__(
+        self,
+        step: str,
+        error_type: str,
+        error_message: str,
+        *,
+        non_retryable: bool = False,
+    ) -> None:
+        super().__init__(f"step {step!r} failed: {error_type}: {error_message}")
+        self.step = step
+        self.error_type = error_type
+        self.error_message = error_message
+        self.non_retryable = non_retryable
+
+
+class WaitTimeoutError(RunError, TimeoutError):
+    code = "wait_timeout"
+
+    def __init__(self, signal: str, timeout: float | None) -> None:
+        super().__init__(f"no signal {signal!r} arrived within {timeout} s")
+        self.signal = signal
+        self.timeout = timeout
+
+
+class ModelCallError(RunError):
+    code = "model_call_failed"
+    http_status = 502

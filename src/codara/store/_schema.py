@@ -1,0 +1,101 @@
+"""The one schema of Codara's own tables, for SQLite and PostgreSQL alike.
+
+Alembic migrations (``codara/store/migrations``) create and evolve it; this module is the
+description the migrations and the queries share. Times are UNIX epoch seconds stored as
+double precision, so both databases hold and compare them the same way.
+
+``runs.ready_at`` drives the queue: it is the moment a run may be claimed, whatever its
+status: the enqueue time of a queued run, the wake time of a sleeping or waiting run, the
+lease expiry of a running run, and NULL for a finished run or one that waits without a
+deadline. Claiming is therefore one range scan over one index.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    text,
+)
+
+__all__ = ["RUN_STATUSES", "TERMINAL_STATUSES", "journal", "metadata", "runs", "signals"]
+
+metadata = MetaData()
+
+RUN_STATUSES = ("queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
+TERMINAL_STATUSES = ("completed", "failed", "cancelled")
+
+_Time = Float(precision=53)
+
+runs = Table(
+    "codara_runs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("workflow", String(200), nullable=False),
+    Column("version", String(100), nullable=False),
+    Column("workflow_key", String(301), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("input", Text, nullable=False),
+    Column("output", Text),
+    Column("error", Text),
+    Column("ready_at", _Time),
+    Column("owner", String(100)),
+    Column("token", Integer, nullable=False, server_default=text("0")),
+    Column("waiting_for", String(200)),
+    Column("signal_version", Integer, nullable=False, server_default=text("0")),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("idempotency_key", String(200), unique=True),
+    Column("genesis_hash", String(64), nullable=False),
+    Column("created_at", _Time, nullable=False),
+    Column("updated_at", _Time, nullable=False),
+    Column("finished_at", _Time),
+    Index(
+        "ix_codara_runs_ready",
+        "ready_at",
+        sqlite_where=text("ready_at IS NOT NULL"),
+        postgresql_where=text("ready_at IS NOT NULL"),
+    ),
+    Index("ix_codara_runs_status_created", "status", "created_at"),
+    Index("ix_codara_runs_workflow_created", "workflow", "created_at"),
+    Index("ix_codara_runs_owner", "owner"),
+)
+
+journal = Table(
+    "codara_journal",
+    metadata,
+    Column("run_id", String(40), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("op", Integer, nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("name", String(300), nullable=False),
+    Column("status", String(10), nullable=False),
+    Column("input", Text),
+    Column("output", Text),
+    Column("error", Text),
+    Column("started_at", _Time, nullable=False),
+    Column("finished_at", _Time, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    PrimaryKeyConstraint("run_id", "seq", name="pk_codara_journal"),
+    sqlite_with_rowid=False,
+)
+
+signals = Table(
+    "codara_signals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(40), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("payload", Text),
+    Column("created_at", _Time, nullable=False),
+    Column("consumed_seq", Integer),
+    Index("ix_codara_signals_run_name", "run_id", "name", "consumed_seq"),
+)
