@@ -91,6 +91,8 @@ async def execute(
     if isinstance(failure, Abort | FencedError):
         log.info("run %s: another worker owns it now; stopped here", claim.id)
         return Outcome("lost")
+    if not isinstance(failure, Exception):  # SystemExit and the like: the process is ending
+        raise failure
     return await _finish(store, ctx, claim, "failed", None, failure, clock)
 
 

@@ -103,16 +103,18 @@ def check_run(run: RunRecord, rows: list[JournalRecord]) -> list[AuditProblem]:
     if run.genesis_hash != expected_genesis:
         problems.append(AuditProblem(run.id, None, "run input, workflow or version was edited"))
     prev = run.genesis_hash
-    for position, row in enumerate(rows):
-        if row.seq != position:
+    expected_seq = 0
+    for row in rows:
+        if row.seq != expected_seq:
             problems.append(
                 AuditProblem(
                     run.id,
                     row.seq,
-                    f"row at position {position} has seq {row.seq}: "
-                    "a row was deleted or inserted before it",
+                    f"expected seq {expected_seq} before seq {row.seq}: "
+                    "rows were deleted or inserted",
                 )
             )
+        expected_seq = row.seq + 1
         if row.prev_hash != prev:
             problems.append(
                 AuditProblem(

@@ -1,0 +1,60 @@
+# Codara: two commands do all the set-up on a fresh machine with Python 3.11+.
+#   make demo   creates .venv from uv.lock, runs the reference workload offline, prints the report
+#   make test   lint, types, import contract, unit, integration (SQLite + PostgreSQL), crash tests
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+UV := $(shell command -v uv 2>/dev/null || echo .bootstrap/bin/uv)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.synced
+
+.PHONY: demo test lint types imports unit bench env pg-start clean help
+
+help:
+	@echo "make demo   - run the reference workload (bank support inbox triage) and print the report"
+	@echo "make test   - the whole suite: lint, types, import contract, tests on SQLite and PostgreSQL"
+	@echo "make bench  - Codara vs LangGraph vs DBOS vs the raw commit floor (writes benchmarks/latest.json)"
+
+.bootstrap/bin/uv:
+	$(PYTHON) -m venv .bootstrap
+	.bootstrap/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+$(STAMP): uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen --all-groups
+	@touch $(STAMP)
+
+env: $(STAMP)
+
+demo: env
+	$(PY) -m examples.support_triage $(DEMO_ARGS)
+
+lint: env
+	$(VENV)/bin/ruff check src tests examples benchmarks
+	$(VENV)/bin/ruff format --check src tests examples benchmarks
+
+types: env
+	$(VENV)/bin/mypy
+
+imports: env
+	$(VENV)/bin/lint-imports
+
+pg-start:
+	@pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null || { \
+	  if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then \
+	    echo "starting PostgreSQL"; \
+	    pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start || true; \
+	  else \
+	    echo "!!! PostgreSQL is not running here: its tests will be skipped (set CODARA_TEST_POSTGRES_URL to enable)"; \
+	  fi; }
+
+unit: env pg-start
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test: lint types imports unit
+
+bench: env pg-start
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .bootstrap .mypy_cache .ruff_cache .pytest_cache .cache
