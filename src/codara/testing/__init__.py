@@ -1,0 +1,12 @@
+"""Test helpers that ship with Codara, for your own workflow tests.
+
+:class:`FakeLLMServer` is a loopback stand-in for the OpenAI and Anthropic APIs (in the spirit of
+``httpx.MockTransport``): point :class:`codara.models.LLMSettings` ``base_url`` at it and script
+its answers with :class:`FakeReply`. :class:`FakeClock` is a clock your tests move by hand
+(``App(clock=...)``), for timers, deadlines and leases.
+"""
+
+from codara.testing._clock import FakeClock
+from codara.testing._fake_llm import FakeLLMServer, FakeReply, FakeRequest
+
+__all__ = ["FakeClock", "FakeLLMServer", "FakeReply", "FakeRequest"]
