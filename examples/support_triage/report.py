@@ -1,0 +1,153 @@
+"""The metric report: what the triage did, how well, and how fast."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+import codara
+
+
+@dataclass
+class TriageReport:
+    processed: int = 0
+    failed: int = 0
+    unfinished: int = 0
+    auto: int = 0
+    auto_labelled: int = 0
+    auto_correct: int = 0
+    labelled: int = 0
+    correct: int = 0
+    human: int = 0
+    human_reasons: Counter[str] = field(default_factory=Counter)
+    wrong_auto: Counter[tuple[str, str]] = field(default_factory=Counter)
+    errors_by_intent: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+    example_auto: str | None = None
+    example_human: str | None = None
+
+    @property
+    def automation_rate(self) -> float:
+        return self.auto / self.processed if self.processed else 0.0
+
+    @property
+    def auto_precision(self) -> float | None:
+        return self.auto_correct / self.auto_labelled if self.auto_labelled else None
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labelled if self.labelled else None
+
+    @property
+    def throughput(self) -> float:
+        return self.processed / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tickets_processed": self.processed,
+            "runs_failed": self.failed,
+            "runs_unfinished": self.unfinished,
+            "automatic_answers": self.auto,
+            "sent_to_people": self.human,
+            "automation_rate": round(self.automation_rate, 4),
+            "precision_of_automatic_answers": _round(self.auto_precision),
+            "classifier_accuracy": _round(self.accuracy),
+            "throughput_tickets_per_s": round(self.throughput, 1),
+            "seconds": round(self.seconds, 2),
+            "human_reasons": dict(self.human_reasons),
+            "wrong_automatic_answers": [
+                {"true": t, "predicted": p, "count": n}
+                for (t, p), n in self.wrong_auto.most_common()
+            ],
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+async def build_report(app: codara.App, *, seconds: float) -> TriageReport:
+    report = TriageReport(seconds=seconds)
+    for run in await app.store.list_runs(workflow="triage", limit=1_000_000):
+        if run.status == "failed":
+            report.failed += 1
+            continue
+        if run.status != "completed" or run.output is None:
+            report.unfinished += 1
+            continue
+        ticket = json.loads(run.input)
+        out = json.loads(run.output)
+        label = ticket.get("label") or ticket.get("category")
+        report.processed += 1
+        if label is not None:
+            report.labelled += 1
+            if out["intent"] == label:
+                report.correct += 1
+            else:
+                report.errors_by_intent[label] += 1
+        if out["action"] == "auto_reply":
+            report.auto += 1
+            report.example_auto = report.example_auto or run.id
+            if label is not None:
+                report.auto_labelled += 1
+                if out["intent"] == label:
+                    report.auto_correct += 1
+                else:
+                    report.wrong_auto[(label, out["intent"])] += 1
+        else:
+            report.human += 1
+            report.example_human = report.example_human or run.id
+            reason = "sensitive intent" if out["reason"] == "sensitive intent" else "low confidence"
+            report.human_reasons[reason] += 1
+    return report
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def print_report(report: TriageReport, console: Console, *, config_hint: str) -> None:
+    table = Table(title="Support inbox triage: the metric report", show_header=False)
+    table.add_column("measure", style="bold")
+    table.add_column("value", justify="right")
+    table.add_row("tickets processed", f"{report.processed:,}")
+    table.add_row("answered automatically", f"{report.auto:,} ({_pct(report.automation_rate)})")
+    table.add_row("precision of automatic answers", _pct(report.auto_precision))
+    for reason, n in sorted(report.human_reasons.items()):
+        table.add_row(f"sent to a person: {reason}", f"{n:,}")
+    table.add_row("classifier accuracy (all tickets)", _pct(report.accuracy))
+    table.add_row("runs failed / unfinished", f"{report.failed} / {report.unfinished}")
+    table.add_row("throughput", f"{report.throughput:,.0f} tickets/s ({report.seconds:.1f} s)")
+    console.print(table)
+
+    if report.wrong_auto:
+        wrong = Table(title="Wrong automatic answers (true intent -> answered as)")
+        wrong.add_column("true intent")
+        wrong.add_column("answered as")
+        wrong.add_column("count", justify="right")
+        for (true, pred), n in report.wrong_auto.most_common(8):
+            wrong.add_row(true, pred, str(n))
+        console.print(wrong)
+    if report.errors_by_intent:
+        errs = Table(title="Classifier errors by true intent (top 8)")
+        errs.add_column("intent")
+        errs.add_column("errors", justify="right")
+        for intent, n in report.errors_by_intent.most_common(8):
+            errs.add_row(intent, str(n))
+        console.print(errs)
+    console.print("\n[bold]Inspect a run[/bold] (its steps, inputs, outputs and timings):")
+    for what, run_id in (
+        ("answered", report.example_auto),
+        ("sent to a person", report.example_human),
+    ):
+        if run_id:
+            console.print(
+                f"  {what:>17}: codara --config {config_hint} runs show {run_id}", soft_wrap=True
+            )
+    for what, command in (("all runs", "runs list"), ("audit trail", "audit verify")):
+        console.print(f"  {what:>17}: codara --config {config_hint} {command}", soft_wrap=True)

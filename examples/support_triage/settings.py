@@ -1,0 +1,46 @@
+"""The reference workload's own settings: the `[triage]` table of its codara.toml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from codara.config import Settings
+from codara.errors import ConfigError
+
+# Card-security and fraud intents always go to a person, however confident the model is.
+DEFAULT_SENSITIVE = (
+    "compromised_card",
+    "lost_or_stolen_card",
+    "lost_or_stolen_phone",
+    "card_payment_not_recognised",
+    "cash_withdrawal_not_recognised",
+    "direct_debit_payment_not_recognised",
+)
+
+
+class TriageSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    inbox_size: int = Field(default=2000, ge=1, le=9000)
+    fit_per_intent: int = Field(default=60, ge=5, le=200)
+    tune_per_intent: int = Field(default=20, ge=5, le=100)
+    target_precision: float = Field(default=0.98, gt=0.5, le=1.0)
+    sensitive_intents: tuple[str, ...] = DEFAULT_SENSITIVE
+    crm_path: Path = Path("demo-out/crm.db")
+    cache_dir: Path = Path(".cache/codara")
+    seed: int = 77
+
+
+def triage_settings(settings: Settings) -> TriageSettings:
+    try:
+        return TriageSettings.model_validate(dict(settings.section("triage")))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"triage.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(
+            f"invalid [triage] settings in {settings.source_file}: {problems}",
+            hint="see examples/support_triage/README.md for the keys",
+        ) from exc
