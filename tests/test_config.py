@@ -54,5 +54,5 @@ def test_an_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
 
 def test_bad_environment_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match="worker.concurrency"):
+    with pytest.raises(ConfigError, match=r"worker\.concurrency"):
         load_settings(environ={"CODARA_WORKER_CONCURRENCY": "lots"})

@@ -33,7 +33,7 @@ def create(path: Path, *, seed: int = 7) -> None:
     """(Re)create the CRM with ``CUSTOMERS`` synthetic customers."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - synthetic data, not security
     with sqlite3.connect(path) as conn:
         conn.executescript(_SCHEMA)
         conn.executemany(

@@ -65,7 +65,7 @@ def split(
     """Deterministic split. The inbox is a random sample of the whole set; fit and tune come
     only from what is left, at most ``fit_per_intent`` and ``tune_per_intent`` per intent."""
     rows = list(dict.fromkeys(examples))  # exact duplicates would leak across parts
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - a reproducible split
     rng.shuffle(rows)
     if not 0 < inbox_size < len(rows):
         raise ValueError(f"inbox size must be between 1 and {len(rows) - 1}, not {inbox_size}")

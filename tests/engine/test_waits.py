@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 
 import codara
-from codara.errors import ConflictError, NotFoundError, WaitTimeoutError
-
 from codara.config import load_settings
+from codara.errors import ConflictError, NotFoundError, WaitTimeoutError
 from codara.testing._clock import FakeClock
 
 

@@ -34,12 +34,12 @@ async def test_an_older_schema_is_never_upgraded_implicitly(sqlite_url: str) -> 
         conn.execute("UPDATE codara_alembic_version SET version_num = '0000'")
     with pytest.raises(SchemaOutOfDateError) as info:
         await open_store(sqlite_url, migrate="create-if-empty")
-    assert "has schema 0000" in info.value.message
+    assert "has schema revision 0000" in info.value.message
     assert "codara db upgrade" in str(info.value.hint)
 
 
 async def test_unreachable_postgres_is_a_clear_error() -> None:
-    with pytest.raises(DatabaseUnreachableError, match="127.0.0.1:1") as info:
+    with pytest.raises(DatabaseUnreachableError, match=r"127\.0\.0\.1:1") as info:
         await open_store("postgresql://postgres@127.0.0.1:1/test")
     assert "PostgreSQL running" in str(info.value.hint)
 

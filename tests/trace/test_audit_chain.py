@@ -69,7 +69,7 @@ async def test_swapped_rows_are_caught(finished_run: tuple[codara.App, str]) -> 
                 r.finished_at,
                 run_id,
                 a,
-            ),  # fmt: skip
+            ),
         )
     report = await app.verify()
     assert {p.seq for p in report.problems} >= {1, 3}

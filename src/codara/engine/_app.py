@@ -204,7 +204,14 @@ class App:
                 f"run {run_id} is {record.status} and cannot be claimed now",
                 hint="a worker owns it, it is finished, or it waits for a signal or a timer",
             )
-        return await execute(self.store, wf, claims[0], clock=self.clock, retry=self.retry)
+        claim = claims[0]
+        try:
+            return await execute(self.store, wf, claim, clock=self.clock, retry=self.retry)
+        except asyncio.CancelledError:
+            # Hand the run back so any worker resumes it now, not after the lease.
+            now = self.clock()
+            await asyncio.shield(self.store.release(claim.id, claim.token, now, None, now))
+            raise
 
     # -- workers ---------------------------------------------------------------------------
     def worker(self, *, concurrency: int | None = None, name: str | None = None) -> Worker:

@@ -62,9 +62,7 @@ def _needs_adapter(tp: Any) -> bool:
     if tp is inspect.Parameter.empty or tp in _PLAIN:
         return False
     # list[str], dict[str, Any]: JSON gives them back as they were
-    plain = typing.get_origin(tp) in (list, dict) and all(
-        a in _PLAIN for a in typing.get_args(tp)
-    )
+    plain = typing.get_origin(tp) in (list, dict) and all(a in _PLAIN for a in typing.get_args(tp))
     return not plain
 
 

@@ -94,7 +94,16 @@ class Worker:
     async def _execute(self, claim: Claim) -> None:
         try:
             wf = self.workflows[f"{claim.workflow}@{claim.version}"]
-            await execute(self.store, wf, claim, clock=self.clock, retry=self.retry)
+            started = self.clock()
+            outcome = await execute(self.store, wf, claim, clock=self.clock, retry=self.retry)
+            log.info(
+                "run %s (%s@%s): %s after %.3f s",
+                claim.id,
+                claim.workflow,
+                claim.version,
+                outcome.status,
+                self.clock() - started,
+            )
         except asyncio.CancelledError:
             pass
         except Exception:  # a store failure: the lease expires and another worker retries

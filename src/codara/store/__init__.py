@@ -53,10 +53,9 @@ async def open_store(
         if migrate == "upgrade" or (migrate == "create-if-empty" and state.empty):
             await asyncio.to_thread(upgrade, parsed)
         else:
-            have = state.current or "no Codara tables"
             raise SchemaOutOfDateError(
-                f"the database {parsed.redacted()} has schema {have}; "
-                f"this Codara needs {state.head}",
+                f"the database {parsed.redacted()} has schema {state.describe()}; "
+                f"this Codara needs revision {state.head}",
                 hint="run `codara db upgrade` (with the same CODARA_DATABASE_URL) and start again",
             )
     if parsed.dialect == "sqlite":

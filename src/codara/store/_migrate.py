@@ -9,11 +9,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from codara.errors import DatabaseUnreachableError, SchemaOutOfDateError
+from codara.errors import DatabaseUnreachableError, SchemaOutOfDateError, StoreError
 from codara.store._url import DatabaseURL, sqlite_parent_exists
 
 __all__ = ["SchemaState", "check_schema", "head_revision", "schema_state", "upgrade"]
@@ -68,6 +69,11 @@ class SchemaState:
     def up_to_date(self) -> bool:
         return self.current == self.head
 
+    def describe(self) -> str:
+        if self.current is not None:
+            return f"revision {self.current}"
+        return "tables without a version record" if self.has_tables else "no Codara tables"
+
     @property
     def empty(self) -> bool:
         return self.current is None and not self.has_tables
@@ -92,9 +98,10 @@ def check_schema(url: DatabaseURL) -> SchemaState:
     """Raise :class:`SchemaOutOfDateError` unless the schema is at the head revision."""
     state = schema_state(url)
     if not state.up_to_date:
-        have = state.current or "no Codara tables"
+        have = state.describe()
         raise SchemaOutOfDateError(
-            f"the database {url.redacted()} has schema {have}; this Codara needs {state.head}",
+            f"the database {url.redacted()} has schema {have}; this Codara needs revision "
+            f"{state.head}",
             hint="run `codara db upgrade` (with the same CODARA_DATABASE_URL) and start again",
         )
     return state
@@ -102,6 +109,13 @@ def check_schema(url: DatabaseURL) -> SchemaState:
 
 def upgrade(url: DatabaseURL, revision: str = "head") -> SchemaState:
     """Bring the schema to ``revision``; safe to run again, and from several processes."""
+    state = schema_state(url)  # raises DatabaseUnreachableError if it cannot connect
+    if state.current is None and state.has_tables:
+        raise StoreError(
+            f"the database {url.redacted()} has Codara tables but no schema version record",
+            hint="the codara_alembic_version table was emptied or dropped; restore it from a "
+            "backup, or move the tables aside and run `codara db upgrade` on an empty database",
+        )
     engine = _engine(url)
     cfg = _alembic_config()
     try:
@@ -111,8 +125,18 @@ def upgrade(url: DatabaseURL, revision: str = "head") -> SchemaState:
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7265436172)")
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
-    except OperationalError as exc:
-        raise unreachable(url, exc) from exc
+    except CommandError as exc:
+        raise StoreError(
+            f"cannot upgrade the schema of {url.redacted()}: {exc}",
+            hint="the database records a schema revision this Codara does not know: is it "
+            "from a newer Codara? Upgrade Codara, or restore the database from a backup",
+        ) from exc
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        raise StoreError(
+            f"the schema upgrade of {url.redacted()} failed and was rolled back: {reason}",
+            hint="nothing was changed; fix the cause above and run `codara db upgrade` again",
+        ) from exc
     finally:
         engine.dispose()
     return schema_state(url)

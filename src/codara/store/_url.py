@@ -24,7 +24,7 @@ class DatabaseURL:
 
     def redacted(self) -> str:
         """The URL with any password hidden, safe for logs and error messages."""
-        return self.sqlalchemy_url.render_as_string(hide_password=True)
+        return self.sqlalchemy_url.set(drivername=self.dialect).render_as_string(hide_password=True)
 
 
 def parse_url(url: str) -> DatabaseURL:

@@ -1,0 +1,62 @@
+"""A tiny Codara app the CLI tests load with ``--app sample_app:app``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pydantic import BaseModel
+
+import codara
+from codara.engine import NO_RETRY
+
+app = codara.App()
+
+
+class Ticket(BaseModel):
+    text: str
+    customer: str = "anonymous"
+
+
+@app.workflow(name="greet")
+async def greet(ctx: codara.Context, data: dict[str, Any] | None) -> dict[str, Any]:
+    name = (data or {}).get("name", "world")
+    loud = await ctx.step("shout", str.upper, f"hello {name}")
+    size = await ctx.step("count", len, loud)
+    return {"greeting": loud, "length": size}
+
+
+@app.workflow(name="triage")
+async def triage(ctx: codara.Context, ticket: Ticket) -> dict[str, str]:
+    def classify(text: str) -> str:
+        return "billing" if "invoice" in text.lower() else "other"
+
+    label = await ctx.step("classify", classify, ticket.text)
+    return {"customer": ticket.customer, "label": label}
+
+
+@app.workflow(name="approval")
+async def approval(ctx: codara.Context, _: Any) -> Any:
+    await ctx.step("prepare", lambda: "draft")
+    decision = await ctx.wait_for("approve")
+    return {"decision": decision}
+
+
+@app.workflow(name="nap")
+async def nap(ctx: codara.Context, _: Any) -> str:
+    await ctx.sleep(0.3)
+    return "rested"
+
+
+@app.workflow(name="boom")
+async def boom(ctx: codara.Context, _: Any) -> None:
+    def explode() -> None:
+        raise ValueError("the widget exploded")
+
+    await ctx.step("explode", explode, retry=NO_RETRY)
+
+
+@app.workflow(name="slow")
+async def slow(ctx: codara.Context, _: Any) -> str:
+    await ctx.step("linger", asyncio.sleep, 60)
+    return "done"
