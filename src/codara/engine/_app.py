@@ -150,15 +150,28 @@ class App:
         await self.close()
 
     # -- starting runs ---------------------------------------------------------------------
-    async def start_run(self, workflow: str, input: Any = None, *, key: str | None = None) -> str:
+    async def start_run(
+        self,
+        workflow: str,
+        input: Any = None,
+        *,
+        key: str | None = None,
+        started_by: str | None = None,
+    ) -> str:
         """Enqueue a run of the latest version of ``workflow``; return its id.
 
         A ``key`` makes the start idempotent: the same key returns the same run.
+        ``started_by`` names who started it (excluded from approving its reviews).
         """
-        return (await self.start_runs(workflow, [input], keys=[key]))[0]
+        return (await self.start_runs(workflow, [input], keys=[key], started_by=started_by))[0]
 
     async def start_runs(
-        self, workflow: str, inputs: Sequence[Any], *, keys: Sequence[str | None] | None = None
+        self,
+        workflow: str,
+        inputs: Sequence[Any],
+        *,
+        keys: Sequence[str | None] | None = None,
+        started_by: str | None = None,
     ) -> list[str]:
         """Enqueue many runs in one transaction (all or none)."""
         wf = self.latest(workflow)
@@ -172,7 +185,7 @@ class App:
             run_id = new_run_id()
             key = keys[i] if keys is not None else None
             genesis = genesis_hash(run_id, wf.name, wf.version, text)
-            rows.append((run_id, wf.name, wf.version, text, key, genesis))
+            rows.append((run_id, wf.name, wf.version, text, key, genesis, started_by))
         return await self.store.create_runs(rows, self.clock())
 
     async def run(self, workflow: str, input: Any = None) -> Any:

@@ -83,7 +83,7 @@ class Context:
         self.blocks: list[Block] = []
         self.quiesced: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.closing = False
-        self._wlock = asyncio.Lock() if store.dialect == "postgresql" else None
+        self._wlock = asyncio.Lock()  # rows are numbered and written one at a time, in order
 
     # -- inspection ------------------------------------------------------------------------
     @property
@@ -125,13 +125,10 @@ class Context:
             started, finished, attempts, prev, h,
         )  # fmt: skip
 
-    async def _append(self, record: JournalRecord) -> None:
+    async def _append(self, make: Callable[[], JournalRecord]) -> None:
         try:
-            if self._wlock is None:
-                await self._store.append(self.run_id, self._token, record)
-            else:
-                async with self._wlock:
-                    await self._store.append(self.run_id, self._token, record)
+            async with self._wlock:
+                await self._store.append(self.run_id, self._token, make())
         except FencedError:
             self.closing = True
             raise Abort from None
@@ -187,7 +184,7 @@ class Context:
                 except Exception as exc:
                     if not policy.should_retry(exc, attempt):
                         await self._append(
-                            self._record(
+                            lambda: self._record(
                                 op,
                                 "step",
                                 name,
@@ -203,7 +200,7 @@ class Context:
                     await asyncio.sleep(policy.delay(attempt))
                     attempt += 1
             await self._append(
-                self._record(
+                lambda: self._record(
                     op,
                     "step",
                     name,
@@ -240,21 +237,26 @@ class Context:
             async def body(tx: Tx) -> Any:
                 return await fn(tx, *args, **kwargs)
 
+            built: list[JournalRecord] = []
+
             def build(result: Any) -> JournalRecord:
-                return self._record(
+                record = self._record(
                     op, "transaction", name, "ok", args_json, dumps(result), None, started, 1
                 )
+                built.append(record)
+                return record
 
-            seq, prev = self._seq, self._prev
             try:
-                result, _ = await self._store.transaction(self.run_id, self._token, body, build)
+                async with self._wlock:
+                    result, _ = await self._store.transaction(self.run_id, self._token, body, build)
             except FencedError:
                 self.closing = True
                 raise Abort from None
             except Exception as exc:
-                self._seq, self._prev = seq, prev  # the transaction rolled back
+                if built:  # its row was numbered, then rolled back: nothing came after it
+                    self._seq, self._prev = built[0].seq, built[0].prev_hash
                 await self._append(
-                    self._record(
+                    lambda: self._record(
                         op,
                         "transaction",
                         name,
@@ -277,7 +279,7 @@ class Context:
         if rows is None:
             wake = self._clock() + max(0.0, seconds)
             await self._append(
-                self._record(
+                lambda: self._record(
                     op,
                     "sleep",
                     name,
@@ -306,7 +308,7 @@ class Context:
         if rows is None:
             deadline = None if timeout is None else self._clock() + max(0.0, timeout)
             await self._append(
-                self._record(
+                lambda: self._record(
                     op,
                     "wait",
                     signal,
@@ -326,23 +328,24 @@ class Context:
         started = self._clock()
         self._active += 1
         try:
-            seq, prev = self._seq, self._prev
 
             def build(payload: str | None) -> JournalRecord:
                 return self._record(op, "signal", signal, "ok", None, payload, None, started, 1)
 
             try:
-                got = await self._store.consume_signal(self.run_id, self._token, signal, seq, build)
+                async with self._wlock:
+                    got = await self._store.consume_signal(
+                        self.run_id, self._token, signal, self._seq, build
+                    )
             except FencedError:
                 self.closing = True
                 raise Abort from None
             if got is not None:
                 return decode(got.output)
-            self._seq, self._prev = seq, prev  # nothing was written
             if deadline is not None and self._clock() >= deadline:
                 err = dumps({"type": "WaitTimeoutError", "message": "timed out"})
                 await self._append(
-                    self._record(op, "signal", signal, "error", None, None, err, started, 1)
+                    lambda: self._record(op, "signal", signal, "error", None, None, err, started, 1)
                 )
                 raise WaitTimeoutError(signal, timeout)
         finally:

@@ -86,6 +86,8 @@ async def execute(
         await asyncio.gather(task, return_exceptions=True)
         return await _park(store, ctx, claim, clock)
     failure = task.exception()
+    if ctx.closing:  # an abort (lease lost) that workflow code swallowed: write nothing more
+        return Outcome("lost")
     if failure is None:
         return await _finish(store, ctx, claim, "completed", task.result(), None, clock)
     if isinstance(failure, Abort | FencedError):

@@ -106,8 +106,13 @@ class Worker:
             )
         except asyncio.CancelledError:
             pass
-        except Exception:  # a store failure: the lease expires and another worker retries
+        except Exception:  # a store failure: hand the run back so that any worker retries it
             log.exception("run %s: execution failed in the worker; it will be retried", claim.id)
+            try:
+                now = self.clock()
+                await self.store.release(claim.id, claim.token, now + self.lease, None, now)
+            except Exception:  # the heartbeat must not renew it then: see _heartbeat
+                log.exception("run %s: could not hand back the claim", claim.id)
         finally:
             self.executed += 1
             self.active.pop(claim.id, None)
@@ -121,12 +126,14 @@ class Worker:
                 continue
             try:
                 now = self.clock()
-                owned = await self.store.heartbeat(self.id, now + self.lease, now)
+                running = list(self.active)
+                owned = await self.store.heartbeat(self.id, running, now + self.lease, now)
             except Exception:
                 log.exception("heartbeat failed; leases may expire")
                 continue
-            for run_id, task in list(self.active.items()):
-                if run_id not in owned and not task.done():
+            for run_id in running:
+                task = self.active.get(run_id)
+                if task is not None and run_id not in owned and not task.done():
                     log.warning("run %s: lease lost (taken over or cancelled); stopping it", run_id)
                     task.cancel()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from codara.store._types import JOURNAL_COLUMNS, RUN_COLUMNS, Claim, JournalRecord, RunRecord
@@ -34,11 +35,12 @@ class Tx(abc.ABC):
 
 
 RowBuilder = Callable[[str | None], JournalRecord]
+NewRun = tuple[str, str, str, str, str | None, str, str | None]
 
 INSERT_RUN = (
     "INSERT INTO codara_runs (id, workflow, version, workflow_key, status, input, ready_at, "
-    "idempotency_key, genesis_hash, created_at, updated_at) "
-    "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)"
+    "idempotency_key, genesis_hash, created_at, updated_at, started_by) "
+    "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)"
 )
 SELECT_RUN_BY_KEY = "SELECT id FROM codara_runs WHERE idempotency_key = ?"
 SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM codara_runs WHERE id = ?"
@@ -73,9 +75,10 @@ CANCEL_RUN = (
     "WHERE id = ? AND status NOT IN ('completed', 'failed', 'cancelled')"
 )
 HEARTBEAT = (
-    "UPDATE codara_runs SET ready_at = ?, updated_at = ? WHERE owner = ? AND status = 'running'"
+    "UPDATE codara_runs SET ready_at = ?, updated_at = ? "
+    "WHERE owner = ? AND status = 'running' AND id IN ({ids})"
 )
-OWNED = "SELECT id, token FROM codara_runs WHERE owner = ? AND status = 'running'"
+OWNED = "SELECT id FROM codara_runs WHERE owner = ? AND status = 'running' AND id IN ({ids})"
 
 
 def journal_params(r: JournalRecord) -> tuple[Any, ...]:
@@ -138,10 +141,13 @@ class Store(abc.ABC):
 
     # -- runs -------------------------------------------------------------------------------
     @abc.abstractmethod
-    async def create_runs(
-        self, rows: Sequence[tuple[str, str, str, str, str | None, str]], now: float
-    ) -> list[str]:
-        """Enqueue runs: (id, workflow, version, input_json, idempotency_key, genesis_hash).
+    def tx(self) -> AbstractAsyncContextManager[Tx]:
+        """A transaction for multi-statement work outside the hot path (reviews, users)."""
+
+    @abc.abstractmethod
+    async def create_runs(self, rows: Sequence[NewRun], now: float) -> list[str]:
+        """Enqueue runs: (id, workflow, version, input_json, idempotency_key, genesis_hash,
+        started_by).
 
         Returns the ids in order; an idempotency key already used returns the earlier run.
         """
@@ -217,8 +223,11 @@ class Store(abc.ABC):
     ) -> None: ...
 
     @abc.abstractmethod
-    async def heartbeat(self, owner: str, lease_until: float, now: float) -> set[str]:
-        """Extend every lease ``owner`` holds; return the ids it still owns."""
+    async def heartbeat(
+        self, owner: str, run_ids: Sequence[str], lease_until: float, now: float
+    ) -> set[str]:
+        """Extend the leases ``owner`` holds on ``run_ids`` (the runs it is executing);
+        return those it still owns."""
 
     @abc.abstractmethod
     async def consume_signal(

@@ -49,6 +49,8 @@ _CLAIM_ONE = _pg(
     "WHERE id = ? AND ready_at IS NOT NULL AND ready_at <= ? AND workflow_key = ANY(?) "
     "RETURNING id, workflow, version, input, token, signal_version"
 )
+_HEARTBEAT = _pg(q.HEARTBEAT.format(ids="SELECT unnest(?::text[])"))
+_OWNED = _pg(q.OWNED.format(ids="SELECT unnest(?::text[])"))
 _WAKE_ON_SIGNAL = _pg(q.WAKE_ON_SIGNAL.replace("THEN ? ELSE", "THEN ?::double precision ELSE"))
 
 
@@ -113,6 +115,11 @@ class PostgresStore(Store):
                 await conn.rollback()
             self._free.put_nowait(conn)
 
+    @asynccontextmanager
+    async def tx(self) -> AsyncIterator[Tx]:
+        async with self._conn() as conn, conn.transaction():
+            yield _PgTx(conn)
+
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         async with self._conn() as conn:
             cur = await conn.execute(sql, tuple(params))
@@ -124,13 +131,11 @@ class PostgresStore(Store):
             return cur.rowcount
 
     # -- runs ------------------------------------------------------------------------------
-    async def create_runs(
-        self, rows: Sequence[tuple[str, str, str, str, str | None, str]], now: float
-    ) -> list[str]:
+    async def create_runs(self, rows: Sequence[q.NewRun], now: float) -> list[str]:
         insert = _pg(q.INSERT_RUN) + " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
         ids: list[str] = []
         async with self._conn() as conn, conn.transaction():
-            for run_id, workflow, version, input_json, key, genesis in rows:
+            for run_id, workflow, version, input_json, key, genesis, started_by in rows:
                 cur = await conn.execute(
                     insert,
                     (
@@ -144,6 +149,7 @@ class PostgresStore(Store):
                         genesis,
                         now,
                         now,
+                        started_by,
                     ),
                 )
                 got = await cur.fetchone()
@@ -259,10 +265,15 @@ class PostgresStore(Store):
     ) -> None:
         await self._rowcount(_pg(q.RELEASE_RUN), (ready_at, note, now, run_id, token))
 
-    async def heartbeat(self, owner: str, lease_until: float, now: float) -> set[str]:
+    async def heartbeat(
+        self, owner: str, run_ids: Sequence[str], lease_until: float, now: float
+    ) -> set[str]:
+        if not run_ids:
+            return set()
+        ids = list(run_ids)
         async with self._conn() as conn:
-            await conn.execute(_pg(q.HEARTBEAT), (lease_until, now, owner))
-            cur = await conn.execute(_pg(q.OWNED), (owner,))
+            await conn.execute(_HEARTBEAT, (lease_until, now, owner, ids))
+            cur = await conn.execute(_OWNED, (owner, ids))
             return {r[0] for r in await cur.fetchall()}
 
     async def consume_signal(

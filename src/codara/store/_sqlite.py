@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 from codara.errors import DatabaseUnreachableError
@@ -93,15 +94,26 @@ class SQLiteStore(Store):
     def _begin(self) -> None:
         self._conn.execute("BEGIN IMMEDIATE")
 
+    @asynccontextmanager
+    async def tx(self) -> AsyncIterator[Tx]:
+        async with self._lock:
+            self._begin()
+            try:
+                yield _SQLiteTx(self._conn)
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            else:
+                self._conn.execute("COMMIT")
+
     # -- runs ------------------------------------------------------------------------------
-    async def create_runs(
-        self, rows: Sequence[tuple[str, str, str, str, str | None, str]], now: float
-    ) -> list[str]:
+    async def create_runs(self, rows: Sequence[q.NewRun], now: float) -> list[str]:
         async with self._lock:
             ids: list[str] = []
             self._begin()
             try:
-                for run_id, workflow, version, input_json, key, genesis in rows:
+                for run_id, workflow, version, input_json, key, genesis, started_by in rows:
                     if key is not None:
                         found = self._conn.execute(q.SELECT_RUN_BY_KEY, (key,)).fetchone()
                         if found:
@@ -120,6 +132,7 @@ class SQLiteStore(Store):
                             genesis,
                             now,
                             now,
+                            started_by,
                         ),
                     )
                     ids.append(run_id)
@@ -249,10 +262,16 @@ class SQLiteStore(Store):
         await self._quiet()
         self._conn.execute(q.RELEASE_RUN, (ready_at, note, now, run_id, token))
 
-    async def heartbeat(self, owner: str, lease_until: float, now: float) -> set[str]:
+    async def heartbeat(
+        self, owner: str, run_ids: Sequence[str], lease_until: float, now: float
+    ) -> set[str]:
+        if not run_ids:
+            return set()
         await self._quiet()
-        self._conn.execute(q.HEARTBEAT, (lease_until, now, owner))
-        return {r[0] for r in self._conn.execute(q.OWNED, (owner,))}
+        ids = ", ".join("?" * len(run_ids))
+        self._conn.execute(q.HEARTBEAT.format(ids=ids), (lease_until, now, owner, *run_ids))
+        rows = self._conn.execute(q.OWNED.format(ids=ids), (owner, *run_ids))
+        return {r[0] for r in rows}
 
     async def consume_signal(
         self, run_id: str, token: int, name: str, seq: int, build: RowBuilder

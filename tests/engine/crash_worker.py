@@ -1,0 +1,351 @@
+"""A worker program the crash and concurrency tests start as real processes and SIGKILL.
+
+    python tests/engine/crash_worker.py DATABASE_URL [--lease S] [--poll S] [--concurrency N]
+
+It registers every test workflow below (all of them: the runs in the database say which
+they need) and runs ``app.work()`` until it is killed. It prints
+nothing; the engine's own warnings go to stderr (the tests send that to a file). With
+``--fork-server`` it imports once and forks such workers on request (see ``fork_server``):
+the tests use that to replace killed workers at once, without paying the import each time.
+
+The tests import this file too (by path), for the workflow names, the side tables and
+``register``: a run can only be enqueued by an app that knows its workflow.
+
+Workflows:
+
+``ledger``   ``n`` steps, each a ``ctx.transaction`` appending one row to ``ledger`` in the
+             same database: exactly once, whatever is killed when.
+``idem``     ``n`` plain steps, each an external effect written from a separate connection
+             with an idempotency key (``run_id:i``) into ``effects`` (UNIQUE key, ON CONFLICT
+             DO NOTHING); every attempt is also logged in ``effect_attempts``, so the tests
+             see how often a step really ran (at least once) against how often it took
+             effect (once).
+``overlap``  ``n`` plain steps that each sleep a little and log (run, step, pid, start, end)
+             into ``step_log`` from a separate autocommit connection, outside the journal
+             transaction: two executions of one step at once would show as overlapping
+             intervals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import codara
+from codara.config import Settings, StoreSettings, WorkerSettings
+from codara.store import Tx, parse_url
+
+LEDGER_DDL = "CREATE TABLE ledger (run_id TEXT, step INTEGER, worker TEXT)"
+EFFECTS_DDL = (
+    "CREATE TABLE effects (key TEXT NOT NULL, worker TEXT NOT NULL, CONSTRAINT uq_effects_key "
+    "UNIQUE (key))"
+)
+EFFECT_ATTEMPTS_DDL = "CREATE TABLE effect_attempts (key TEXT NOT NULL, worker TEXT NOT NULL)"
+STEP_LOG_DDL = (
+    "CREATE TABLE step_log (run_id TEXT NOT NULL, step INTEGER NOT NULL, pid INTEGER NOT NULL, "
+    "started DOUBLE PRECISION NOT NULL, ended DOUBLE PRECISION NOT NULL)"
+)
+SIDE_TABLES = (LEDGER_DDL, EFFECTS_DDL, EFFECT_ATTEMPTS_DDL, STEP_LOG_DDL)
+
+WORKER = str(os.getpid())
+
+
+class SideDB:
+    """A connection of its own, in autocommit mode, for effects outside the journal."""
+
+    def __init__(self, url: str) -> None:
+        self.url = parse_url(url)
+        self._sqlite: sqlite3.Connection | None = None
+        self._pg: Any = None
+        self._lock = asyncio.Lock()
+
+    async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+        if self.url.dialect == "sqlite":
+            if self._sqlite is None:
+                assert self.url.sqlite_path is not None
+                self._sqlite = sqlite3.connect(
+                    self.url.sqlite_path, isolation_level=None, timeout=60.0
+                )
+                self._sqlite.execute("PRAGMA busy_timeout=60000")
+            self._sqlite.execute(sql, params)
+            return
+        import psycopg
+
+        async with self._lock:  # one connection, shared by the worker's runs
+            if self._pg is None:
+                self._pg = await psycopg.AsyncConnection.connect(
+                    self.url.pg_conninfo or "", autocommit=True
+                )
+            await self._pg.execute(sql.replace("?", "%s"), params)
+
+
+def register(app: codara.App, side: SideDB | None = None) -> None:
+    """Register the test workflows on ``app`` (``side`` is needed only to execute them)."""
+
+    async def append_ledger(tx: Tx, run_id: str, step: int) -> int:
+        await tx.execute(
+            "INSERT INTO ledger (run_id, step, worker) VALUES (?, ?, ?)", (run_id, step, WORKER)
+        )
+        return step
+
+    @app.workflow(name="ledger")
+    async def ledger(ctx: codara.Context, n: int) -> int:
+        done = 0
+        for i in range(n):
+            await ctx.transaction(f"s{i}", append_ledger, ctx.run_id, i)
+            done += 1
+        return done
+
+    async def effect(key: str) -> str:
+        assert side is not None
+        await side.execute("INSERT INTO effect_attempts (key, worker) VALUES (?, ?)", (key, WORKER))
+        await side.execute(
+            "INSERT INTO effects (key, worker) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+            (key, WORKER),
+        )
+        return key
+
+    @app.workflow(name="idem")
+    async def idem(ctx: codara.Context, n: int) -> int:
+        done = 0
+        for i in range(n):
+            await ctx.step(f"s{i}", effect, f"{ctx.run_id}:{i}")
+            done += 1
+        return done
+
+    async def timed(run_id: str, step: int) -> int:
+        assert side is not None
+        started = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process
+        await asyncio.sleep(random.uniform(0.005, 0.02))
+        ended = time.monotonic()
+        await side.execute(
+            "INSERT INTO step_log (run_id, step, pid, started, ended) VALUES (?, ?, ?, ?, ?)",
+            (run_id, step, os.getpid(), started, ended),
+        )
+        return step
+
+    @app.workflow(name="overlap")
+    async def overlap(ctx: codara.Context, n: int) -> int:
+        done = 0
+        for i in range(n):
+            await ctx.step(f"s{i}", timed, ctx.run_id, i)
+            done += 1
+        return done
+
+
+def _options(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("url")
+    parser.add_argument("--lease", type=float, default=2.0, help="lease seconds")
+    parser.add_argument("--poll", type=float, default=0.05, help="poll interval seconds")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--durability", choices=("fsync", "os"), default="os")
+    parser.add_argument(
+        "--fork-server",
+        action="store_true",
+        help="serve the test: fork a worker per `spawn LOGFILE` line on stdin",
+    )
+    return parser.parse_args(argv)
+
+
+async def work(args: argparse.Namespace) -> None:
+    """Run one worker until the process is killed."""
+    settings = Settings(
+        store=StoreSettings(url=args.url, durability=args.durability),
+        worker=WorkerSettings(
+            concurrency=args.concurrency, lease_seconds=args.lease, poll_interval=args.poll
+        ),
+    )
+    app = codara.App(settings=settings, migrate="check")
+    register(app, SideDB(args.url))
+    async with app:
+        await app.work(concurrency=args.concurrency)
+
+
+def _child(args: argparse.Namespace, log_path: str) -> None:
+    """In a freshly forked worker: own stdio, then work until killed. Never returns."""
+    code = 1
+    try:
+        global WORKER
+        WORKER = str(os.getpid())
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log, 2)
+        os.close(log)
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        os.close(null)
+        random.seed()
+        asyncio.run(work(args))
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def fork_server(args: argparse.Namespace) -> None:
+    """Start workers for a test in a few milliseconds each, however loaded the machine.
+
+    Importing Codara costs seconds of CPU; a crash test that replaces a killed worker twenty
+    times would spend most of its time (and both cores) importing. This process imports once
+    and forks a real worker process per request. The workers never share anything with it
+    but the imported code: no thread, event loop or connection exists before the fork.
+
+    Protocol, one line each way: ``spawn LOGFILE`` -> ``pid N``; ``reap N`` (after the test
+    SIGKILLed N) -> ``reaped N EXITCODE``; ``poll`` -> ``exited PID:CODE,...`` for workers
+    that ended by themselves. End of input: every worker left is killed, then it exits.
+    """
+    import psycopg  # noqa: F401 - imported here once rather than in every worker
+
+    children: set[int] = set()
+
+    def reply(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    reply("ready")
+    try:
+        while line := sys.stdin.readline():
+            command, _, arg = line.strip().partition(" ")
+            if command == "spawn":
+                pid = os.fork()
+                if pid == 0:
+                    _child(args, arg)
+                children.add(pid)
+                reply(f"pid {pid}")
+            elif command == "reap":
+                pid = int(arg)
+                _, status = os.waitpid(pid, 0)
+                children.discard(pid)
+                reply(f"reaped {pid} {os.waitstatus_to_exitcode(status)}")
+            elif command == "poll":
+                exited = []
+                for pid in sorted(children):
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                    if done:
+                        children.discard(pid)
+                        exited.append(f"{pid}:{os.waitstatus_to_exitcode(status)}")
+                reply("exited " + ",".join(exited))
+            else:
+                reply(f"error unknown command {command!r}")
+    finally:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+
+
+class Fleet:
+    """The test side: worker processes forked by a ``--fork-server`` child of the test.
+
+    ``start()`` returns the new worker's pid at once; ``kill(pid)`` SIGKILLs it and waits
+    until it is gone. ``close()`` kills what is left. Worker stderr goes to ``log_dir``.
+    """
+
+    def __init__(self, url: str, log_dir: Path, *worker_args: str) -> None:
+        self.log_dir = log_dir
+        self.logs: list[Path] = []
+        self.pids: set[int] = set()
+        self.started = 0
+        self.exited: list[tuple[int, int]] = []  # workers that ended by themselves
+        env = {k: v for k, v in os.environ.items() if k != "CODARA_CONFIG"}
+        self._server_log = log_dir / "fork-server.log"
+        with open(self._server_log, "wb") as err:
+            self._server = subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), url, *worker_args,
+                 "--fork-server"],
+                cwd=Path(__file__).resolve().parents[2],
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )  # fmt: skip
+        try:
+            self._expect("ready")
+        except BaseException:
+            self.close()
+            raise
+
+    def _ask(self, line: str) -> str:
+        assert self._server.stdin is not None
+        self._server.stdin.write(line + "\n")
+        self._server.stdin.flush()
+        return self._expect("")
+
+    def _expect(self, prefix: str) -> str:
+        assert self._server.stdout is not None
+        answer = self._server.stdout.readline().strip()
+        if not answer.startswith(prefix) or not answer:
+            raise RuntimeError(
+                f"fork server said {answer!r}; its log:\n"
+                + self._server_log.read_text(errors="replace")[-3000:]
+            )
+        return answer
+
+    def start(self) -> int:
+        self.started += 1
+        log = self.log_dir / f"worker-{self.started}.log"
+        self.logs.append(log)
+        pid = int(self._ask(f"spawn {log}").split()[1])
+        self.pids.add(pid)
+        return pid
+
+    def kill(self, pid: int) -> None:
+        self.pids.discard(pid)
+        os.kill(pid, signal.SIGKILL)
+        self._ask(f"reap {pid}")
+
+    def check(self) -> None:
+        """Note workers that exited although nobody killed them (a worker runs forever)."""
+        for item in self._ask("poll").split(" ", 1)[1:]:
+            for entry in filter(None, item.split(",")):
+                pid, code = (int(x) for x in entry.split(":"))
+                self.pids.discard(pid)
+                self.exited.append((pid, code))
+
+    def close(self) -> None:
+        """Kill every worker left (the server kills them too when its input ends)."""
+        server = self._server
+        try:
+            if server.poll() is None:
+                for pid in list(self.pids):
+                    self.kill(pid)
+        finally:
+            assert server.stdin is not None
+            assert server.stdout is not None
+            server.stdin.close()
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+            server.stdout.close()
+
+    def log_text(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in self.logs if p.exists())
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+if __name__ == "__main__":
+    options = _options(sys.argv[1:])
+    if options.fork_server:
+        fork_server(options)
+    else:
+        asyncio.run(work(options))
