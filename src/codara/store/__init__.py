@@ -9,8 +9,10 @@ import asyncio
 from typing import Literal
 
 from codara.errors import SchemaOutOfDateError
+from codara.store import _reviews as reviews
 from codara.store._base import FencedError, Store, Tx
 from codara.store._migrate import SchemaState, check_schema, head_revision, schema_state, upgrade
+from codara.store._reviews import ReviewEvent, ReviewRecord, TokenRecord, UserRecord
 from codara.store._types import Claim, JournalRecord, RunRecord
 from codara.store._url import DatabaseURL, parse_url
 
@@ -19,14 +21,19 @@ __all__ = [
     "DatabaseURL",
     "FencedError",
     "JournalRecord",
+    "ReviewEvent",
+    "ReviewRecord",
     "RunRecord",
     "SchemaState",
     "Store",
+    "TokenRecord",
     "Tx",
+    "UserRecord",
     "check_schema",
     "head_revision",
     "open_store",
     "parse_url",
+    "reviews",
     "schema_state",
     "upgrade",
 ]

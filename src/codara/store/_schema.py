@@ -25,7 +25,18 @@ from sqlalchemy import (
     text,
 )
 
-__all__ = ["RUN_STATUSES", "TERMINAL_STATUSES", "journal", "metadata", "runs", "signals"]
+__all__ = [
+    "RUN_STATUSES",
+    "TERMINAL_STATUSES",
+    "journal",
+    "metadata",
+    "review_events",
+    "reviews",
+    "runs",
+    "signals",
+    "tokens",
+    "users",
+]
 
 metadata = MetaData()
 
@@ -56,6 +67,7 @@ runs = Table(
     Column("created_at", _Time, nullable=False),
     Column("updated_at", _Time, nullable=False),
     Column("finished_at", _Time),
+    Column("started_by", String(200)),
     Index(
         "ix_codara_runs_ready",
         "ready_at",
@@ -98,4 +110,84 @@ signals = Table(
     Column("created_at", _Time, nullable=False),
     Column("consumed_seq", Integer),
     Index("ix_codara_signals_run_name", "run_id", "name", "consumed_seq"),
+)
+
+reviews = Table(
+    "codara_reviews",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("run_id", String(40), nullable=False),
+    Column("workflow", String(200), nullable=False),
+    Column("step", String(300), nullable=False),
+    Column("status", String(20), nullable=False),  # pending | claimed | decided
+    Column("role", String(100), nullable=False),
+    Column("assignee", String(200)),
+    Column("claim_expires_at", _Time),
+    Column("priority", Integer, nullable=False, server_default=text("0")),
+    Column("due_at", _Time),
+    Column("follow_up_at", _Time),
+    Column("on_timeout", String(20), nullable=False),  # approve | deny | escalate
+    Column("escalate_to", String(100)),
+    Column("escalation_seconds", _Time),
+    Column("escalation_level", Integer, nullable=False, server_default=text("0")),
+    Column("approvals_required", Integer, nullable=False, server_default=text("1")),
+    Column("initiator", String(200)),
+    Column("low_risk", Integer, nullable=False, server_default=text("0")),
+    Column("policy", String(200)),
+    Column("policy_version", String(64)),
+    Column("reason", Text),
+    Column("proposal", Text, nullable=False),
+    Column("proposal_schema", Text),
+    Column("context", Text),
+    Column("reject_reasons", Text),
+    Column("outcome", String(20)),  # approved | edited | rejected
+    Column("result", Text),
+    Column("version", Integer, nullable=False, server_default=text("0")),
+    Column("created_at", _Time, nullable=False),
+    Column("updated_at", _Time, nullable=False),
+    Column("decided_at", _Time),
+    Index("ix_codara_reviews_queue", "status", "role", "due_at"),
+    Index("ix_codara_reviews_run", "run_id"),
+    Index(
+        "ix_codara_reviews_due",
+        "due_at",
+        sqlite_where=text("status IN ('pending', 'claimed')"),
+        postgresql_where=text("status IN ('pending', 'claimed')"),
+    ),
+)
+
+review_events = Table(
+    "codara_review_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("review_id", String(64), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("action", String(20), nullable=False),
+    Column("detail", Text),
+    Column("shown", Text),  # a snapshot of exactly what the reviewer was shown
+    Column("at", _Time, nullable=False),
+    Index("ix_codara_review_events_review", "review_id", "id"),
+)
+
+users = Table(
+    "codara_users",
+    metadata,
+    Column("username", String(200), primary_key=True),
+    Column("password_hash", Text),
+    Column("roles", Text, nullable=False),
+    Column("disabled", Integer, nullable=False, server_default=text("0")),
+    Column("created_at", _Time, nullable=False),
+)
+
+tokens = Table(
+    "codara_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("username", String(200), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("kind", String(20), nullable=False),  # api | session
+    Column("created_at", _Time, nullable=False),
+    Column("expires_at", _Time),
+    Column("revoked", Integer, nullable=False, server_default=text("0")),
+    Index("ix_codara_tokens_user", "username"),
 )
