@@ -8,8 +8,7 @@ from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel
 
-from codara.models import EmbeddingClassifier, Prediction, pick_threshold
-from codara.models._batching import MicroBatcher
+from codara.models import EmbeddingClassifier, MicroBatcher, Prediction, pick_threshold
 
 from .data import Split, load_examples, split
 from .settings import TriageSettings

@@ -28,9 +28,7 @@ async def llm_step(
     answer. Use ``result.output_as(MyModel)`` to get a typed output back.
     """
 
-    return await ctx.step(
-        name, _call, settings, instructions, prompt, output_type, tuple(tools)
-    )
+    return await ctx.step(name, _call, settings, instructions, prompt, output_type, tuple(tools))
 
 
 async def _call(
