@@ -7,7 +7,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from codara.config import Settings, load_settings
@@ -66,6 +66,7 @@ class App:
         self.retry = retry or RetryPolicy()
         self._migrate: _Migrate = migrate
         self._workflows: dict[str, dict[str, Workflow]] = {}
+        self.tickers: list[Callable[[App], Awaitable[object]]] = []
         self._store: Store | None = None
 
     @classmethod
@@ -237,7 +238,19 @@ class App:
             clock=self.clock,
             retry=self.retry,
             name=name,
+            tickers=[self._tick(fn) for fn in self.tickers],
         )
+
+    def _tick(self, fn: Callable[[App], Awaitable[object]]) -> Callable[[], Awaitable[object]]:
+        async def tick() -> object:
+            return await fn(self)
+
+        return tick
+
+    def add_ticker(self, fn: Callable[[App], Awaitable[object]]) -> None:
+        """Have every worker call ``await fn(app)`` about once a poll interval (at least every
+        second): for housekeeping such as review deadlines."""
+        self.tickers.append(fn)
 
     async def work(
         self,

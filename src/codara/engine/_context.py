@@ -17,6 +17,7 @@ import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from codara.engine._codec import decode, dump_error, dumps, dumps_lenient, return_adapter
@@ -86,6 +87,10 @@ class Context:
         self._wlock = asyncio.Lock()  # rows are numbered and written one at a time, in order
 
     # -- inspection ------------------------------------------------------------------------
+    def now(self) -> float:
+        """The app's clock. Not journaled: use it inside steps, not to choose a branch."""
+        return self._clock()
+
     @property
     def is_replaying(self) -> bool:
         """True while the run re-reads its journal after a restart."""
@@ -184,7 +189,8 @@ class Context:
                 except Exception as exc:
                     if not policy.should_retry(exc, attempt):
                         await self._append(
-                            lambda: self._record(
+                            partial(
+                                self._record,
                                 op,
                                 "step",
                                 name,
@@ -200,7 +206,8 @@ class Context:
                     await asyncio.sleep(policy.delay(attempt))
                     attempt += 1
             await self._append(
-                lambda: self._record(
+                partial(
+                    self._record,
                     op,
                     "step",
                     name,
@@ -256,7 +263,8 @@ class Context:
                 if built:  # its row was numbered, then rolled back: nothing came after it
                     self._seq, self._prev = built[0].seq, built[0].prev_hash
                 await self._append(
-                    lambda: self._record(
+                    partial(
+                        self._record,
                         op,
                         "transaction",
                         name,
@@ -279,7 +287,8 @@ class Context:
         if rows is None:
             wake = self._clock() + max(0.0, seconds)
             await self._append(
-                lambda: self._record(
+                partial(
+                    self._record,
                     op,
                     "sleep",
                     name,
@@ -308,7 +317,8 @@ class Context:
         if rows is None:
             deadline = None if timeout is None else self._clock() + max(0.0, timeout)
             await self._append(
-                lambda: self._record(
+                partial(
+                    self._record,
                     op,
                     "wait",
                     signal,
@@ -345,7 +355,9 @@ class Context:
             if deadline is not None and self._clock() >= deadline:
                 err = dumps({"type": "WaitTimeoutError", "message": "timed out"})
                 await self._append(
-                    lambda: self._record(op, "signal", signal, "error", None, None, err, started, 1)
+                    partial(
+                        self._record, op, "signal", signal, "error", None, None, err, started, 1
+                    )
                 )
                 raise WaitTimeoutError(signal, timeout)
         finally:

@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from codara.engine._executor import Workflow, execute
 from codara.engine._retry import RetryPolicy
@@ -37,6 +37,7 @@ class Worker:
         clock: Callable[[], float],
         retry: RetryPolicy,
         name: str | None = None,
+        tickers: Sequence[Callable[[], Awaitable[object]]] = (),
     ) -> None:
         self.store = store
         self.workflows = workflows
@@ -46,6 +47,7 @@ class Worker:
         self.clock = clock
         self.retry = retry
         self.id = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.tickers = list(tickers)
         self.active: dict[str, asyncio.Task[None]] = {}
         self.claims: dict[str, Claim] = {}
         self.executed = 0
@@ -55,6 +57,8 @@ class Worker:
         """Work until ``stop`` is set (or, with ``until_idle``, until nothing is ready)."""
         keys = list(self.workflows)
         heartbeat = asyncio.create_task(self._heartbeat())
+        await self._run_tickers()  # deadlines that passed while no worker ran apply now
+        ticking = asyncio.create_task(self._ticker_loop())
         stopper = asyncio.create_task(stop.wait()) if stop is not None else None
         try:
             while stop is None or not stop.is_set():
@@ -81,6 +85,7 @@ class Worker:
                 waiters[0].cancel()
         finally:
             heartbeat.cancel()
+            ticking.cancel()
             if stopper is not None:
                 stopper.cancel()
             await self._drain()
@@ -118,6 +123,20 @@ class Worker:
             self.active.pop(claim.id, None)
             self.claims.pop(claim.id, None)
             self._freed.set()
+
+    async def _run_tickers(self) -> None:
+        for tick in self.tickers:
+            try:
+                await tick()
+            except Exception:
+                log.exception("housekeeping task failed; it runs again at the next tick")
+
+    async def _ticker_loop(self) -> None:
+        if not self.tickers:
+            return
+        while True:
+            await asyncio.sleep(min(max(self.poll, 0.05), 1.0))
+            await self._run_tickers()
 
     async def _heartbeat(self) -> None:
         while True:

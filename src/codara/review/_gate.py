@@ -1,0 +1,182 @@
+"""The review gate: a workflow asks it before a step touches the operation.
+
+``await gate.check(ctx, "reply", proposal, inputs={...})`` evaluates the workflow's policies
+(journaled: which policy fired, its version, the values it saw, the outcome). On ``allow`` or
+``deny`` it returns at once. On ``ask`` it creates a review item in the same transaction as
+its journal row, then waits durably for the decision: the run holds no worker while people
+decide, for minutes or days, across restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from codara.config import Settings
+from codara.engine import App, Context
+from codara.errors import ConfigError
+from codara.review._items import ReviewResult
+from codara.review._policy import WorkflowPolicies, load_policies
+from codara.review._service import Reviews, review_signal
+from codara.store import ReviewRecord, Tx
+from codara.store import reviews as repo
+
+__all__ = ["GateResult", "ReviewGate", "install_reviews"]
+
+
+class GateResult(BaseModel):
+    outcome: Literal["allowed", "denied", "approved", "edited", "rejected"]
+    proposal: Any
+    decision: dict[str, Any]
+    review_id: str | None = None
+    review: ReviewResult | None = None
+
+    @property
+    def go_ahead(self) -> bool:
+        """True when the step may act: allowed by policy, or approved / edited by people."""
+        return self.outcome in ("allowed", "approved", "edited")
+
+
+class ReviewGate:
+    def __init__(self, policies: WorkflowPolicies, *, workflow: str) -> None:
+        self.policies = policies
+        self.workflow = workflow
+
+    @classmethod
+    def from_settings(cls, settings: Settings, workflow: str) -> ReviewGate:
+        """The gate for ``workflow`` from ``[workflows.<name>]`` in codara.toml."""
+        section = settings.section("workflows")
+        if workflow not in section:
+            raise ConfigError(
+                f"no [workflows.{workflow}] table with review policies in "
+                f"{settings.source_file or 'the configuration'}",
+                hint="declare its policy_input and policies; see docs/policies.md",
+            )
+        return cls(load_policies(section, workflow=workflow), workflow=workflow)
+
+    def _evaluate(self, inputs: dict[str, Any], key: str) -> dict[str, Any]:
+        return self.policies.evaluate(inputs, decision_key=key).as_record()
+
+    async def check(
+        self,
+        ctx: Context,
+        step: str,
+        proposal: Any,
+        *,
+        inputs: Mapping[str, Any],
+        context: Mapping[str, Any] | None = None,
+        low_risk: bool = False,
+        priority: int = 0,
+    ) -> GateResult:
+        """Decide whether ``proposal`` (what step ``step`` is about to do) may go ahead."""
+        decision: dict[str, Any] = await ctx.step(
+            f"policy:{step}", self._evaluate, dict(inputs), f"{ctx.run_id}:{step}"
+        )
+        proposal_json = _json(proposal)
+        if decision["outcome"] == "allow":
+            return GateResult(outcome="allowed", proposal=proposal, decision=decision)
+        if decision["outcome"] == "deny":
+            return GateResult(outcome="denied", proposal=proposal, decision=decision)
+        schema = type(proposal).model_json_schema() if isinstance(proposal, BaseModel) else None
+        review_id = await ctx.transaction(
+            f"review:{step}",
+            self._create,
+            ctx.run_id,
+            step,
+            decision,
+            proposal_json,
+            schema,
+            dict(context or {}),
+            low_risk,
+            priority,
+            ctx.now(),
+        )
+        raw = await ctx.wait_for(review_signal(review_id))
+        result = ReviewResult.model_validate(raw)
+        final = result.proposal
+        if isinstance(proposal, BaseModel):
+            final = type(proposal).model_validate(result.proposal)
+        outcome = "rejected" if result.outcome == "rejected" else result.outcome
+        return GateResult(
+            outcome=outcome,
+            proposal=final,
+            decision=decision,
+            review_id=review_id,
+            review=result,
+        )
+
+    async def _create(
+        self,
+        tx: Tx,
+        run_id: str,
+        step: str,
+        decision: dict[str, Any],
+        proposal_json: Any,
+        schema: dict[str, Any] | None,
+        context: dict[str, Any],
+        low_risk: bool,
+        priority: int,
+        now: float,
+    ) -> str:
+        rows = await tx.fetchall("SELECT started_by FROM codara_runs WHERE id = ?", (run_id,))
+        initiator = rows[0][0] if rows else None
+        deadline = decision.get("deadline")
+        review_id = uuid.uuid4().hex
+        full_context = {**context, "policy_inputs": decision.get("inputs_seen", {})}
+        await repo.insert_review(
+            tx,
+            ReviewRecord(
+                id=review_id,
+                run_id=run_id,
+                workflow=self.workflow,
+                step=step,
+                status="pending",
+                role=str(decision["role"]),
+                assignee=None,
+                claim_expires_at=None,
+                priority=int(decision.get("priority") or priority),
+                due_at=None if deadline is None else now + float(deadline),
+                follow_up_at=None,
+                on_timeout=str(decision.get("on_timeout") or "deny"),
+                escalate_to=decision.get("escalate_to"),
+                escalation_seconds=decision.get("escalation_deadline"),
+                escalation_level=0,
+                approvals_required=max(1, int(decision.get("approvals") or 1)),
+                initiator=initiator,
+                low_risk=int(low_risk),
+                policy=decision.get("policy"),
+                policy_version=decision.get("policy_version"),
+                reason=decision.get("reason"),
+                proposal=json.dumps(proposal_json),
+                proposal_schema=json.dumps(schema) if schema is not None else None,
+                context=json.dumps(full_context, default=str),
+                reject_reasons=json.dumps(list(self.policies.reject_reasons)),
+                outcome=None,
+                result=None,
+                version=0,
+                created_at=now,
+                updated_at=now,
+                decided_at=None,
+            ),
+        )
+        await repo.add_event(tx, review_id, "system:policy", "create", None, None, now)
+        return review_id
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return value
+
+
+def install_reviews(app: App) -> None:
+    """Have the app's workers apply review deadlines (approve, deny or escalate)."""
+
+    async def sweep(a: App) -> object:
+        return await Reviews(a.store, a.clock).sweep()
+
+    app.add_ticker(sweep)

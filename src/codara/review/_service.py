@@ -1,0 +1,390 @@
+"""The review queue: create items, list them by role, claim, delegate, decide, apply deadlines.
+
+Every change is one transaction that checks the item's ``version`` (optimistic concurrency):
+of two reviewers deciding the same item at once, one wins and the other gets a
+:class:`~codara.errors.ConflictError`. A decision stores the result, logs the event with a
+snapshot of what the reviewer was shown, and signals the waiting run, all in that transaction,
+so the run resumes exactly once whatever crashes in between.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from codara.errors import ConflictError, InputError, NotFoundError, UserError
+from codara.review._items import Principal, ReviewItem, ReviewResult, diff, validate_edit
+from codara.store import ReviewRecord, Store, Tx
+from codara.store import reviews as repo
+
+__all__ = ["ForbiddenError", "Reviews", "review_signal"]
+
+SYSTEM = "system:deadline"
+Notify = Callable[[str, ReviewItem], Awaitable[None]]
+
+
+class ForbiddenError(UserError):
+    code = "forbidden"
+    http_status = 403
+    exit_code = 14
+
+
+def review_signal(review_id: str) -> str:
+    return f"review:{review_id}"
+
+
+class Reviews:
+    def __init__(self, store: Store, clock: Callable[[], float], notify: Notify | None = None):
+        self.store = store
+        self.clock = clock
+        self.notify = notify
+
+    # -- reading ---------------------------------------------------------------------------
+    async def queue(
+        self,
+        who: Principal,
+        *,
+        status: str = "open",
+        role: str | None = None,
+        run_id: str | None = None,
+        limit: int = 100,
+    ) -> list[ReviewItem]:
+        statuses = {"open": ("pending", "claimed"), "decided": ("decided",)}.get(status)
+        if statuses is None:
+            statuses = (status,)
+        roles: list[str] | None = None if who.is_operator else sorted(who.roles)
+        if role is not None:
+            if not who.may_see(role):
+                return []
+            roles = [role]
+        async with self.store.tx() as tx:
+            records = await repo.list_reviews(
+                tx, roles=roles, statuses=statuses, run_id=run_id, limit=limit
+            )
+            return [await self._item(tx, r) for r in records]
+
+    async def get(self, who: Principal, review_id: str) -> ReviewItem:
+        async with self.store.tx() as tx:
+            record = await self._visible(tx, who, review_id)
+            return await self._item(tx, record)
+
+    async def history(self, who: Principal, review_id: str) -> list[dict[str, Any]]:
+        async with self.store.tx() as tx:
+            await self._visible(tx, who, review_id)
+            return [
+                {
+                    "actor": e.actor,
+                    "action": e.action,
+                    "detail": json.loads(e.detail) if e.detail else None,
+                    "at": e.at,
+                }
+                for e in await repo.events(tx, review_id)
+            ]
+
+    async def counts(self, who: Principal) -> list[dict[str, Any]]:
+        roles = None if who.is_operator else sorted(who.roles)
+        async with self.store.tx() as tx:
+            rows = await repo.queue_counts(tx, roles)
+        return [
+            {"role": role, "open": n, "next_due_at": due, "oldest_created_at": oldest}
+            for role, n, due, oldest in rows
+        ]
+
+    # -- acting ----------------------------------------------------------------------------
+    async def claim(self, who: Principal, review_id: str, *, ttl: float = 900.0) -> ReviewItem:
+        """Reserve the item for ``who`` for ``ttl`` seconds so colleagues skip it."""
+        now = self.clock()
+        async with self.store.tx() as tx:
+            r = await self._open(tx, who, review_id, decide=True)
+            holder = self._holder(r, now)
+            if holder not in (None, who.username):
+                raise ConflictError(
+                    f"review {review_id} is claimed by {holder}",
+                    hint="pick another item, or ask them to unclaim it",
+                )
+            await self._update(tx, r, status="claimed", assignee=who.username,
+                               claim_expires_at=now + ttl, updated_at=now)  # fmt: skip
+            await repo.add_event(tx, r.id, who.username, "claim", None, None, now)
+            return await self._item(tx, await self._reload(tx, review_id))
+
+    async def unclaim(self, who: Principal, review_id: str) -> ReviewItem:
+        now = self.clock()
+        async with self.store.tx() as tx:
+            r = await self._open(tx, who, review_id, decide=True)
+            holder = self._holder(r, now)
+            if holder not in (None, who.username) and not who.is_admin:
+                raise ConflictError(f"review {review_id} is claimed by {holder}, not by you")
+            await self._update(tx, r, status="pending", assignee=None, claim_expires_at=None,
+                               updated_at=now)  # fmt: skip
+            await repo.add_event(tx, r.id, who.username, "unclaim", None, None, now)
+            return await self._item(tx, await self._reload(tx, review_id))
+
+    async def delegate(self, who: Principal, review_id: str, to: str) -> ReviewItem:
+        """Hand the item to another user who holds its role."""
+        now = self.clock()
+        async with self.store.tx() as tx:
+            r = await self._open(tx, who, review_id, decide=True)
+            user = await repo.get_user(tx, to)
+            if user is None or user.disabled or r.role not in user.roles.split(","):
+                raise InputError(
+                    f"cannot delegate to {to!r}: not an active user with role {r.role!r}",
+                    hint="list users with `codara users list`",
+                )
+            await self._update(tx, r, status="claimed", assignee=to, claim_expires_at=None,
+                               updated_at=now)  # fmt: skip
+            detail = json.dumps({"to": to})
+            await repo.add_event(tx, r.id, who.username, "delegate", detail, None, now)
+            return await self._item(tx, await self._reload(tx, review_id))
+
+    async def approve(
+        self,
+        who: Principal,
+        review_id: str,
+        *,
+        comment: str | None = None,
+        version: int | None = None,
+    ) -> ReviewItem:
+        return await self._decide(who, review_id, "approve", version=version, comment=comment)
+
+    async def edit(
+        self,
+        who: Principal,
+        review_id: str,
+        proposal: Any,
+        *,
+        comment: str | None = None,
+        version: int | None = None,
+    ) -> ReviewItem:
+        return await self._decide(
+            who, review_id, "edit", version=version, comment=comment, proposal=proposal
+        )
+
+    async def reject(
+        self,
+        who: Principal,
+        review_id: str,
+        reason_code: str,
+        *,
+        comment: str | None = None,
+        version: int | None = None,
+    ) -> ReviewItem:
+        return await self._decide(
+            who, review_id, "reject", version=version, comment=comment, reason_code=reason_code
+        )
+
+    async def bulk_approve(self, who: Principal, review_ids: Sequence[str]) -> list[ReviewItem]:
+        """Approve several items at once; only those a policy marked low-risk qualify."""
+        done = []
+        for review_id in review_ids:
+            item = await self.get(who, review_id)
+            if not item.low_risk:
+                raise InputError(
+                    f"review {review_id} is not marked low-risk; decide it on its own",
+                    hint="bulk approval is for items a policy marks low_risk",
+                )
+            done.append(await self.approve(who, review_id, comment="bulk approval"))
+        return done
+
+    async def _decide(
+        self,
+        who: Principal,
+        review_id: str,
+        action: str,
+        *,
+        version: int | None,
+        comment: str | None = None,
+        proposal: Any = None,
+        reason_code: str | None = None,
+    ) -> ReviewItem:
+        now = self.clock()
+        async with self.store.tx() as tx:
+            r = await self._open(tx, who, review_id, decide=True)
+            if version is not None and version != r.version:
+                raise ConflictError(
+                    f"review {review_id} changed since you opened it (version {version}, "
+                    f"now {r.version})",
+                    hint="reload the item and decide again",
+                )
+            holder = self._holder(r, now)
+            if holder not in (None, who.username):
+                raise ConflictError(f"review {review_id} is claimed by {holder}")
+            if r.initiator is not None and r.initiator == who.username:
+                raise ForbiddenError(
+                    f"{who.username} started this run and may not decide its review",
+                    hint="four-eyes: another reviewer of the role must decide",
+                )
+            item = await self._item(tx, r)
+            shown = item.shown()
+            original = json.loads(r.proposal)
+            if action == "reject":
+                reasons = item.reject_reasons
+                if reasons and reason_code not in reasons:
+                    raise InputError(
+                        f"reject reason {reason_code!r} is not one of: {', '.join(reasons)}",
+                        hint="pick a coded reason; add details in the comment",
+                    )
+                result = ReviewResult(
+                    outcome="rejected", proposal=original, reviewers=[who.username],
+                    reason_code=reason_code, comment=comment,
+                )  # fmt: skip
+                detail: dict[str, Any] = {"reason_code": reason_code, "comment": comment}
+                await self._finish(tx, r, result, who.username, "reject", detail, shown, now)
+            elif action == "edit":
+                validate_edit(proposal, item.proposal_schema)
+                changes = diff(original, proposal)
+                detail = {"diff": changes, "comment": comment}
+                if r.approvals_required <= 1:
+                    result = ReviewResult(
+                        outcome="edited", proposal=proposal, reviewers=[who.username],
+                        comment=comment, diff=changes,
+                    )  # fmt: skip
+                    await self._finish(tx, r, result, who.username, "edit", detail, shown, now)
+                else:  # four-eyes: the edited proposal needs fresh approvals, the editor's first
+                    await self._update(
+                        tx, r, proposal=json.dumps(proposal), status="pending", assignee=None,
+                        claim_expires_at=None, updated_at=now,
+                    )  # fmt: skip
+                    await repo.add_event(
+                        tx, r.id, who.username, "edit", json.dumps(detail), shown, now
+                    )
+                    await repo.add_event(tx, r.id, who.username, "approve", None, shown, now)
+            else:
+                approvals = set(item.approvals)
+                if who.username in approvals:
+                    raise ConflictError(
+                        f"{who.username} already approved review {review_id}",
+                        hint=f"it needs {r.approvals_required} approvals from distinct reviewers",
+                    )
+                approvals.add(who.username)
+                if len(approvals) >= r.approvals_required:
+                    edits = [e for e in await repo.events(tx, r.id) if e.action == "edit"]
+                    changes = json.loads(edits[-1].detail or "{}").get("diff", []) if edits else []
+                    result = ReviewResult(
+                        outcome="edited" if edits else "approved", proposal=item.proposal,
+                        reviewers=sorted(approvals), comment=comment, diff=changes,
+                    )  # fmt: skip
+                    await self._finish(tx, r, result, who.username, "approve",
+                                       {"comment": comment}, shown, now)  # fmt: skip
+                else:
+                    await self._update(tx, r, status="pending", assignee=None,
+                                       claim_expires_at=None, updated_at=now)  # fmt: skip
+                    await repo.add_event(tx, r.id, who.username, "approve",
+                                         json.dumps({"comment": comment}), shown, now)  # fmt: skip
+            return await self._item(tx, await self._reload(tx, review_id))
+
+    async def _finish(
+        self,
+        tx: Tx,
+        r: ReviewRecord,
+        result: ReviewResult,
+        actor: str,
+        action: str,
+        detail: dict[str, Any],
+        shown: str | None,
+        now: float,
+    ) -> None:
+        payload = result.model_dump_json()
+        await self._update(tx, r, status="decided", outcome=result.outcome, result=payload,
+                           decided_at=now, updated_at=now, assignee=None,
+                           claim_expires_at=None)  # fmt: skip
+        await repo.add_event(tx, r.id, actor, action, json.dumps(detail, default=str), shown, now)
+        await repo.signal_run(tx, r.run_id, review_signal(r.id), payload, now)
+
+    # -- deadlines -------------------------------------------------------------------------
+    async def sweep(self) -> int:
+        """Apply every passed deadline: approve, deny or escalate. Returns how many."""
+        now = self.clock()
+        async with self.store.tx() as tx:
+            due = await repo.due_reviews(tx, now)
+        handled = 0
+        for review_id in due:
+            try:
+                item = await self._expire(review_id, now)
+            except ConflictError:
+                continue  # decided meanwhile
+            handled += 1
+            if item is not None and self.notify is not None:
+                await self.notify("escalated" if item.status != "decided" else "expired", item)
+        return handled
+
+    async def _expire(self, review_id: str, now: float) -> ReviewItem | None:
+        async with self.store.tx() as tx:
+            r = await repo.get_review(tx, review_id, lock=True)
+            if r is None or r.status not in repo.OPEN or r.due_at is None or r.due_at > now:
+                raise ConflictError("not due")
+            if r.on_timeout == "escalate" and r.escalate_to:
+                due = now + (r.escalation_seconds or 3600.0)
+                await self._update(tx, r, role=r.escalate_to, escalate_to=None, due_at=due,
+                                   on_timeout="deny", status="pending", assignee=None,
+                                   claim_expires_at=None, escalation_level=r.escalation_level + 1,
+                                   updated_at=now)  # fmt: skip
+                detail = json.dumps({"from": r.role, "to": r.escalate_to, "due_at": due})
+                await repo.add_event(tx, r.id, SYSTEM, "escalate", detail, None, now)
+            else:
+                approve = r.on_timeout == "approve"
+                result = ReviewResult(
+                    outcome="approved" if approve else "rejected",
+                    proposal=json.loads(r.proposal), reviewers=[SYSTEM],
+                    reason_code=None if approve else "deadline_passed",
+                    comment=f"no decision by the deadline: default {r.on_timeout}",
+                    by_deadline=True,
+                )  # fmt: skip
+                await self._finish(tx, r, result, SYSTEM, "expire",
+                                   {"default": r.on_timeout}, None, now)  # fmt: skip
+            return await self._item(tx, await self._reload(tx, review_id))
+
+    # -- helpers ---------------------------------------------------------------------------
+    async def _item(self, tx: Tx, r: ReviewRecord) -> ReviewItem:
+        approvals: list[str] = []
+        if r.approvals_required > 1 and r.status != "decided":
+            seen_edit = False
+            for e in reversed(await repo.events(tx, r.id)):
+                if e.action == "approve":
+                    approvals.append(e.actor)
+                if e.action in ("edit", "escalate"):
+                    seen_edit = True
+                if seen_edit:
+                    break
+        return ReviewItem.from_record(r, sorted(set(approvals)))
+
+    async def _visible(self, tx: Tx, who: Principal, review_id: str) -> ReviewRecord:
+        r = await repo.get_review(tx, review_id, lock=True)
+        if r is None:
+            raise NotFoundError(f"no review with id {review_id!r}")
+        if not who.may_see(r.role):
+            raise ForbiddenError(f"{who.username} may not see reviews for role {r.role!r}")
+        return r
+
+    async def _open(self, tx: Tx, who: Principal, review_id: str, *, decide: bool) -> ReviewRecord:
+        r = await self._visible(tx, who, review_id)
+        if decide and not who.may_decide(r.role):
+            raise ForbiddenError(
+                f"{who.username} does not hold role {r.role!r} and may not decide this review"
+            )
+        if r.status not in repo.OPEN:
+            raise ConflictError(
+                f"review {review_id} is already {r.status} ({r.outcome})",
+                hint="nothing to do: it was decided by someone else or by its deadline",
+            )
+        return r
+
+    @staticmethod
+    def _holder(r: ReviewRecord, now: float) -> str | None:
+        if r.status != "claimed" or r.assignee is None:
+            return None
+        if r.claim_expires_at is not None and r.claim_expires_at <= now:
+            return None  # the reservation lapsed
+        return r.assignee
+
+    async def _update(self, tx: Tx, r: ReviewRecord, **changes: Any) -> None:
+        if not await repo.update_review(tx, r.id, r.version, **changes):
+            raise ConflictError(
+                f"review {r.id} was changed by someone else at the same moment",
+                hint="reload it: it may already be decided",
+            )
+
+    async def _reload(self, tx: Tx, review_id: str) -> ReviewRecord:
+        r = await repo.get_review(tx, review_id)
+        assert r is not None
+        return r
