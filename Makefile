@@ -4,6 +4,7 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 UV_VERSION := 0.13.8
+DEMO_ARGS ?= --simulate-reviewers
 UV := $(shell command -v uv 2>/dev/null || echo .bootstrap/bin/uv)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -27,6 +28,7 @@ $(STAMP): uv.lock pyproject.toml | $(UV)
 env: $(STAMP)
 
 demo: env
+	@mkdir -p demo-out
 	$(PY) -m examples.support_triage $(DEMO_ARGS)
 
 lint: env

@@ -12,18 +12,30 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
 
+import codara
 from codara.config import load_settings
 from codara.errors import CodaraError
+from codara.review import Principal, Reviews
 from codara.store import parse_url
 
 from . import crm as crm_module
 from .app import CONFIG, build
 from .data import load_examples, split, tickets
 from .report import build_report, print_report
+from .simulate import decide_pending
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, help="runs the worker executes at once")
     p.add_argument("--keep", action="store_true", help="keep earlier runs in the database")
     p.add_argument("--json", action="store_true", help="also print the report as JSON")
+    p.add_argument(
+        "--simulate-reviewers",
+        action="store_true",
+        help="decide the pending reviews with the dataset's labels (approve or correct)",
+    )
     return p
 
 
@@ -46,6 +63,42 @@ def _reset_database(url: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+ADMIN = Principal("demo", frozenset({"admin"}))
+
+
+async def _drain(app: codara.App, concurrency: int, progress: Progress, task: TaskID) -> None:
+    """Run a worker here until nothing is ready; runs waiting for people stay parked."""
+    worker = asyncio.create_task(app.work(concurrency=concurrency, until_idle=True))
+    while not worker.done():
+        counts = await app.store.count_runs(workflow="triage")
+        settled = sum(counts.get(s, 0) for s in ("completed", "failed", "cancelled", "waiting"))
+        progress.update(task, completed=settled)
+        await asyncio.wait({worker}, timeout=0.25)
+    await worker
+    progress.update(task, completed=progress.tasks[task].total)
+
+
+def _print_queue(console: Console, queue: list[dict[str, Any]], *, simulated: bool) -> None:
+    if not queue:
+        return
+    table = Table(title="Review queue after the first pass (what people had to decide)")
+    table.add_column("role")
+    table.add_column("items", justify="right")
+    table.add_column("oldest deadline in", justify="right")
+    now = time.time()
+    for row in queue:
+        due = row["next_due_at"]
+        table.add_row(
+            row["role"], str(row["open"]), "-" if due is None else f"{(due - now) / 3600:.1f} h"
+        )
+    console.print(table)
+    if not simulated:
+        console.print(
+            "These runs wait durably. Decide them in the console (`codara serve`), with "
+            "`codara review ...`, or rerun with --simulate-reviewers."
+        )
 
 
 def _peak_rss_mb() -> float:
@@ -97,22 +150,28 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
             )
             triage = progress.add_task("Triaging tickets", total=len(inbox))
             t0 = time.perf_counter()
-            worker = asyncio.create_task(app.work(concurrency=concurrency, until_idle=True))
-            while not worker.done():
-                counts = await app.store.count_runs(workflow="triage")
-                finished = sum(counts.get(s, 0) for s in ("completed", "failed", "cancelled"))
-                progress.update(triage, completed=finished)
-                await asyncio.wait({worker}, timeout=0.25)
-            await worker
-            progress.update(triage, completed=len(inbox))
+            await _drain(app, concurrency, progress, triage)
             seconds = time.perf_counter() - t0
+            queue = await Reviews(app.store, app.clock).counts(ADMIN)
+            waited: list[float] = []
+            if args.simulate_reviewers and queue:
+                review = progress.add_task("Simulated reviewers deciding", total=None)
+
+                def on_review(done: int, total: int) -> None:
+                    progress.update(review, completed=done, total=total)
+
+                waited = await decide_pending(app, on_review)
+                resume = progress.add_task("Resuming reviewed tickets", total=len(inbox))
+                await _drain(app, concurrency, progress, resume)
             report = await build_report(app, seconds=seconds)
+            report.decision_seconds = waited
 
     console.print()
     try:
         hint = str(args.config.resolve().relative_to(Path.cwd()))
     except ValueError:
         hint = str(args.config)
+    _print_queue(console, queue, simulated=bool(args.simulate_reviewers))
     print_report(report, console, config_hint=hint)
     console.print(
         f"\nmodel: {work.model.describe()}; prepared in {model_seconds:.1f} s; "
@@ -121,7 +180,7 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
     console.print(f"CRM: {work.crm.counts()} (replies sent, tickets queued for people)")
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
-    return 0 if report.failed == 0 and report.unfinished == 0 else 1
+    return 0 if report.failed == 0 and report.unfinished == 0 else 1  # waiting is fine
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import codara
 from codara.config import Settings, load_settings
+from codara.review import ReviewGate, install_reviews
 
 from .crm import CRM
 from .model import TriageModel
@@ -39,7 +40,9 @@ def build(settings: Settings | None = None, **overrides: object) -> Workload:
     app = codara.App(settings=settings)
     model = TriageModel(triage)
     crm = CRM(triage.crm_path)
-    register(app, model, crm, sensitive=frozenset(triage.sensitive_intents))
+    gate = ReviewGate.from_settings(settings, "triage")
+    register(app, model, crm, gate, sensitive=frozenset(triage.sensitive_intents))
+    install_reviews(app)
     return Workload(app, model, crm, triage)
 
 

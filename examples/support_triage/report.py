@@ -27,9 +27,16 @@ class TriageReport:
     human_reasons: Counter[str] = field(default_factory=Counter)
     wrong_auto: Counter[tuple[str, str]] = field(default_factory=Counter)
     errors_by_intent: Counter[str] = field(default_factory=Counter)
+    reviewed: int = 0
+    reviewed_correct: int = 0
+    waiting_review: int = 0
+    review_outcomes: Counter[str] = field(default_factory=Counter)
+    reviews_by_role: Counter[str] = field(default_factory=Counter)
+    decision_seconds: list[float] = field(default_factory=list)
     seconds: float = 0.0
     example_auto: str | None = None
     example_human: str | None = None
+    example_reviewed: str | None = None
 
     @property
     def automation_rate(self) -> float:
@@ -42,6 +49,18 @@ class TriageReport:
     @property
     def accuracy(self) -> float | None:
         return self.correct / self.labelled if self.labelled else None
+
+    @property
+    def sent_precision(self) -> float | None:
+        sent = self.auto_labelled + self.reviewed
+        return (self.auto_correct + self.reviewed_correct) / sent if sent else None
+
+    @property
+    def median_decision_seconds(self) -> float | None:
+        if not self.decision_seconds:
+            return None
+        ordered = sorted(self.decision_seconds)
+        return ordered[len(ordered) // 2]
 
     @property
     def throughput(self) -> float:
@@ -60,6 +79,11 @@ class TriageReport:
             "throughput_tickets_per_s": round(self.throughput, 1),
             "seconds": round(self.seconds, 2),
             "human_reasons": dict(self.human_reasons),
+            "awaiting_review": self.waiting_review,
+            "reviews_by_role": dict(self.reviews_by_role),
+            "review_outcomes": dict(self.review_outcomes),
+            "precision_of_all_sent_answers": _round(self.sent_precision),
+            "median_seconds_to_decision": self.median_decision_seconds,
             "wrong_automatic_answers": [
                 {"true": t, "predicted": p, "count": n}
                 for (t, p), n in self.wrong_auto.most_common()
@@ -77,6 +101,9 @@ async def build_report(app: codara.App, *, seconds: float) -> TriageReport:
         if run.status == "failed":
             report.failed += 1
             continue
+        if run.status == "waiting":
+            report.waiting_review += 1
+            continue
         if run.status != "completed" or run.output is None:
             report.unfinished += 1
             continue
@@ -86,7 +113,7 @@ async def build_report(app: codara.App, *, seconds: float) -> TriageReport:
         report.processed += 1
         if label is not None:
             report.labelled += 1
-            if out["intent"] == label:
+            if out.get("predicted", out["intent"]) == label:
                 report.correct += 1
             else:
                 report.errors_by_intent[label] += 1
@@ -101,9 +128,15 @@ async def build_report(app: codara.App, *, seconds: float) -> TriageReport:
                     report.wrong_auto[(label, out["intent"])] += 1
         else:
             report.human += 1
-            report.example_human = report.example_human or run.id
-            reason = "sensitive intent" if out["reason"] == "sensitive intent" else "low confidence"
-            report.human_reasons[reason] += 1
+            report.review_outcomes[out["policy_outcome"]] += 1
+            if out["action"] == "reviewed_reply":
+                report.example_reviewed = report.example_reviewed or run.id
+                if label is not None:
+                    report.reviewed += 1
+                    report.reviewed_correct += out["intent"] == label
+            else:
+                report.example_human = report.example_human or run.id
+            report.human_reasons[out["reason"]] += 1
     return report
 
 
@@ -118,9 +151,16 @@ def print_report(report: TriageReport, console: Console, *, config_hint: str) ->
     table.add_row("tickets processed", f"{report.processed:,}")
     table.add_row("answered automatically", f"{report.auto:,} ({_pct(report.automation_rate)})")
     table.add_row("precision of automatic answers", _pct(report.auto_precision))
+    table.add_row("decided by people", f"{report.human:,}")
     for reason, n in sorted(report.human_reasons.items()):
-        table.add_row(f"sent to a person: {reason}", f"{n:,}")
-    table.add_row("classifier accuracy (all tickets)", _pct(report.accuracy))
+        table.add_row(f"  because: {reason}", f"{n:,}")
+    for outcome, n in sorted(report.review_outcomes.items()):
+        table.add_row(f"  review outcome: {outcome}", f"{n:,}")
+    table.add_row("waiting for review now", f"{report.waiting_review:,}")
+    table.add_row("precision of all answers sent", _pct(report.sent_precision))
+    if report.median_decision_seconds is not None:
+        table.add_row("median time to a decision", f"{report.median_decision_seconds:.1f} s")
+    table.add_row("model accuracy (all tickets)", _pct(report.accuracy))
     table.add_row("runs failed / unfinished", f"{report.failed} / {report.unfinished}")
     table.add_row("throughput", f"{report.throughput:,.0f} tickets/s ({report.seconds:.1f} s)")
     console.print(table)
@@ -143,7 +183,8 @@ def print_report(report: TriageReport, console: Console, *, config_hint: str) ->
     console.print("\n[bold]Inspect a run[/bold] (its steps, inputs, outputs and timings):")
     for what, run_id in (
         ("answered", report.example_auto),
-        ("sent to a person", report.example_human),
+        ("reviewed", report.example_reviewed),
+        ("handed over", report.example_human),
     ):
         if run_id:
             console.print(

@@ -1,43 +1,40 @@
-"""The `triage` workflow: classify a customer message, then answer it automatically when the
-intent is confident and not sensitive, else hand it to a person; record the outcome."""
+"""The `triage` workflow: classify a customer message; answer it automatically when the review
+policies allow it (a confident, non-sensitive intent), else ask a person of the right role to
+approve, correct or reject the proposed answer; record the outcome."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 import codara
+from codara.review import ReviewGate
 
 from .crm import CRM
 from .data import Ticket
 from .model import Intent, TriageModel
-from .settings import DEFAULT_SENSITIVE
 
 
-class Decision(BaseModel):
-    action: Literal["auto_reply", "human"]
-    reason: str
+class ReplyProposal(BaseModel):
+    """What the workflow proposes to send; a reviewer may correct the intent or the text."""
+
+    intent: str = Field(min_length=1, max_length=100)
+    reply: str = Field(min_length=1, max_length=2000)
 
 
 class Outcome(BaseModel):
     ticket_id: str | None
     intent: str
+    """The intent the answer was for (after any reviewer's correction)."""
+    predicted: str
+    """The model's intent."""
     confidence: float
-    action: Literal["auto_reply", "human"]
+    action: Literal["auto_reply", "reviewed_reply", "human"]
+    policy_outcome: str
+    decided_by: list[str]
     reason: str
     reference: str
-
-
-def decide(intent: Intent, *, threshold: float, sensitive: frozenset[str]) -> Decision:
-    """Pure and deterministic, so a replay takes the same branch."""
-    if intent.label in sensitive:
-        return Decision(action="human", reason="sensitive intent")
-    if intent.confidence < threshold:
-        return Decision(
-            action="human", reason=f"confidence {intent.confidence:.2f} below {threshold:.2f}"
-        )
-    return Decision(action="auto_reply", reason=f"confidence {intent.confidence:.2f}")
 
 
 def render_reply(intent: str, customer: dict[str, object]) -> str:
@@ -55,24 +52,51 @@ def register(
     app: codara.App,
     model: TriageModel,
     crm: CRM,
+    gate: ReviewGate,
     *,
-    sensitive: frozenset[str] = frozenset(DEFAULT_SENSITIVE),
+    sensitive: frozenset[str],
 ) -> None:
-    @app.workflow(name="triage", version="1")
+    @app.workflow(name="triage", version="2")
     async def triage(ctx: codara.Context, ticket: Ticket) -> Outcome:
-        intent = await ctx.step("classify", model.classify, ticket.text)
+        intent: Intent = await ctx.step("classify", model.classify, ticket.text)
         customer = await ctx.step("crm.customer", crm.customer, ticket.customer())
-        decision = decide(intent, threshold=model.threshold, sensitive=sensitive)
-        if decision.action == "auto_reply":
-            body = render_reply(intent.label, customer)
+        is_sensitive = intent.label in sensitive
+        proposal = ReplyProposal(intent=intent.label, reply=render_reply(intent.label, customer))
+        check = await gate.check(
+            ctx,
+            "reply",
+            proposal,
+            inputs={
+                "intent": intent.label,
+                "confidence": intent.confidence,
+                "threshold": model.threshold,
+                "sensitive": is_sensitive,
+            },
+            context={
+                "message": ticket.text,
+                "ticket_id": ticket.id,
+                "customer_tier": customer.get("tier"),
+                "model": intent.model,
+            },
+            low_risk=not is_sensitive and intent.confidence >= model.threshold,
+        )
+        final: ReplyProposal = check.proposal
+        reviewers = check.review.reviewers if check.review else []
+        if check.go_ahead:
+            body = final.reply
+            if final.intent != proposal.intent and final.reply == proposal.reply:
+                body = render_reply(final.intent, customer)  # intent corrected: answer that
             reference = await ctx.step(
                 "reply.send",
                 crm.send_reply,
                 f"reply:{ctx.run_id}",
                 ticket.id,
                 ticket.customer(),
-                intent.label,
+                final.intent,
                 body,
+            )
+            action: Literal["auto_reply", "reviewed_reply", "human"] = (
+                "auto_reply" if check.outcome == "allowed" else "reviewed_reply"
             )
         else:
             reference = await ctx.step(
@@ -81,15 +105,25 @@ def register(
                 f"handoff:{ctx.run_id}",
                 ticket.id,
                 ticket.customer(),
-                intent.label,
+                final.intent,
                 intent.confidence,
-                decision.reason,
+                check.decision.get("reason") or check.outcome,
             )
+            action = "human"
         return Outcome(
             ticket_id=ticket.id,
-            intent=intent.label,
+            intent=final.intent,
+            predicted=intent.label,
             confidence=intent.confidence,
-            action=decision.action,
-            reason=decision.reason,
+            action=action,
+            policy_outcome=check.outcome,
+            decided_by=reviewers,
+            reason=_why(check.decision),
             reference=reference,
         )
+
+
+def _why(decision: dict[str, object]) -> str:
+    if decision.get("policy"):
+        return str(decision["policy"])
+    return "audit sample" if decision.get("sampled") else str(decision.get("outcome"))
