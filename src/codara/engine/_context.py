@@ -18,6 +18,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from codara.engine._codec import decode, dump_error, dumps, dumps_lenient, return_adapter
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from codara.engine._retry import RetryPolicy
 
 __all__ = ["Context"]
+
+_PLAIN_RESULTS = frozenset({int, float, str, bool, type(None), dict, list, tuple})
 
 T = TypeVar("T")
 
@@ -183,7 +186,9 @@ class Context:
             while True:
                 try:
                     result = fn(*args, **kwargs)
-                    if inspect.isawaitable(result):
+                    if type(result) is CoroutineType or (
+                        type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result)
+                    ):
                         result = await result
                     break
                 except Exception as exc:

@@ -40,22 +40,11 @@ def row_hash(
     finished_at: float,
     attempts: int,
 ) -> str:
-    text = _SEP.join(
-        (
-            prev_hash,
-            run_id,
-            str(seq),
-            str(op),
-            kind,
-            name,
-            status,
-            _NULL if input is None else input,
-            _NULL if output is None else output,
-            _NULL if error is None else error,
-            repr(started_at),
-            repr(finished_at),
-            str(attempts),
-        )
+    # One f-string: this runs once per journal row, on the hot path.
+    text = (
+        f"{prev_hash}\x1f{run_id}\x1f{seq}\x1f{op}\x1f{kind}\x1f{name}\x1f{status}\x1f"
+        f"{_NULL if input is None else input}\x1f{_NULL if output is None else output}\x1f"
+        f"{_NULL if error is None else error}\x1f{started_at!r}\x1f{finished_at!r}\x1f{attempts}"
     )
     return hashlib.sha256(text.encode()).hexdigest()
 
