@@ -67,3 +67,9 @@ async def test_sqlite_in_a_missing_folder(tmp_path: object) -> None:
     with pytest.raises(DatabaseUnreachableError, match="folder does not exist"):
         async with codara.App(f"sqlite:///{tmp_path}/nope/x.db"):
             pass
+
+
+def test_the_pinned_head_is_alembics_head() -> None:
+    from codara.store._migrate import HEAD_REVISION
+
+    assert head_revision() == HEAD_REVISION

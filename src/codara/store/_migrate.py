@@ -3,26 +3,36 @@
 from __future__ import annotations
 
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util.exc import CommandError
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from codara.errors import DatabaseUnreachableError, SchemaOutOfDateError, StoreError
 from codara.store._url import DatabaseURL, sqlite_parent_exists
 
-__all__ = ["SchemaState", "check_schema", "head_revision", "schema_state", "upgrade"]
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+__all__ = [
+    "HEAD_REVISION",
+    "SchemaState",
+    "check_schema",
+    "head_revision",
+    "schema_state",
+    "upgrade",
+]
 
 VERSION_TABLE = "codara_alembic_version"
+HEAD_REVISION = "0002"
+"""The newest migration. Checking a schema needs only this, so Alembic is imported only to
+migrate; a test pins it to Alembic's own head."""
 
 
 def _alembic_config() -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     location = resources.files("codara.store") / "migrations"
     cfg.set_main_option("script_location", str(location))
@@ -30,6 +40,9 @@ def _alembic_config() -> Config:
 
 
 def head_revision() -> str:
+    """Alembic's head revision, read from the migration scripts."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     assert head is not None
     return head
@@ -83,15 +96,17 @@ def schema_state(url: DatabaseURL) -> SchemaState:
     engine = _engine(url)
     try:
         with engine.connect() as conn:
-            current = MigrationContext.configure(
-                conn, opts={"version_table": VERSION_TABLE}
-            ).get_current_revision()
-            has_tables = inspect(conn).has_table("codara_runs")
+            tables = inspect(conn)
+            current = None
+            if tables.has_table(VERSION_TABLE):
+                rows = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
+                current = rows[0][0] if len(rows) == 1 else None
+            has_tables = tables.has_table("codara_runs")
     except (OperationalError, SQLAlchemyError) as exc:
         raise unreachable(url, exc) from exc
     finally:
         engine.dispose()
-    return SchemaState(current, head_revision(), has_tables)
+    return SchemaState(current, HEAD_REVISION, has_tables)
 
 
 def check_schema(url: DatabaseURL) -> SchemaState:
@@ -116,6 +131,9 @@ def upgrade(url: DatabaseURL, revision: str = "head") -> SchemaState:
             hint="the codara_alembic_version table was emptied or dropped; restore it from a "
             "backup, or move the tables aside and run `codara db upgrade` on an empty database",
         )
+    from alembic import command
+    from alembic.util.exc import CommandError as AlembicCommandError
+
     engine = _engine(url)
     cfg = _alembic_config()
     try:
@@ -125,7 +143,7 @@ def upgrade(url: DatabaseURL, revision: str = "head") -> SchemaState:
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7265436172)")
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
-    except CommandError as exc:
+    except AlembicCommandError as exc:
         raise StoreError(
             f"cannot upgrade the schema of {url.redacted()}: {exc}",
             hint="the database records a schema revision this Codara does not know: is it "
