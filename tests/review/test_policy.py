@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
@@ -440,6 +441,13 @@ def test_runtime_error_without_role_denies() -> None:
     assert "denied as a precaution" in decision.reason
 
 
+def test_failing_safe_logs_our_warning_not_celpys_error(caplog: pytest.LogCaptureFixture) -> None:
+    loaded = _arith_policies()
+    with caplog.at_level(logging.INFO):
+        assert loaded.evaluate({"count": 0}, decision_key="k").error is not None
+    assert [(r.name, r.levelname) for r in caplog.records] == [("codara.review._policy", "WARNING")]
+
+
 def test_overflow_fails_safe_never_allows() -> None:
     raw = example()
     table(raw)["policy_input"]["count"] = "int"
@@ -766,11 +774,11 @@ def test_works_after_another_runner_kind_built_the_shared_parser(
     import celpy
     import celpy.celparser
 
-    from codara.review import _policy
+    from codara.review import _policy_parse
 
     monkeypatch.setattr(celpy.celparser.CELParser, "CEL_PARSER", None)
     celpy.Environment()  # InterpretedRunner: builds celpy's shared parser with lark.Tree
-    cel = _policy._Cel()
+    cel = _policy_parse.Cel()
     assert cel.parser is not celpy.celparser.CELParser.CEL_PARSER
     runner = cel.program(cel.parse("1 < 2"))
     assert runner.evaluate({}) is not None
