@@ -19,7 +19,8 @@ from codara.errors import ConfigError, InputError
 from codara.models import Embedder, EmbeddingClassifier, Prediction, pick_threshold
 from codara.models._classifier import NEVER
 
-BANKING77 = Path(os.environ.get("CODARA_BANKING77_CSV", "/work/shared/data/banking77/train.csv"))
+_VENDORED = Path(__file__).parents[2] / "examples/support_triage/data/banking77_train.csv"
+BANKING77 = Path(os.environ.get("CODARA_BANKING77_CSV", _VENDORED))
 # Ten intents, several of them easy to confuse (arrival vs delivery estimate, pending vs
 # declined payment), 30 training and 20 held-out messages each.
 INTENTS = (
