@@ -224,7 +224,7 @@ class Context:
                     attempt,
                 )
             )
-            return result
+            return result  # type: ignore[return-value]
         finally:
             self._done_working()
 
