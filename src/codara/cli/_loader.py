@@ -180,6 +180,8 @@ def open_app(opts: Options, *, workflows: bool, migrate: Migrate = "check") -> A
     app = App(settings=settings, clock=user.clock, retry=user.retry, migrate=migrate)
     for wf in user.workflows():  # registration order: the last version is the latest
         app.workflow(name=wf.name, version=wf.version, compatible_with=wf.compatible_with)(wf.fn)
+    for tick in user.tickers:  # housekeeping such as install_reviews' deadline sweep
+        app.add_ticker(tick)
     if not app.workflows():
         raise ConfigError(
             f"the app {spec!r} (from {source}) has no workflows registered",

@@ -37,6 +37,7 @@ from ._output import (
     print_codara_error,
     print_unexpected,
 )
+from ._review import review_app
 from ._runs import EXIT_NOT_FINISHED, run_command, runs_app, signal_command
 
 __all__ = ["app", "main"]
@@ -130,6 +131,7 @@ app.command("signal", no_args_is_help=True)(signal_command)
 app.add_typer(runs_app, name="runs")
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
+app.add_typer(review_app, name="review")
 
 
 # -- codara worker -----------------------------------------------------------------------------

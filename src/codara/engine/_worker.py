@@ -54,7 +54,19 @@ class Worker:
         self._freed = asyncio.Event()
 
     async def run(self, *, until_idle: bool = False, stop: asyncio.Event | None = None) -> int:
-        """Work until ``stop`` is set (or, with ``until_idle``, until nothing is ready)."""
+        """Work until ``stop`` is set (or, with ``until_idle``, until nothing is ready).
+
+        While idle it looks for work every ``poll_interval``, and at once when the store
+        signals that a run became ready (PostgreSQL LISTEN/NOTIFY).
+        """
+        if until_idle:
+            return await self._work(until_idle=True, stop=stop, wake=None)
+        async with self.store.wakeups() as wake:
+            return await self._work(until_idle=False, stop=stop, wake=wake)
+
+    async def _work(
+        self, *, until_idle: bool, stop: asyncio.Event | None, wake: asyncio.Event | None
+    ) -> int:
         keys = list(self.workflows)
         heartbeat = asyncio.create_task(self._heartbeat())
         await self._run_tickers()  # deadlines that passed while no worker ran apply now
@@ -62,6 +74,8 @@ class Worker:
         stopper = asyncio.create_task(stop.wait()) if stop is not None else None
         try:
             while stop is None or not stop.is_set():
+                if wake is not None:
+                    wake.clear()  # before claiming: a notification from now on ends the wait
                 free = self.concurrency - len(self.active)
                 claims: list[Claim] = []
                 if free > 0:
@@ -78,11 +92,15 @@ class Worker:
                 waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(self._freed.wait())]
                 if stopper is not None:
                     waiters.append(stopper)  # type: ignore[arg-type]
+                if wake is not None and len(self.active) < self.concurrency:
+                    waiters.append(asyncio.ensure_future(wake.wait()))  # a NOTIFY: work is ready
                 timeout = None if (self.active and free <= len(claims)) else self.poll
                 if self.active and len(self.active) < self.concurrency:
                     timeout = self.poll
                 await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                waiters[0].cancel()
+                for waiter in waiters:
+                    if waiter is not stopper:
+                        waiter.cancel()
         finally:
             heartbeat.cancel()
             ticking.cancel()

@@ -20,8 +20,9 @@ from codara.config import Settings
 from codara.engine import App, Context
 from codara.errors import ConfigError
 from codara.review._items import ReviewResult
+from codara.review._notify import notifier_from_settings, notify_created
 from codara.review._policy import WorkflowPolicies, load_policies
-from codara.review._service import Reviews, review_signal
+from codara.review._service import Notify, Reviews, review_signal
 from codara.store import ReviewRecord, Tx
 from codara.store import reviews as repo
 
@@ -42,9 +43,12 @@ class GateResult(BaseModel):
 
 
 class ReviewGate:
-    def __init__(self, policies: WorkflowPolicies, *, workflow: str) -> None:
+    def __init__(
+        self, policies: WorkflowPolicies, *, workflow: str, notify: Notify | None = None
+    ) -> None:
         self.policies = policies
         self.workflow = workflow
+        self.notify = notify
 
     @classmethod
     def from_settings(cls, settings: Settings, workflow: str) -> ReviewGate:
@@ -56,7 +60,11 @@ class ReviewGate:
                 f"{settings.source_file or 'the configuration'}",
                 hint="declare its policy_input and policies; see docs/policies.md",
             )
-        return cls(load_policies(section, workflow=workflow), workflow=workflow)
+        return cls(
+            load_policies(section, workflow=workflow),
+            workflow=workflow,
+            notify=notifier_from_settings(settings),
+        )
 
     def _evaluate(self, inputs: dict[str, Any], key: str) -> dict[str, Any]:
         return self.policies.evaluate(inputs, decision_key=key).as_record()
@@ -82,9 +90,18 @@ class ReviewGate:
         if decision["outcome"] == "deny":
             return GateResult(outcome="denied", proposal=proposal, decision=decision)
         schema = type(proposal).model_json_schema() if isinstance(proposal, BaseModel) else None
+        created: list[ReviewRecord] = []
+
+        async def create(tx: Tx, *args: Any) -> str:
+            review_id = await self._create(tx, *args)
+            record = await repo.get_review(tx, review_id)
+            if record is not None:
+                created.append(record)
+            return review_id
+
         review_id = await ctx.transaction(
             f"review:{step}",
-            self._create,
+            create,
             ctx.run_id,
             step,
             decision,
@@ -95,6 +112,8 @@ class ReviewGate:
             priority,
             ctx.now(),
         )
+        if created:  # created just now, not replayed from the journal, and committed
+            await notify_created(self.notify, created[0])
         raw = await ctx.wait_for(review_signal(review_id))
         result = ReviewResult.model_validate(raw)
         final = result.proposal
@@ -173,10 +192,16 @@ def _json(value: Any) -> Any:
     return value
 
 
-def install_reviews(app: App) -> None:
-    """Have the app's workers apply review deadlines (approve, deny or escalate)."""
+def install_reviews(app: App, *, notify: Notify | None = None) -> None:
+    """Have the app's workers apply review deadlines (approve, deny or escalate).
+
+    ``notify`` hears of escalations and expiries; by default the webhook that
+    ``[notifications]`` configures, if any.
+    """
+    if notify is None:
+        notify = notifier_from_settings(app.settings)
 
     async def sweep(a: App) -> object:
-        return await Reviews(a.store, a.clock).sweep()
+        return await Reviews(a.store, a.clock, notify=notify).sweep()
 
     app.add_ticker(sweep)

@@ -7,6 +7,8 @@ to ``%s``. Only ``codara.store`` talks SQL to Codara's own tables.
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -138,6 +140,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    def wakeups(self) -> AbstractAsyncContextManager[asyncio.Event | None]:
+        """While open: an event set when another process may have made a run ready
+        (PostgreSQL LISTEN/NOTIFY), or None where a worker can only poll (SQLite)."""
+        return contextlib.nullcontext(None)
 
     # -- runs -------------------------------------------------------------------------------
     @abc.abstractmethod

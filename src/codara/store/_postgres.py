@@ -20,6 +20,7 @@ from psycopg import errors as pg_errors
 from codara.errors import DatabaseUnreachableError
 from codara.store import _base as q
 from codara.store._base import FencedError, RowBuilder, Store, Tx
+from codara.store._notify_pg import WAKE_SQL, WakeListener
 from codara.store._types import RUN_COLUMNS, Claim, JournalRecord, RunRecord
 from codara.store._url import DatabaseURL
 
@@ -74,6 +75,7 @@ class PostgresStore(Store):
 
     def __init__(self, url: DatabaseURL, conns: list[psycopg.AsyncConnection[Any]]) -> None:
         self.url_redacted = url.redacted()
+        self._conninfo = url.pg_conninfo
         self._all = conns
         self._free: asyncio.Queue[psycopg.AsyncConnection[Any]] = asyncio.Queue()
         for c in conns:
@@ -114,6 +116,13 @@ class PostgresStore(Store):
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 await conn.rollback()
             self._free.put_nowait(conn)
+
+    @asynccontextmanager
+    async def wakeups(self) -> AsyncIterator[asyncio.Event | None]:
+        """One extra connection LISTENs for NOTIFY codara_wake while the worker runs."""
+        assert self._conninfo is not None
+        async with WakeListener(self._conninfo) as event:
+            yield event
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[Tx]:
@@ -158,6 +167,7 @@ class PostgresStore(Store):
                     got = await cur.fetchone()
                     assert got is not None
                 ids.append(got[0])
+            await conn.execute(WAKE_SQL)  # delivered on commit: idle workers claim at once
         return ids
 
     async def get_run(self, run_id: str) -> RunRecord | None:
@@ -263,7 +273,9 @@ class PostgresStore(Store):
     async def release(
         self, run_id: str, token: int, ready_at: float, note: str | None, now: float
     ) -> None:
-        await self._rowcount(_pg(q.RELEASE_RUN), (ready_at, note, now, run_id, token))
+        n = await self._rowcount(_pg(q.RELEASE_RUN), (ready_at, note, now, run_id, token))
+        if n and ready_at <= now:  # handed back ready now (e.g. a worker shutting down)
+            await self._rowcount(WAKE_SQL)
 
     async def heartbeat(
         self, owner: str, run_ids: Sequence[str], lease_until: float, now: float
@@ -316,6 +328,7 @@ class PostgresStore(Store):
             if cur.rowcount != 1:
                 return False
             await conn.execute(_pg(q.INSERT_SIGNAL), (run_id, name, payload, now))
+            await conn.execute(WAKE_SQL)
             return True
 
     async def cancel(self, run_id: str, now: float) -> bool:

@@ -8,6 +8,7 @@ from typing import Any
 
 from codara.store import _base as q
 from codara.store._base import Tx
+from codara.store._notify_pg import wake_sql
 
 __all__ = ["ReviewEvent", "ReviewRecord", "TokenRecord", "UserRecord"]
 
@@ -198,6 +199,9 @@ async def signal_run(tx: Tx, run_id: str, name: str, payload: str | None, now: f
     if await tx.execute(wake, (now, now, run_id)) != 1:
         return False
     await tx.execute(q.INSERT_SIGNAL, (run_id, name, payload, now))
+    notify = wake_sql(tx.dialect)
+    if notify is not None:  # idle workers hear of it when the decision commits
+        await tx.execute(notify)
     return True
 
 
