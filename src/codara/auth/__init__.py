@@ -79,6 +79,8 @@ class Users:
         return [(u.username, u.roles.split(","), bool(u.disabled)) for u in users]
 
     async def principal(self, username: str) -> Principal:
+        if not _NAME.match(username):
+            raise AuthError(f"no active user {username[:100]!r}")
         async with self.store.tx() as tx:
             user = await repo.get_user(tx, username)
         if user is None or user.disabled:
@@ -86,6 +88,8 @@ class Users:
         return Principal(user.username, frozenset(user.roles.split(",")))
 
     async def login(self, username: str, password: str) -> Principal:
+        if not _NAME.match(username):
+            raise AuthError("wrong user name or password")
         async with self.store.tx() as tx:
             user = await repo.get_user(tx, username)
         if user is None or user.disabled or not verify_password(password, user.password_hash):

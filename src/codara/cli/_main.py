@@ -39,6 +39,7 @@ from ._output import (
 )
 from ._review import review_app
 from ._runs import EXIT_NOT_FINISHED, run_command, runs_app, signal_command
+from ._serve import serve_command, tokens_app, users_app
 
 __all__ = ["app", "main"]
 
@@ -131,6 +132,9 @@ app.command("signal", no_args_is_help=True)(signal_command)
 app.add_typer(runs_app, name="runs")
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
+app.command("serve")(serve_command)
+app.add_typer(users_app, name="users")
+app.add_typer(tokens_app, name="tokens")
 app.add_typer(review_app, name="review")
 
 

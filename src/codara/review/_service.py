@@ -125,6 +125,12 @@ class Reviews:
         now = self.clock()
         async with self.store.tx() as tx:
             r = await self._open(tx, who, review_id, decide=True)
+            holder = self._holder(r, now)
+            if holder not in (None, who.username) and not who.is_admin:
+                raise ConflictError(
+                    f"review {review_id} is claimed by {holder}",
+                    hint="only the holder (or an admin) may hand it on",
+                )
             user = await repo.get_user(tx, to)
             if user is None or user.disabled or r.role not in user.roles.split(","):
                 raise InputError(
@@ -175,16 +181,14 @@ class Reviews:
 
     async def bulk_approve(self, who: Principal, review_ids: Sequence[str]) -> list[ReviewItem]:
         """Approve several items at once; only those a policy marked low-risk qualify."""
-        done = []
-        for review_id in review_ids:
+        for review_id in review_ids:  # check every item before deciding any
             item = await self.get(who, review_id)
             if not item.low_risk:
                 raise InputError(
                     f"review {review_id} is not marked low-risk; decide it on its own",
                     hint="bulk approval is for items a policy marks low_risk",
                 )
-            done.append(await self.approve(who, review_id, comment="bulk approval"))
-        return done
+        return [await self.approve(who, rid, comment="bulk approval") for rid in review_ids]
 
     async def _decide(
         self,

@@ -1,0 +1,210 @@
+"""``codara serve`` (REST API and console), ``codara users ...`` and ``codara tokens ...``."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from codara.auth import Users
+from codara.engine import App
+from codara.errors import InputError
+from codara.review import install_reviews
+from codara.store import parse_url
+
+from ._loader import open_app, options
+from ._output import err_console, guard, log_to_stderr, out_console, print_json
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+__all__ = ["serve_command", "tokens_app", "users_app"]
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+users_app = typer.Typer(
+    help="Manage the users of the console and the API, and their roles.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+tokens_app = typer.Typer(
+    help="Create and revoke API tokens.", no_args_is_help=True, rich_markup_mode=None
+)
+
+
+# -- codara serve ------------------------------------------------------------------------------
+def run_server(api: FastAPI, host: str, port: int, log_level: str) -> None:
+    """Serve ``api`` with uvicorn until SIGTERM or Ctrl-C (tests replace this)."""
+    import uvicorn
+
+    uvicorn.run(api, host=host, port=port, log_level=log_level)
+
+
+def serve_command(
+    ctx: typer.Context,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (0.0.0.0: all interfaces).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535, help="TCP port.")] = 8000,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="debug, info, warning or error.")
+    ] = "info",
+) -> None:
+    """Serve the REST API (/api, spec at /openapi.json) and the review console (/).
+
+    Every route except /login, /healthz and /static needs an API token or a console
+    session: create users with `codara users add` first. Serving runs no workflows: start
+    `codara worker` too. Refuses an out-of-date schema (exit 9: run `codara db upgrade`).
+    """
+    opts = options(ctx)
+
+    def body() -> int:
+        level = log_level.lower()
+        if level not in ("debug", "info", "warning", "error"):
+            raise InputError(
+                f"unknown log level {log_level!r}", hint="use debug, info, warning or error"
+            )
+        from codara.api import create_app  # FastAPI loads only for this command
+
+        app = open_app(opts, workflows=True, migrate="check")
+        install_reviews(app)  # harmless here: tickers run in workers, not in the server
+        asyncio.run(_check_store(app))  # fail with exit 8 / 9 before binding the port
+        with log_to_stderr(level):
+            err_console().print(
+                f"codara: serving the API and console on http://{host}:{port}/ "
+                f"(store {parse_url(app.settings.store.url).redacted()})"
+            )
+            run_server(create_app(app), host, port, level)
+        return 0
+
+    guard(opts.json, body)
+
+
+async def _check_store(app: App) -> None:
+    async with app:
+        pass
+
+
+# -- codara users ------------------------------------------------------------------------------
+@users_app.command("add")
+def users_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The user name (letters, digits, _ . @ -).")],
+    role: Annotated[
+        list[str],
+        typer.Option(
+            "--role",
+            "-r",
+            help="A role (repeat for several): admin, operator, or a reviewer role that "
+            "policies name (support, finance, ...). Replaces the user's roles.",
+        ),
+    ],
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--password-stdin",
+            help="Read the console password from the first line of stdin (at least 8 "
+            "characters). Without it the user signs in with API tokens only, or keeps the "
+            "password it has.",
+        ),
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create user NAME, or update its roles (and password)."""
+    opts = options(ctx, json_out)
+
+    async def body() -> list[str]:
+        password = None
+        if password_stdin:
+            password = sys.stdin.readline().rstrip("\r\n")
+            if not password:
+                raise InputError("no password on stdin", hint="echo 'secret' | codara users add")
+        async with open_app(opts, workflows=False, migrate="create-if-empty") as app:
+            await Users(app.store, app.clock).add(name, role, password=password)
+        return sorted(set(role))
+
+    roles = guard(opts.json, lambda: asyncio.run(body()))
+    if opts.json:
+        print_json({"username": name, "roles": roles, "password_set": password_stdin})
+    else:
+        err_console().print(f"user {name} saved with role(s) {', '.join(roles)}")
+
+
+@users_app.command("list")
+def users_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+    """List the users and their roles."""
+    opts = options(ctx, json_out)
+
+    async def body() -> list[tuple[str, list[str], bool]]:
+        async with open_app(opts, workflows=False) as app:
+            return await Users(app.store, app.clock).list()
+
+    users = guard(opts.json, lambda: asyncio.run(body()))
+    if opts.json:
+        print_json({"users": [{"username": u, "roles": r, "disabled": d} for u, r, d in users]})
+        return
+    if not users:
+        err_console().print("no users yet: codara users add NAME --role admin --password-stdin")
+        return
+    table = Table(header_style="bold")
+    for column in ("user", "roles", "state"):
+        table.add_column(column)
+    for username, roles, disabled in users:
+        state = Text("disabled", style="red") if disabled else Text("active", style="green")
+        table.add_row(username, ", ".join(roles), state)
+    out_console().print(table)
+
+
+# -- codara tokens -----------------------------------------------------------------------------
+@tokens_app.command("create")
+def tokens_create(
+    ctx: typer.Context,
+    user: Annotated[str, typer.Argument(help="The user the token acts as.")],
+    name: Annotated[
+        str, typer.Option("--name", "-n", help="What the token is for (shown in listings).")
+    ] = "api",
+    ttl: Annotated[
+        float | None,
+        typer.Option("--ttl", min=60, help="Seconds until it expires (default: never)."),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create an API token for USER and print it (once: only its hash is stored)."""
+    opts = options(ctx, json_out)
+
+    async def body() -> str:
+        async with open_app(opts, workflows=False) as app:
+            return await Users(app.store, app.clock).create_token(user, name, ttl=ttl)
+
+    token = guard(opts.json, lambda: asyncio.run(body()))
+    if opts.json:
+        print_json({"token": token, "user": user, "name": name})
+        return
+    print(token)
+    err_console().print(
+        "store it now: it is not shown again. Use it as 'Authorization: Bearer <token>'."
+    )
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    ctx: typer.Context,
+    token: Annotated[str, typer.Argument(help="The token to revoke (as printed at creation).")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Revoke a token (an API token or a console session) at once."""
+    opts = options(ctx, json_out)
+
+    async def body() -> None:
+        async with open_app(opts, workflows=False) as app:
+            await Users(app.store, app.clock).revoke(token.strip())
+
+    guard(opts.json, lambda: asyncio.run(body()))
+    if opts.json:
+        print_json({"revoked": True})
+    else:
+        err_console().print("token revoked; requests with it are refused from now on")
