@@ -102,12 +102,16 @@ def register(app: codara.App, side: SideDB | None = None) -> None:
     async def ledger(ctx: codara.Context, n: int) -> int:
         done = 0
         for i in range(n):
+            await asyncio.sleep(0.005)  # pace the runs so kills land mid-run on a fast machine
             await ctx.transaction(f"s{i}", append_ledger, ctx.run_id, i)
             done += 1
         return done
 
     async def effect(key: str) -> str:
         assert side is not None
+        # An external call takes a moment: it also leaves the test time to kill workers
+        # mid-run on a fast machine (without it SQLite finishes before the kills are due).
+        await asyncio.sleep(0.01)
         await side.execute("INSERT INTO effect_attempts (key, worker) VALUES (?, ?)", (key, WORKER))
         await side.execute(
             "INSERT INTO effects (key, worker) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",

@@ -125,7 +125,7 @@ async def _run_with_chaos(
                     + await _diagnostic(app, fleet, chaos),
                     pytrace=False,
                 )
-            await asyncio.sleep(rng.uniform(0.05, 0.25))
+            await asyncio.sleep(rng.uniform(0.02, 0.1))
             if chaos.kills >= kills:
                 continue
             if await _progress(app, total * (steps + 1)) < marks[chaos.kills]:
