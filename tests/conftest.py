@@ -1,5 +1,8 @@
 """Shared fixtures: the parametrized store URL (SQLite and PostgreSQL) and helpers.
 
+Network: an autouse guard lets a test's sockets connect only to loopback (127.0.0.0/8, ::1,
+``localhost``) or Unix sockets; anything else raises before a packet or a DNS query leaves.
+
 PostgreSQL: set CODARA_TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/test).
 Under CI (CI=true) a test that cannot reach it fails; elsewhere it is skipped with one loud
 line saying how to enable it.
@@ -7,10 +10,13 @@ line saying how to enable it.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import sys
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -19,6 +25,71 @@ PG_ADMIN_URL = os.environ.get(
     "CODARA_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+class NetworkBlockedError(RuntimeError):
+    """A test tried to reach a non-loopback address."""
+
+
+def _is_loopback(host: object) -> bool:
+    if isinstance(host, bytes):
+        host = host.decode()
+    if not isinstance(host, str):
+        return False
+    host = host.strip("[]").split("%", 1)[0]  # "[::1]" and scoped "fe80::1%eth0"
+    if host == "" or host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a host name: refuse it rather than resolve it
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
+
+
+def _check(address: Any, how: str) -> None:
+    if not isinstance(address, tuple):
+        return  # AF_UNIX paths (str/bytes) never leave the machine
+    if not _is_loopback(address[0]):
+        raise NetworkBlockedError(
+            f"network guard: {how} to {address[0]!r} port {address[1]!r} blocked; tests may "
+            "only reach loopback (use codara.testing.FakeLLMServer)"
+        )
+
+
+@pytest.fixture(autouse=True)
+def network_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Block every socket connect to a non-loopback address for the duration of a test."""
+    real_connect = socket.socket.connect
+    real_connect_ex = socket.socket.connect_ex
+    real_create_connection = socket.create_connection
+    real_getaddrinfo = socket.getaddrinfo
+
+    def connect(self: socket.socket, address: Any) -> None:
+        _check(address, "socket.connect")
+        real_connect(self, address)
+
+    def connect_ex(self: socket.socket, address: Any) -> int:
+        _check(address, "socket.connect_ex")
+        return real_connect_ex(self, address)
+
+    def create_connection(address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
+        _check(address, "socket.create_connection")
+        return real_create_connection(address, *args, **kwargs)
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host is not None:
+            _check((host, port), "socket.getaddrinfo")
+        return real_getaddrinfo(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
 
 _pg_error: str | None = None
 _pg_checked = False
