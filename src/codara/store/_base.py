@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from codara.store._notify_pg import wake_sql
 from codara.store._types import JOURNAL_COLUMNS, RUN_COLUMNS, Claim, JournalRecord, RunRecord
 
 __all__ = ["FencedError", "Store", "Tx"]
@@ -130,6 +131,21 @@ def filters(
         params.append(before)
     where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
     return where, tuple(params)
+
+
+async def signal_run(tx: Tx, run_id: str, name: str, payload: str | None, now: float) -> bool:
+    """Store a signal and wake the run if it waits, inside ``tx`` (with whatever else the
+    transaction decides, e.g. a review). False if the run is finished or unknown."""
+    wake = WAKE_ON_SIGNAL
+    if tx.dialect == "postgresql":
+        wake = wake.replace("THEN ? ELSE", "THEN CAST(? AS DOUBLE PRECISION) ELSE")
+    if await tx.execute(wake, (now, now, run_id)) != 1:
+        return False
+    await tx.execute(INSERT_SIGNAL, (run_id, name, payload, now))
+    notify = wake_sql(tx.dialect)
+    if notify is not None:  # idle workers hear of it when the decision commits
+        await tx.execute(notify)
+    return True
 
 
 class Store(abc.ABC):

@@ -2,7 +2,7 @@
 became ready, instead of finding out at its next poll.
 
 Writers that make a run ready (``create_runs``, ``send_signal``, a review decision's
-``signal_run``) execute :data:`WAKE_SQL` (``SELECT pg_notify('codara_wake', '')``) inside
+``_base.signal_run``) execute :data:`WAKE_SQL` (``SELECT pg_notify('codara_wake', '')``) inside
 their transaction. PostgreSQL delivers a notification when, and only if, the transaction
 commits, so a woken worker always finds the committed row; identical notifications of one
 transaction are folded into one, so a batch of 1,000 runs wakes each worker once.

@@ -52,7 +52,6 @@ _CLAIM_ONE = _pg(
 )
 _HEARTBEAT = _pg(q.HEARTBEAT.format(ids="SELECT unnest(?::text[])"))
 _OWNED = _pg(q.OWNED.format(ids="SELECT unnest(?::text[])"))
-_WAKE_ON_SIGNAL = _pg(q.WAKE_ON_SIGNAL.replace("THEN ? ELSE", "THEN ?::double precision ELSE"))
 
 
 class _PgTx(Tx):
@@ -323,13 +322,8 @@ class PostgresStore(Store):
 
     # -- from outside ----------------------------------------------------------------------
     async def send_signal(self, run_id: str, name: str, payload: str | None, now: float) -> bool:
-        async with self._conn() as conn, conn.transaction():
-            cur = await conn.execute(_WAKE_ON_SIGNAL, (now, now, run_id))
-            if cur.rowcount != 1:
-                return False
-            await conn.execute(_pg(q.INSERT_SIGNAL), (run_id, name, payload, now))
-            await conn.execute(WAKE_SQL)
-            return True
+        async with self.tx() as tx:
+            return await q.signal_run(tx, run_id, name, payload, now)
 
     async def cancel(self, run_id: str, now: float) -> bool:
         return await self._rowcount(_pg(q.CANCEL_RUN), (now, now, run_id)) == 1

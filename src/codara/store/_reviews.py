@@ -6,11 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from codara.store import _base as q
-from codara.store._base import Tx
-from codara.store._notify_pg import wake_sql
+from codara.store._base import Tx, signal_run
 
-__all__ = ["ReviewEvent", "ReviewRecord", "TokenRecord", "UserRecord"]
+__all__ = ["ReviewEvent", "ReviewRecord", "TokenRecord", "UserRecord", "signal_run"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,20 +187,6 @@ async def events(tx: Tx, review_id: str) -> list[ReviewEvent]:
         (review_id,),
     )
     return [ReviewEvent(*r) for r in rows]
-
-
-async def signal_run(tx: Tx, run_id: str, name: str, payload: str | None, now: float) -> bool:
-    """Send a signal inside ``tx``: stored and the run woken together with the decision."""
-    wake = q.WAKE_ON_SIGNAL
-    if tx.dialect == "postgresql":
-        wake = wake.replace("THEN ? ELSE", "THEN CAST(? AS DOUBLE PRECISION) ELSE")
-    if await tx.execute(wake, (now, now, run_id)) != 1:
-        return False
-    await tx.execute(q.INSERT_SIGNAL, (run_id, name, payload, now))
-    notify = wake_sql(tx.dialect)
-    if notify is not None:  # idle workers hear of it when the decision commits
-        await tx.execute(notify)
-    return True
 
 
 # -- users and tokens ------------------------------------------------------------------------

@@ -318,20 +318,8 @@ class SQLiteStore(Store):
 
     # -- from outside ----------------------------------------------------------------------
     async def send_signal(self, run_id: str, name: str, payload: str | None, now: float) -> bool:
-        async with self._lock:
-            self._begin()
-            try:
-                cur = self._conn.execute(q.WAKE_ON_SIGNAL, (now, now, run_id))
-                if cur.rowcount != 1:
-                    self._conn.execute("ROLLBACK")
-                    return False
-                self._conn.execute(q.INSERT_SIGNAL, (run_id, name, payload, now))
-                self._conn.execute("COMMIT")
-                return True
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+        async with self.tx() as tx:
+            return await q.signal_run(tx, run_id, name, payload, now)
 
     async def cancel(self, run_id: str, now: float) -> bool:
         await self._quiet()
