@@ -192,7 +192,12 @@ def open_app(opts: Options, *, workflows: bool, migrate: Migrate = "check") -> A
 
 
 # -- inputs ------------------------------------------------------------------------------------
-def parse_json(text: str, what: str) -> Any:
+_JSON_HINT = (
+    'quote it for the shell, e.g. --input \'{"text": "hello"}\'; strings need double quotes'
+)
+
+
+def parse_json(text: str, what: str, *, hint: str = _JSON_HINT) -> Any:
     """Parse JSON given on the command line; the error names the line and column."""
     try:
         return json.loads(text)
@@ -200,8 +205,7 @@ def parse_json(text: str, what: str) -> Any:
         raise InputError(
             f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno} "
             f"(char {exc.pos})",
-            hint='quote it for the shell, e.g. --input \'{"text": "hello"}\'; strings need '
-            "double quotes",
+            hint=hint,
         ) from None
 
 

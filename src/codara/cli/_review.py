@@ -26,7 +26,7 @@ from codara.auth import AuthError, Users
 from codara.errors import ConflictError, InputError, NotFoundError, UserError
 from codara.review import Principal, ReviewItem, Reviews
 
-from ._loader import Options, open_app, options
+from ._loader import Options, open_app, options, parse_json
 from ._output import (
     err_console,
     fmt_time,
@@ -270,15 +270,12 @@ def _report(action: str, item: ReviewItem, as_json: bool) -> None:
 
 # -- proposals ---------------------------------------------------------------------------------
 def _parse_proposal(text: str, what: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno} "
-            f"(char {exc.pos})",
-            hint="give the whole edited proposal as JSON (strings in double quotes); "
-            "`codara review show ID --json` prints the current one to start from",
-        ) from None
+    return parse_json(
+        text,
+        what,
+        hint="give the whole edited proposal as JSON (strings in double quotes); "
+        "`codara review show ID --json` prints the current one to start from",
+    )
 
 
 def _read_proposal(path: Path) -> str:
