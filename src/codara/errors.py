@@ -12,6 +12,7 @@ agree. The tree is split by who has to act, as pydantic-ai does::
     │   └── NotFoundError          no run / review / user with that id
     ├── StoreError                 our own database
     │   ├── DatabaseUnreachableError
+    │   ├── StoreUnavailableError  a transient failure (connection lost, database locked)
     │   └── SchemaOutOfDateError   run `codara db upgrade`
     ├── WorkflowCodeError          a mistake in workflow code
     │   ├── NonDeterminismError    a replay took another path than the journal
@@ -20,6 +21,8 @@ agree. The tree is split by who has to act, as pydantic-ai does::
     └── RunError                   a run failed while doing its work
         ├── StepFailedError        a step raised (after its retries)
         ├── WaitTimeoutError       a durable wait reached its timeout
+        ├── StepTimeoutError       a step ran longer than its timeout
+        ├── PoisonRunError         a run crashed its worker too many times in a row
         └── ModelCallError         a model provider failed
 
 Errors that must not be retried carry ``non_retryable = True`` (as temporalio does).
@@ -38,10 +41,13 @@ __all__ = [
     "ModelCallError",
     "NonDeterminismError",
     "NotFoundError",
+    "PoisonRunError",
     "RunError",
     "SchemaOutOfDateError",
     "StepFailedError",
+    "StepTimeoutError",
     "StoreError",
+    "StoreUnavailableError",
     "UnknownWorkflowError",
     "UserError",
     "WaitTimeoutError",
@@ -117,6 +123,14 @@ class DatabaseUnreachableError(StoreError):
     exit_code = 8
 
 
+class StoreUnavailableError(StoreError):
+    """A transient store failure: the connection dropped, the server restarted, the database
+    is locked. The engine hands the run back and tries again; it is never a run failure."""
+
+    code = "store_unavailable"
+    exit_code = 8
+
+
 class SchemaOutOfDateError(StoreError):
     code = "schema_out_of_date"
     exit_code = 9
@@ -177,6 +191,20 @@ class WaitTimeoutError(RunError, TimeoutError):
         super().__init__(f"no signal {signal!r} arrived within {timeout} s")
         self.signal = signal
         self.timeout = timeout
+
+
+class StepTimeoutError(RunError, TimeoutError):
+    code = "step_timeout"
+
+    def __init__(self, step: str, timeout: float) -> None:
+        super().__init__(f"step {step!r} ran longer than its timeout of {timeout} s")
+        self.step = step
+        self.timeout = timeout
+
+
+class PoisonRunError(RunError):
+    code = "poison_run"
+    non_retryable = True
 
 
 class ModelCallError(RunError):

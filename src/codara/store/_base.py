@@ -100,6 +100,7 @@ def journal_params(r: JournalRecord) -> tuple[Any, ...]:
         r.attempts,
         r.prev_hash,
         r.hash,
+        r.branch,
     )
 
 

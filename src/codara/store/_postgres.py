@@ -33,8 +33,8 @@ def _pg(sql: str) -> str:
 
 _APPEND = _pg(
     "INSERT INTO codara_journal (run_id, seq, op, kind, name, status, input, output, error, "
-    "started_at, finished_at, attempts, prev_hash, hash) "
-    "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
+    "started_at, finished_at, attempts, prev_hash, hash, branch) "
+    "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
     "WHERE EXISTS (SELECT 1 FROM codara_runs WHERE id = ? AND token = ? FOR SHARE)"
 )
 _CLAIM = _pg(

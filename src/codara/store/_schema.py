@@ -96,6 +96,9 @@ journal = Table(
     Column("attempts", Integer, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    # the branch path of the operation: "" for the workflow's own coroutine, "0.1" for the
+    # second child task of its first child task (see engine/_context.py)
+    Column("branch", String(200), nullable=False, server_default=text("''")),
     PrimaryKeyConstraint("run_id", "seq", name="pk_codara_journal"),
     sqlite_with_rowid=False,
 )

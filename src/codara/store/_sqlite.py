@@ -25,8 +25,8 @@ __all__ = ["SQLiteStore"]
 
 _APPEND = (
     "INSERT INTO codara_journal (run_id, seq, op, kind, name, status, input, output, error, "
-    "started_at, finished_at, attempts, prev_hash, hash) "
-    "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
+    "started_at, finished_at, attempts, prev_hash, hash, branch) "
+    "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
     "WHERE EXISTS (SELECT 1 FROM codara_runs WHERE id = ? AND token = ?)"
 )
 _CLAIM = (

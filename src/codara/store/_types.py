@@ -26,6 +26,7 @@ class JournalRecord:
     attempts: int
     prev_hash: str
     hash: str
+    branch: str = ""  # "" = the workflow's own coroutine; "0.1" = a child task's child
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,5 +73,5 @@ RUN_COLUMNS = (
 )
 JOURNAL_COLUMNS = (
     "run_id, seq, op, kind, name, status, input, output, error, started_at, finished_at, "
-    "attempts, prev_hash, hash"
+    "attempts, prev_hash, hash, branch"
 )

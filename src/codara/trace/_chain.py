@@ -39,13 +39,17 @@ def row_hash(
     started_at: float,
     finished_at: float,
     attempts: int,
+    branch: str = "",
 ) -> str:
-    # One f-string: this runs once per journal row, on the hot path.
+    # One f-string: this runs once per journal row, on the hot path. The branch is hashed
+    # only when it is not the root (""), so rows written before branches existed verify.
     text = (
         f"{prev_hash}\x1f{run_id}\x1f{seq}\x1f{op}\x1f{kind}\x1f{name}\x1f{status}\x1f"
         f"{_NULL if input is None else input}\x1f{_NULL if output is None else output}\x1f"
         f"{_NULL if error is None else error}\x1f{started_at!r}\x1f{finished_at!r}\x1f{attempts}"
     )
+    if branch:
+        text = f"{text}\x1fbranch={branch}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -64,6 +68,7 @@ def record_hash(r: JournalRecord) -> str:
         r.started_at,
         r.finished_at,
         r.attempts,
+        r.branch,
     )
 
 

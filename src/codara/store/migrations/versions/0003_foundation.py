@@ -1,0 +1,33 @@
+"""The foundation holds: operation identity by branch, and what issue 7 adds to the schema.
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-12-01
+
+One migration for the schema changes of this release (it has not shipped yet): each part
+adds its own block below. Keep ``store/_schema.py`` in step; a test compares the two.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    # -- operation identity: the branch path an operation ran in ("" = the workflow's own
+    #    coroutine, "0" its first child task, "0.1" that task's second child, ...)
+    with op.batch_alter_table("codara_journal") as batch:
+        batch.add_column(
+            sa.Column("branch", sa.String(200), nullable=False, server_default=sa.text("''"))
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("codara_journal") as batch:
+        batch.drop_column("branch")
