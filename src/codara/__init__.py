@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from codara.engine import App, Context, RetryPolicy
+from codara.engine import App, Context, RetryPolicy, Step
 from codara.errors import (
     CodaraError,
     ConfigError,
@@ -28,6 +28,7 @@ __all__ = [
     "NotFoundError",
     "RetryPolicy",
     "RunError",
+    "Step",
     "StepFailedError",
     "Tx",
     "WaitTimeoutError",

@@ -53,7 +53,7 @@ async def boom(ctx: codara.Context, _: Any) -> None:
     def explode() -> None:
         raise ValueError("the widget exploded")
 
-    await ctx.step("explode", explode, retry=NO_RETRY)
+    await ctx.step(codara.Step("explode", retry=NO_RETRY), explode)
 
 
 @app.workflow(name="slow")

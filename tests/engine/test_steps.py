@@ -128,9 +128,11 @@ async def test_failing_step_is_retried_then_journaled_as_failed(app: codara.App)
 
     @app.workflow(name="retry")
     async def wf(ctx: codara.Context, _: None) -> str:
-        first = await ctx.step("flaky", flaky, retry=RetryPolicy(5, initial_delay=0.001))
+        first = await ctx.step(
+            codara.Step("flaky", retry=RetryPolicy(5, initial_delay=0.001)), flaky
+        )
         try:
-            await ctx.step("broken", broken, retry=RetryPolicy(2, initial_delay=0.001))
+            await ctx.step(codara.Step("broken", retry=RetryPolicy(2, initial_delay=0.001)), broken)
         except StepFailedError as exc:
             return f"{first}/{exc.error_type}"
         return "unreachable"
@@ -156,7 +158,7 @@ async def test_non_retryable_errors_are_not_retried(app: codara.App) -> None:
 
     @app.workflow(name="nr")
     async def wf(ctx: codara.Context, _: None) -> None:
-        await ctx.step("refuse", refuse, retry=RetryPolicy(5, initial_delay=0.001))
+        await ctx.step(codara.Step("refuse", retry=RetryPolicy(5, initial_delay=0.001)), refuse)
 
     with pytest.raises(codara.RunError, match="customer closed the account"):
         await app.run("nr")
@@ -175,7 +177,7 @@ async def test_a_failed_step_fails_the_same_way_on_replay(app: codara.App) -> No
     @app.workflow(name="f")
     async def wf(ctx: codara.Context, _: None) -> str:
         try:
-            await ctx.step("boom", boom, retry=NO_RETRY)
+            await ctx.step(codara.Step("boom", retry=NO_RETRY), boom)
         except StepFailedError as exc:
             results.append(exc.error_message)
         await ctx.sleep(0)

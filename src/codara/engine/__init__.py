@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from codara.engine._app import App, new_run_id
-from codara.engine._context import Context
+from codara.engine._context import Context, Step
 from codara.engine._executor import Outcome, Workflow
 from codara.engine._retry import NO_RETRY, RetryPolicy
 from codara.engine._worker import Worker
@@ -14,6 +14,7 @@ __all__ = [
     "Context",
     "Outcome",
     "RetryPolicy",
+    "Step",
     "Worker",
     "Workflow",
     "new_run_id",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import functools
 import inspect
 import typing
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -14,7 +15,15 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from codara.errors import InputError
 
-__all__ = ["decode", "dump_error", "dumps", "dumps_lenient", "input_adapter", "return_adapter"]
+__all__ = [
+    "PASS_THROUGH",
+    "decode",
+    "dump_error",
+    "dumps",
+    "dumps_lenient",
+    "input_adapter",
+    "result_adapter",
+]
 
 _PLAIN = (type(None), bool, int, float, str, list, dict, Any)
 
@@ -66,19 +75,62 @@ def _needs_adapter(tp: Any) -> bool:
     return not plain
 
 
-@lru_cache(maxsize=4096)
-def return_adapter(fn: Callable[..., Any]) -> TypeAdapter[Any] | None:
-    """A validator that turns a journaled result back into the type ``fn`` returns."""
+def _unwrap(fn: Any) -> Any:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if not (inspect.isfunction(fn) or inspect.ismethod(fn) or inspect.isbuiltin(fn)):
+        call = inspect.getattr_static(type(fn), "__call__", None)  # a callable object
+        if inspect.isfunction(call):
+            return call
+    return fn
+
+
+_NO_HINT = object()
+
+
+def _return_hint(fn: Any) -> Any:
+    """The declared return type of ``fn`` (through partials and callable objects), or
+    ``_NO_HINT`` when there is none."""
+    target = _unwrap(fn)
     try:
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(target)
     except Exception:
-        return None
-    tp = hints.get("return", inspect.Parameter.empty)
-    if inspect.iscoroutinefunction(fn) and typing.get_origin(tp) is typing.Coroutine:
+        return _NO_HINT
+    if "return" not in hints:
+        return _NO_HINT
+    tp = hints["return"]
+    if typing.get_origin(tp) in (typing.Coroutine, collections.abc.Coroutine) or (
+        typing.get_origin(tp) in (collections.abc.Awaitable, typing.Awaitable)
+    ):
         tp = typing.get_args(tp)[-1]
-    if not _needs_adapter(tp):
+    return tp
+
+
+_adapters: dict[Any, TypeAdapter[Any] | None] = {}
+PASS_THROUGH: TypeAdapter[Any] = TypeAdapter(Any)
+
+
+def result_adapter(fn: Any, result_type: Any = None) -> TypeAdapter[Any] | None:
+    """How a journaled result becomes the value a step returned: validated into
+    ``result_type``, else into ``fn``'s declared return type. ``None`` when neither is known
+    (the caller then insists on a plain JSON result); a pass-through adapter when the type is
+    plain JSON already."""
+    tp = result_type if result_type is not None else _return_hint(fn)
+    if tp is _NO_HINT:
         return None
-    return TypeAdapter(tp)
+    try:
+        cached = _adapters.get(tp, _NO_HINT)
+    except TypeError:  # an unhashable annotation
+        cached = _NO_HINT
+    if cached is not _NO_HINT:
+        return cached  # type: ignore[return-value]
+    adapter = TypeAdapter(tp) if _needs_adapter(tp) else PASS_THROUGH
+    try:
+        if len(_adapters) < 4096:
+            _adapters[tp] = adapter
+    except TypeError:
+        pass
+    return adapter
 
 
 def input_adapter(fn: Callable[..., Any]) -> TypeAdapter[Any] | None:

@@ -1,39 +1,77 @@
 """The workflow context: durable steps, transactions, timers and waits for signals.
 
-Every call on the context is an *operation* with a number assigned in call order (``op``).
-Its result is one journal row (two for a wait: the deadline, then the signal or timeout),
-written in the same statement that proves this worker still owns the run. When a run is
-replayed after a crash, an operation whose row exists returns the journaled result without
-running again.
+Every call on the context is an *operation*, identified by ``(branch, op)``: the branch is the
+task the call runs in (see ``_branch``), ``op`` its number in that branch's call order. Its
+result is one journal row (two for a wait: the deadline, then the signal or timeout), written
+in the same statement that proves this worker still owns the run. When a run is replayed
+after a crash, an operation whose row exists returns the journaled result without running
+again, whatever order concurrent branches finish in.
 
 Waits and sleeps do not hold the worker: a blocked operation parks its branch, and once no
 operation of the run is doing work any more, the executor stores the run's wake-up time and
 drops it from memory (see ``_executor``).
+
+Journal counters (``seq`` and the chain head) advance only once a row is durable: a store
+error leaves them as they were, and hands the run back (``Handback``) instead of failing it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable
+import random as _random
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
 from types import CoroutineType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from codara.engine._codec import decode, dump_error, dumps, dumps_lenient, return_adapter
-from codara.errors import NonDeterminismError, StepFailedError, WaitTimeoutError
+from codara.engine._branch import Branch, current_branch, outside_branches
+from codara.engine._codec import (
+    PASS_THROUGH,
+    decode,
+    dump_error,
+    dumps,
+    dumps_lenient,
+    result_adapter,
+)
+from codara.errors import (
+    NonDeterminismError,
+    StepFailedError,
+    StepTimeoutError,
+    StoreError,
+    StoreUnavailableError,
+    WaitTimeoutError,
+    WorkflowCodeError,
+)
 from codara.store import FencedError, JournalRecord, Store, Tx
 from codara.trace import row_hash
 
 if TYPE_CHECKING:
     from codara.engine._retry import RetryPolicy
 
-__all__ = ["Context"]
+__all__ = ["Context", "Step", "set_fault_hook"]
 
-_PLAIN_RESULTS = frozenset({int, float, str, bool, type(None), dict, list, tuple})
+_PLAIN_RESULTS = frozenset({int, float, str, bool, type(None), dict, list})
 
 T = TypeVar("T")
+P = ParamSpec("P")
+
+# Operation numbers below zero are not operations: the final result (-1), a fork's origin
+# (-2) and an operator's retry (-3) are rows the context reads but never replays.
+RESULT_OP, FORK_OP, RETRY_OP = -1, -2, -3
+
+FaultHook = Callable[[str, str], None]
+_fault_hook: FaultHook | None = None
+
+
+def set_fault_hook(hook: FaultHook | None) -> None:
+    """For crash tests: ``hook(point, step_name)`` is called at ``"step.executed"`` (the
+    step's function returned, its row is not yet written) and ``"step.journaled"`` (the row
+    is durable, the result not yet returned to the workflow)."""
+    global _fault_hook
+    _fault_hook = hook
 
 
 class Abort(BaseException):
@@ -41,6 +79,15 @@ class Abort(BaseException):
 
     A BaseException, so that workflow code catching ``Exception`` cannot swallow it.
     """
+
+
+class Handback(Abort):
+    """The store failed under the run (connection lost, database locked): stop here and hand
+    the run back, to be resumed from its journal. Never a failure of the run."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 @dataclass(slots=True)
@@ -51,8 +98,41 @@ class Block:
     signal: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A step's name with its options: ``await ctx.step(Step("charge", timeout=10), fn, x)``.
+
+    ``retry`` replaces the app's retry policy; ``timeout`` bounds each attempt of an async
+    function, in seconds (a sync function runs on the loop and cannot be interrupted);
+    ``result_type`` is the type the journaled result is validated into on replay, for a
+    function whose return type is not declared (a lambda, a ``functools.partial`` of an
+    unannotated function).
+    """
+
+    name: str
+    retry: RetryPolicy | None = None
+    timeout: float | None = None
+    result_type: Any = None
+
+
+def _run_start_time(run_id: str) -> float:
+    """The run's creation time, from its id (``new_run_id``: 12 hex digits of milliseconds),
+    so that ``ctx.now()`` before any operation is the same on every replay."""
+    try:
+        return int(run_id[:12], 16) / 1000.0
+    except ValueError:
+        return 0.0
+
+
 class Context:
-    """Handed to every workflow function as its first argument."""
+    """Handed to every workflow function as its first argument.
+
+    What is safe in workflow code (outside steps): the context's operations, ``ctx.now()``,
+    ``ctx.random()``, ``ctx.uuid4()``, pure computation on their results, and
+    ``asyncio.gather``/``create_task``/``TaskGroup`` of coroutines that use them. Anything
+    that reads the outside world (the clock, ``random``, files, the network, a database)
+    belongs in a step, or a replay may take another path than the first run.
+    """
 
     def __init__(
         self,
@@ -67,6 +147,7 @@ class Context:
         genesis: str,
         clock: Callable[[], float],
         default_retry: RetryPolicy,
+        step_timeout: float | None = None,
     ) -> None:
         self.run_id = run_id
         self.workflow = workflow
@@ -76,35 +157,75 @@ class Context:
         self.signal_version = signal_version
         self._clock = clock
         self._retry = default_retry
-        self._by_op: dict[int, list[JournalRecord]] = {}
+        self._step_timeout = step_timeout
+        self._by_key: dict[tuple[str, int], list[JournalRecord]] = {}
+        retried = max((r.seq for r in journal if r.op == RETRY_OP), default=-1)
         for row in journal:
-            self._by_op.setdefault(row.op, []).append(row)
-        self._replayed_ops = len(self._by_op)
-        self._seq = len(journal)
+            if row.op < 0 or (row.seq < retried and row.status != "ok"):
+                continue  # not an operation, or a failure an operator chose to retry
+            self._by_key.setdefault((row.branch, row.op), []).append(row)
+        self._seq = journal[-1].seq + 1 if journal else 0
         self._prev = journal[-1].hash if journal else genesis
-        self._next_op = 0
         self._active = 0
         self.blocks: list[Block] = []
         self.quiesced: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.closing = False
+        self.handback: Handback | None = None
+        self.root = Branch(self, "", _run_start_time(run_id))
         self._wlock = asyncio.Lock()  # rows are numbered and written one at a time, in order
 
-    # -- inspection ------------------------------------------------------------------------
+    # -- deterministic helpers -------------------------------------------------------------
     def now(self) -> float:
-        """The app's clock. Not journaled: use it inside steps, not to choose a branch."""
-        return self._clock()
+        """The run's logical time (UNIX seconds): when the branch's last operation finished
+        (the run's creation before any). The same on every replay, so workflow code may
+        branch on it; it does not advance while a step runs. For the wall clock, read it in
+        a step."""
+        return self._branch("ctx.now()").time
+
+    def random(self) -> float:
+        """A float in [0, 1) that replays identically: seeded by the run, the branch and the
+        call's number. Not for secrets (it is derived from the run id)."""
+        return self._rng("random").random()
+
+    def uuid4(self) -> uuid.UUID:
+        """A version-4 UUID that replays identically (see :meth:`random`)."""
+        return uuid.UUID(int=self._rng("uuid4").getrandbits(128), version=4)
+
+    def _rng(self, what: str) -> _random.Random:
+        branch = self._branch(f"ctx.{what}()")
+        n = branch.rand_n
+        branch.rand_n = n + 1
+        return _random.Random(f"{self.run_id}/{branch.path}/{n}")  # noqa: S311 - replayable
 
     @property
     def is_replaying(self) -> bool:
-        """True while the run re-reads its journal after a restart."""
-        return self._next_op < self._replayed_ops
+        """True while journaled operations remain that the workflow has not reached again."""
+        return bool(self._by_key)
 
-    def _take_op(self) -> tuple[int, list[JournalRecord] | None]:
+    # -- operation identity ----------------------------------------------------------------
+    def _branch(self, what: str) -> Branch:
+        branch = current_branch()
+        if branch is None or branch.ctx is not self:
+            raise WorkflowCodeError(
+                f"run {self.run_id}: {what} was called outside the workflow's own tasks",
+                hint="call context operations from the workflow function or tasks it "
+                "creates, never from inside a step's function or another run",
+            )
+        if branch.task is not None and branch.task is not asyncio.current_task():
+            raise WorkflowCodeError(
+                f"run {self.run_id}: two tasks share branch {branch.path or 'root'!r}",
+                hint="another task factory replaced Codara's on this event loop; chain to "
+                "the previous factory instead of replacing it",
+            )
+        return branch
+
+    def _take_op(self, what: str) -> tuple[Branch, int, list[JournalRecord] | None]:
         if self.closing:
             raise Abort
-        op = self._next_op
-        self._next_op = op + 1
-        return op, self._by_op.get(op)
+        branch = self._branch(what)
+        op = branch.next_op
+        branch.next_op = op + 1
+        return branch, op, self._by_key.pop((branch.path, op), None)
 
     # -- journal writes --------------------------------------------------------------------
     def _record(
@@ -118,28 +239,48 @@ class Context:
         error: str | None,
         started: float,
         attempts: int,
+        branch: str = "",
     ) -> JournalRecord:
         seq = self._seq
         prev = self._prev
         finished = self._clock()
         h = row_hash(
             prev, self.run_id, seq, op, kind, name, status, input, output, error,
-            started, finished, attempts,
+            started, finished, attempts, branch,
         )  # fmt: skip
         self._seq = seq + 1
         self._prev = h
         return JournalRecord(
             self.run_id, seq, op, kind, name, status, input, output, error,
-            started, finished, attempts, prev, h,
+            started, finished, attempts, prev, h, branch,
         )  # fmt: skip
 
-    async def _append(self, make: Callable[[], JournalRecord]) -> None:
-        try:
-            async with self._wlock:
-                await self._store.append(self.run_id, self._token, make())
-        except FencedError:
-            self.closing = True
-            raise Abort from None
+    def _lost(self, exc: BaseException) -> Abort:
+        self.closing = True
+        if isinstance(exc, FencedError):
+            return Abort()
+        self.handback = Handback(exc)
+        return self.handback
+
+    async def _write(self, write: Callable[[], Awaitable[T]]) -> T:
+        """Write under the journal lock; on failure, put the counters back as they were."""
+        async with self._wlock:
+            seq, prev = self._seq, self._prev
+            try:
+                return await write()
+            except BaseException as exc:
+                self._seq, self._prev = seq, prev
+                if isinstance(exc, FencedError | StoreError):
+                    raise self._lost(exc) from None
+                raise
+
+    async def _append(self, make: Callable[[], JournalRecord]) -> JournalRecord:
+        async def write() -> JournalRecord:
+            record = make()
+            await self._store.append(self.run_id, self._token, record)
+            return record
+
+        return await self._write(write)
 
     def _done_working(self) -> None:
         self._active -= 1
@@ -157,79 +298,111 @@ class Context:
         await asyncio.get_running_loop().create_future()  # cancelled by the executor
 
     # -- the operations --------------------------------------------------------------------
+    @overload
     async def step(
         self,
-        name: str,
-        fn: Callable[..., T | Awaitable[T]],
+        name: str | Step,
+        fn: Callable[P, Awaitable[T]],
         /,
-        *args: Any,
-        retry: RetryPolicy | None = None,
-        **kwargs: Any,
-    ) -> T:
-        """Run ``fn(*args, **kwargs)`` once for this run and journal its result.
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T: ...
 
-        On replay the journaled result is returned (re-validated into ``fn``'s declared return
-        type) and ``fn`` is not called. A step that raises is retried by ``retry`` (default:
-        the app's policy); when it gives up, the error is journaled and
+    @overload
+    async def step(
+        self, name: str | Step, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+
+    async def step(
+        self, name: str | Step, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> Any:
+        """Run ``fn(*args, **kwargs)`` for this run and journal its result.
+
+        ``name`` is the step's name, or a :class:`Step` with options (retry, timeout,
+        result type). On replay the journaled result is returned (validated into ``fn``'s
+        declared return type, or ``Step.result_type``) and ``fn`` is not called. A step that
+        raises is retried by the retry policy; when it gives up, the error is journaled and
         :class:`~codara.errors.StepFailedError` raised, on replay too. ``fn`` may be sync or
         async; a sync ``fn`` runs on the event loop, so wrap blocking I/O in
         ``asyncio.to_thread``.
+
+        A step runs *at least once*: a crash after ``fn`` returned and before its row is
+        durable runs it again on resume. Its *result* is recorded once. Give external
+        effects an idempotency key (``ctx.run_id`` plus the step name), or use
+        :meth:`transaction` for writes to the store's own database.
         """
-        op, rows = self._take_op()
+        opts = name if isinstance(name, Step) else Step(name)
+        adapter = result_adapter(fn, opts.result_type)
+        branch, op, rows = self._take_op(f"step {opts.name!r}")
         if rows is not None:
-            return self._replay(rows[0], "step", name, fn)  # type: ignore[no-any-return]
+            return self._replay(branch, rows[0], "step", opts.name, adapter)
         self._active += 1
         try:
             started = self._clock()
-            policy = retry or self._retry
+            policy = opts.retry or self._retry
+            timeout = opts.timeout if opts.timeout is not None else self._step_timeout
             attempt = 1
             while True:
                 try:
-                    result = fn(*args, **kwargs)
-                    if type(result) is CoroutineType or (
-                        type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result)
-                    ):
-                        result = await result
+                    with outside_branches():
+                        result = await _call(opts.name, fn, args, kwargs, timeout)
+                    if adapter is None and type(result) not in _PLAIN_RESULTS:
+                        raise _untyped_result(opts.name, result)
                     break
                 except Exception as exc:
-                    if not policy.should_retry(exc, attempt):
-                        await self._append(
+                    if isinstance(exc, WorkflowCodeError) or not policy.should_retry(exc, attempt):
+                        record = await self._append(
                             partial(
                                 self._record,
                                 op,
                                 "step",
-                                name,
+                                opts.name,
                                 "error",
                                 _args_json(args, kwargs),
                                 None,
                                 dump_error(exc),
                                 started,
                                 attempt,
+                                branch.path,
                             )
                         )
-                        raise _step_failed(name, exc) from exc
+                        branch.time = max(branch.time, record.finished_at)
+                        if isinstance(exc, WorkflowCodeError):
+                            raise
+                        raise _step_failed(opts.name, exc) from exc
                     await asyncio.sleep(policy.delay(attempt))
                     attempt += 1
-            await self._append(
+            if _fault_hook is not None:
+                _fault_hook("step.executed", opts.name)
+            record = await self._append(
                 partial(
                     self._record,
                     op,
                     "step",
-                    name,
+                    opts.name,
                     "ok",
                     _args_json(args, kwargs),
                     dumps(result),
                     None,
                     started,
                     attempt,
+                    branch.path,
                 )
             )
-            return result  # type: ignore[return-value]
+            branch.time = max(branch.time, record.finished_at)
+            if _fault_hook is not None:
+                _fault_hook("step.journaled", opts.name)
+            return result
         finally:
             self._done_working()
 
     async def transaction(
-        self, name: str, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any
+        self,
+        name: str,
+        fn: Callable[..., Coroutine[Any, Any, T]],
+        /,
+        *args: Any,
+        **kwargs: Any,
     ) -> T:
         """Run ``await fn(tx, *args, **kwargs)`` in the store's database transaction.
 
@@ -238,36 +411,47 @@ class Context:
         tables in the same database; for anything else use :meth:`step` with an idempotency
         key.
         """
-        op, rows = self._take_op()
+        adapter = result_adapter(fn, None)
+        branch, op, rows = self._take_op(f"transaction {name!r}")
         if rows is not None:
-            return self._replay(rows[0], "transaction", name, fn)  # type: ignore[no-any-return]
+            return self._replay(branch, rows[0], "transaction", name, adapter)  # type: ignore[no-any-return]
         self._active += 1
         try:
             started = self._clock()
             args_json = _args_json(args, kwargs)
+            failed: list[BaseException] = []
 
             async def body(tx: Tx) -> Any:
-                return await fn(tx, *args, **kwargs)
-
-            built: list[JournalRecord] = []
+                try:
+                    with outside_branches():
+                        return await fn(tx, *args, **kwargs)
+                except BaseException as exc:
+                    failed.append(exc)
+                    raise
 
             def build(result: Any) -> JournalRecord:
-                record = self._record(
-                    op, "transaction", name, "ok", args_json, dumps(result), None, started, 1
-                )
-                built.append(record)
-                return record
+                return self._record(
+                    op, "transaction", name, "ok", args_json, dumps(result), None, started, 1,
+                    branch.path,
+                )  # fmt: skip
 
             try:
                 async with self._wlock:
-                    result, _ = await self._store.transaction(self.run_id, self._token, body, build)
-            except FencedError:
-                self.closing = True
-                raise Abort from None
+                    seq, prev = self._seq, self._prev
+                    try:
+                        result, record = await self._store.transaction(
+                            self.run_id, self._token, body, build
+                        )
+                    except BaseException:
+                        self._seq, self._prev = seq, prev  # rolled back: nothing came after it
+                        raise
             except Exception as exc:
-                if built:  # its row was numbered, then rolled back: nothing came after it
-                    self._seq, self._prev = built[0].seq, built[0].prev_hash
-                await self._append(
+                user = failed[0] if failed else None
+                if not isinstance(user, Exception) or isinstance(user, StoreUnavailableError):
+                    if isinstance(exc, FencedError | StoreError):
+                        raise self._lost(exc) from None
+                    raise
+                record = await self._append(
                     partial(
                         self._record,
                         op,
@@ -276,21 +460,25 @@ class Context:
                         "error",
                         args_json,
                         None,
-                        dump_error(exc),
+                        dump_error(user),
                         started,
                         1,
+                        branch.path,
                     )
                 )
-                raise _step_failed(name, exc) from exc
+                branch.time = max(branch.time, record.finished_at)
+                raise _step_failed(name, user) from exc
+            branch.time = max(branch.time, record.finished_at)
             return result  # type: ignore[no-any-return]
         finally:
             self._done_working()
 
     async def sleep(self, seconds: float, name: str = "sleep") -> None:
         """Sleep durably: the run is parked in the database and woken after ``seconds``."""
-        op, rows = self._take_op()
+        branch, op, rows = self._take_op(f"sleep {name!r}")
         if rows is None:
             wake = self._clock() + max(0.0, seconds)
+            started = self._clock()
             await self._append(
                 partial(
                     self._record,
@@ -301,16 +489,17 @@ class Context:
                     None,
                     dumps({"wake_at": wake}),
                     None,
-                    self._clock(),
+                    started,
                     1,
+                    branch.path,
                 )
             )
         else:
-            self._check(rows[0], "sleep", name)
+            self._check(branch, rows[0], "sleep", name)
             wake = float(decode(rows[0].output)["wake_at"])
-        if self._clock() >= wake:
-            return
-        await self._park(Block(deadline=wake, signal=None))
+        if self._clock() < wake:
+            await self._park(Block(deadline=wake, signal=None))
+        branch.time = max(branch.time, wake)
 
     async def wait_for(self, signal: str, *, timeout: float | None = None) -> Any:
         """Wait durably for the signal ``signal`` sent to this run; return its payload.
@@ -318,9 +507,10 @@ class Context:
         Raises :class:`~codara.errors.WaitTimeoutError` when ``timeout`` seconds pass first.
         The wait holds no thread and no memory: the run is parked in the database.
         """
-        op, rows = self._take_op()
+        branch, op, rows = self._take_op(f"wait {signal!r}")
         if rows is None:
             deadline = None if timeout is None else self._clock() + max(0.0, timeout)
+            started = self._clock()
             await self._append(
                 partial(
                     self._record,
@@ -331,13 +521,15 @@ class Context:
                     None,
                     dumps({"deadline": deadline, "timeout": timeout}),
                     None,
-                    self._clock(),
+                    started,
                     1,
+                    branch.path,
                 )
             )
         else:
-            self._check(rows[0], "wait", signal)
+            self._check(branch, rows[0], "wait", signal)
             if len(rows) > 1:
+                branch.time = max(branch.time, rows[1].finished_at)
                 return self._signal_result(rows[1], signal, timeout)
             deadline = decode(rows[0].output)["deadline"]
         started = self._clock()
@@ -345,25 +537,37 @@ class Context:
         try:
 
             def build(payload: str | None) -> JournalRecord:
-                return self._record(op, "signal", signal, "ok", None, payload, None, started, 1)
+                return self._record(
+                    op, "signal", signal, "ok", None, payload, None, started, 1, branch.path
+                )
 
-            try:
-                async with self._wlock:
-                    got = await self._store.consume_signal(
-                        self.run_id, self._token, signal, self._seq, build
-                    )
-            except FencedError:
-                self.closing = True
-                raise Abort from None
+            async def consume() -> JournalRecord | None:
+                return await self._store.consume_signal(
+                    self.run_id, self._token, signal, self._seq, build
+                )
+
+            got = await self._write(consume)
             if got is not None:
+                branch.time = max(branch.time, got.finished_at)
                 return decode(got.output)
             if deadline is not None and self._clock() >= deadline:
                 err = dumps({"type": "WaitTimeoutError", "message": "timed out"})
-                await self._append(
+                record = await self._append(
                     partial(
-                        self._record, op, "signal", signal, "error", None, None, err, started, 1
+                        self._record,
+                        op,
+                        "signal",
+                        signal,
+                        "error",
+                        None,
+                        None,
+                        err,
+                        started,
+                        1,
+                        branch.path,
                     )
                 )
+                branch.time = max(branch.time, record.finished_at)
                 raise WaitTimeoutError(signal, timeout)
         finally:
             self._done_working()
@@ -371,17 +575,22 @@ class Context:
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- replay ----------------------------------------------------------------------------
-    def _check(self, row: JournalRecord, kind: str, name: str) -> None:
+    def _check(self, branch: Branch, row: JournalRecord, kind: str, name: str) -> None:
         if row.kind != kind or row.name != name:
+            where = f"branch {row.branch!r} " if row.branch else ""
             raise NonDeterminismError(
-                f"run {self.run_id}: operation #{row.op} was {row.kind} {row.name!r} when the "
-                f"run first executed, but the workflow now calls {kind} {name!r}",
+                f"run {self.run_id}: operation #{row.op} of {where or 'the workflow '}was "
+                f"{row.kind} {row.name!r} when the run first executed, but the workflow now "
+                f"calls {kind} {name!r}",
                 hint="workflow code changed in a way that breaks running runs: give the new "
                 "code a new version, or make the change only for new runs",
             )
 
-    def _replay(self, row: JournalRecord, kind: str, name: str, fn: Callable[..., Any]) -> Any:
-        self._check(row, kind, name)
+    def _replay(
+        self, branch: Branch, row: JournalRecord, kind: str, name: str, adapter: Any
+    ) -> Any:
+        self._check(branch, row, kind, name)
+        branch.time = max(branch.time, row.finished_at)
         if row.status != "ok":
             err = decode(row.error) or {}
             raise StepFailedError(
@@ -391,8 +600,9 @@ class Context:
                 non_retryable=bool(err.get("non_retryable")),
             )
         value = decode(row.output)
-        adapter = return_adapter(fn)
-        return value if adapter is None else adapter.validate_python(value)
+        if adapter is None or adapter is PASS_THROUGH:
+            return value
+        return adapter.validate_python(value)
 
     def _signal_result(self, row: JournalRecord, signal: str, timeout: float | None) -> Any:
         if row.status != "ok":
@@ -410,4 +620,37 @@ def _step_failed(name: str, exc: Exception) -> StepFailedError:
         f"{type(exc).__module__}.{type(exc).__qualname__}",
         str(exc),
         non_retryable=bool(getattr(exc, "non_retryable", False)),
+    )
+
+
+async def _call(
+    name: str,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: float | None,
+) -> Any:
+    result = fn(*args, **kwargs)
+    if type(result) is CoroutineType or (
+        type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result)
+    ):
+        if timeout is None:
+            return await result
+        try:
+            async with asyncio.timeout(timeout) as scope:
+                return await result
+        except TimeoutError:
+            if scope.expired():
+                raise StepTimeoutError(name, timeout) from None
+            raise
+    return result
+
+
+def _untyped_result(name: str, result: Any) -> WorkflowCodeError:
+    kind = type(result).__qualname__
+    return WorkflowCodeError(
+        f"step {name!r} returned a {kind}, but its function declares no return type, so a "
+        f"replay would give back plain JSON instead of a {kind}",
+        hint=f"annotate the function's return type, or pass "
+        f"codara.Step({name!r}, result_type={kind})",
     )

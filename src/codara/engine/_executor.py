@@ -10,8 +10,9 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from codara.engine._branch import root_task
 from codara.engine._codec import decode, dump_error, dumps, validate_input
-from codara.engine._context import Abort, Context
+from codara.engine._context import RESULT_OP, Abort, Context
 from codara.engine._retry import RetryPolicy
 from codara.errors import CodaraError
 from codara.store import Claim, FencedError, JournalRecord, Store
@@ -39,7 +40,7 @@ class Workflow:
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # completed | failed | sleeping | waiting | lost
+    status: str  # completed | failed | sleeping | waiting | queued (handed back) | lost
     output: Any = None
     error: dict[str, Any] | None = None
 
@@ -52,6 +53,7 @@ async def execute(
     clock: Callable[[], float],
     retry: RetryPolicy,
     on_context: Callable[[Context], None] | None = None,
+    step_timeout: float | None = None,
 ) -> Outcome:
     journal = await store.journal(claim.id)
     ctx = Context(
@@ -65,6 +67,7 @@ async def execute(
         genesis=genesis_hash(claim.id, claim.workflow, claim.version, claim.input),
         clock=clock,
         default_retry=retry,
+        step_timeout=step_timeout,
     )
     if on_context is not None:
         on_context(ctx)
@@ -72,7 +75,7 @@ async def execute(
         value = validate_input(workflow.input_adapter, decode(claim.input), workflow.name)
     except CodaraError as exc:
         return await _finish(store, ctx, claim, "failed", None, exc, clock)
-    task = asyncio.ensure_future(workflow.fn(ctx, value))
+    task = root_task(asyncio.get_running_loop(), workflow.fn(ctx, value), ctx.root)
     try:
         await asyncio.wait((task, ctx.quiesced), return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:  # the worker is stopping or lost the lease
@@ -86,6 +89,8 @@ async def execute(
         await asyncio.gather(task, return_exceptions=True)
         return await _park(store, ctx, claim, clock)
     failure = task.exception()
+    if ctx.handback is not None:  # the store failed under the run: not the run's fault
+        return await _hand_back(store, ctx, claim, clock)
     if ctx.closing:  # an abort (lease lost) that workflow code swallowed: write nothing more
         return Outcome("lost")
     if failure is None:
@@ -117,7 +122,7 @@ async def _finish(
         output = None
     error = dump_error(exc) if exc is not None else None
     record: JournalRecord = ctx._record(
-        -1, "result", status, status, None, output, error, started, 1
+        RESULT_OP, "result", status, status, None, output, error, started, 1
     )
     try:
         await store.finish(claim.id, claim.token, status, output, error, record, clock())
@@ -149,3 +154,22 @@ async def _park(store: Store, ctx: Context, claim: Claim, clock: Callable[[], fl
     except FencedError:
         return Outcome("lost")
     return Outcome(status)
+
+
+HANDBACK_DELAY = 1.0
+"""Seconds before a run handed back after a store failure may be claimed again."""
+
+
+async def _hand_back(
+    store: Store, ctx: Context, claim: Claim, clock: Callable[[], float]
+) -> Outcome:
+    assert ctx.handback is not None
+    cause = ctx.handback.cause
+    log.warning("run %s: the store failed under it (%s); handed back to resume", claim.id, cause)
+    note = dumps({"type": "StoreUnavailable", "message": str(cause)[:500]})
+    try:
+        now = clock()
+        await store.release(claim.id, claim.token, now + HANDBACK_DELAY, note, now)
+    except Exception as exc:  # still down: the lease lapses and any worker resumes it
+        log.warning("run %s: could not hand it back (%s); its lease will lapse", claim.id, exc)
+    return Outcome("queued", error={"type": "StoreUnavailable", "message": str(cause)})

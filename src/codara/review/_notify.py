@@ -36,6 +36,7 @@ Configuration (``codara.toml``; the secret only ever comes from the environment)
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import hmac
 import json
@@ -229,9 +230,12 @@ class WebhookNotifier:
                 _where(self.url),
             )
             return
+        # An empty context: the delivery is not a branch of the workflow that triggered it
+        # (a replay does not notify again, so it must not take a branch number).
         task = asyncio.get_running_loop().create_task(
             self._deliver(payload, _delivery_id(payload["event"], item)),
             name=f"notify {payload['event']} {item.id}",
+            context=contextvars.Context(),
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
