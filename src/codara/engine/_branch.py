@@ -109,6 +109,9 @@ def install_task_factory(loop: asyncio.AbstractEventLoop) -> None:
             task = asyncio.Task(coro, loop=loop, context=context, **kwargs)
         if branch is not None and isinstance(task, asyncio.Task):
             branch.task = task
+            ctx = branch.ctx
+            ctx.progressed()
+            task.add_done_callback(lambda _: ctx.progressed())
         return task
 
     factory._codara_branches = True  # type: ignore[attr-defined]

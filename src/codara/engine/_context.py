@@ -167,6 +167,7 @@ class Context:
         self._seq = journal[-1].seq + 1 if journal else 0
         self._prev = journal[-1].hash if journal else genesis
         self._active = 0
+        self._progress = 0
         self.blocks: list[Block] = []
         self.quiesced: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.closing = False
@@ -223,6 +224,7 @@ class Context:
         if self.closing:
             raise Abort
         branch = self._branch(what)
+        self._progress += 1
         op = branch.next_op
         branch.next_op = op + 1
         return branch, op, self._by_key.pop((branch.path, op), None)
@@ -282,19 +284,41 @@ class Context:
 
         return await self._write(write)
 
+    # The run is quiet (and may be parked) when no operation is executing, some branch is
+    # parked, and nothing moved for a few loop turns: no operation started, no branch task
+    # created or finished. The turns let branches that were just created, or whose children
+    # just finished, reach their next operation first (a gather's result takes two turns).
+    _QUIET_TURNS = 3
+
+    def progressed(self) -> None:
+        """A branch task of this run was created or finished (called by the task factory)."""
+        self._progress += 1
+
     def _done_working(self) -> None:
         self._active -= 1
         if self.blocks and self._active == 0:
-            asyncio.get_running_loop().call_soon(self._check_quiet)
+            self._watch_quiet()
 
-    def _check_quiet(self) -> None:
-        if self._active == 0 and self.blocks and not self.quiesced.done():
+    def _watch_quiet(self) -> None:
+        asyncio.get_running_loop().call_soon(self._check_quiet, self._progress, 0)
+
+    def _check_quiet(self, seen: int, turns: int) -> None:
+        if self._active != 0 or not self.blocks or self.quiesced.done():
+            return  # the operation now executing looks again when it is done
+        if self._progress != seen:
+            turns = 0
+        elif turns + 1 >= self._QUIET_TURNS:
             self.quiesced.set_result(None)
+            return
+        else:
+            turns += 1
+        asyncio.get_running_loop().call_soon(self._check_quiet, self._progress, turns)
 
     async def _park(self, block: Block) -> None:
         self.blocks.append(block)
+        self._progress += 1
         if self._active == 0:
-            asyncio.get_running_loop().call_soon(self._check_quiet)
+            self._watch_quiet()
         await asyncio.get_running_loop().create_future()  # cancelled by the executor
 
     # -- the operations --------------------------------------------------------------------
