@@ -266,9 +266,7 @@ class SQLiteStore(Store):
         try:
             return attempt(loop.time() - start)
         except sqlite3.Error as exc:
-            if not _busy(exc):
-                self._raise_transient(exc)
-                raise
+            self._raise_unless_busy(exc)
         return await self._wait(conn, attempt, start)
 
     async def _wait(
@@ -284,15 +282,18 @@ class SQLiteStore(Store):
                 try:
                     return attempt(waited)
                 except sqlite3.Error as exc:
-                    if not _busy(exc):
-                        self._raise_transient(exc)
-                        raise
+                    self._raise_unless_busy(exc)
                     if waited >= self._budget:
                         raise self._locked_too_long(waited) from exc
                 delay = min(delay * 2, _BACKOFF_MAX)
         finally:
             if not self._closed:
                 conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+
+    def _raise_unless_busy(self, exc: sqlite3.Error) -> None:
+        if not _busy(exc):
+            self._raise_transient(exc)
+            raise exc
 
     async def _write(self, sql: str, params: Params | Callable[[float], Params]) -> sqlite3.Cursor:
         """One statement on the write connection, its own transaction. ``params`` may be a
@@ -301,9 +302,12 @@ class SQLiteStore(Store):
             try:
                 return self._conn.execute(sql, params if isinstance(params, tuple) else params(0))
             except sqlite3.Error as exc:
-                if not _busy(exc):
-                    self._raise_transient(exc)
-                    raise
+                self._raise_unless_busy(exc)
+        return await self._write_waiting(sql, params)
+
+    async def _write_waiting(
+        self, sql: str, params: Params | Callable[[float], Params]
+    ) -> sqlite3.Cursor:
         start = asyncio.get_running_loop().time()
 
         def attempt(waited: float) -> sqlite3.Cursor:
@@ -467,8 +471,16 @@ class SQLiteStore(Store):
         return [q.claim_from_row(r) for r in (await self._write(sql, params)).fetchall()]
 
     async def append(self, run_id: str, token: int, record: JournalRecord) -> None:
-        try:
-            cur = await self._write(_APPEND, (*q.journal_params(record), run_id, token))
+        args = (*q.journal_params(record), run_id, token)
+        try:  # _write's hot path inlined: one coroutine less per step
+            if self._lock.locked():
+                cur = await self._write_waiting(_APPEND, args)
+            else:
+                try:
+                    cur = self._conn.execute(_APPEND, args)
+                except sqlite3.Error as exc:
+                    self._raise_unless_busy(exc)
+                    cur = await self._write_waiting(_APPEND, args)
         except sqlite3.IntegrityError as exc:
             _append_failed(run_id, exc)
         if cur.rowcount != 1:
