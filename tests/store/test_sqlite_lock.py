@@ -59,6 +59,17 @@ class LockHolder:
         assert line.strip() == b"locked"
         return self
 
+    def still_holds(self) -> bool:
+        """Whether the write lock is taken right now (a probe that does not wait)."""
+        probe = sqlite3.connect(self.path, isolation_level=None, timeout=0)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            return "locked" in str(exc)
+        finally:
+            probe.close()
+        return False
+
     async def wait_released(self) -> None:
         assert self.proc is not None
         assert self.proc.stdout is not None
@@ -165,7 +176,7 @@ async def test_sqlite_writes_under_a_held_lock_do_not_stall_the_loop(
         assert run is not None
         assert run.status == "running"
         assert [r.id for r in await store.list_runs()] != []
-        assert not holder.released
+        assert holder.still_holds()
         assert not done
         await holder.wait_released()
         await asyncio.gather(writes, created, finished, in_tx)
@@ -188,7 +199,7 @@ async def test_a_read_only_tx_does_not_wait_for_the_write_lock(
         async with store.tx() as tx:
             rows = await tx.fetchall("SELECT id, status FROM codara_runs")
         assert rows == [("r1", "running")]
-        assert not holder.released
+        assert holder.still_holds()
 
 
 async def test_a_tx_that_reads_then_writes_commits_after_the_lock(
