@@ -1,10 +1,18 @@
 """SQLite backend: the standard ``sqlite3`` module called on the event loop.
 
 A SQLite write takes microseconds, less than a hop to a thread would cost, so statements run
-directly on the loop. The connection is in autocommit mode: a single-statement write is its
-own transaction, and multi-statement writes use ``BEGIN IMMEDIATE`` so that concurrent
+directly on the loop. The write connection is in autocommit mode: a single-statement write is
+its own transaction, and multi-statement writes use ``BEGIN IMMEDIATE`` so that concurrent
 workers serialise on the database lock instead of failing on upgrade. WAL lets readers run
-beside the writer.
+beside the writer: single-statement reads use a connection of their own, so they never wait
+for this process's open transactions nor for another process's write lock.
+
+Waiting for the write lock never blocks the loop. The busy timeout is a few milliseconds
+(enough for another process's commit to finish); a statement that still finds the database
+locked waits with ``asyncio.sleep`` and tries again, with backoff, until ``lock_budget``
+seconds have passed, then raises ``StoreUnavailableError``. While one statement waits, the
+others of this process queue behind it on ``_lock`` (the lock that also serialises
+multi-statement transactions on the shared connection), so only one of them probes.
 """
 
 from __future__ import annotations
@@ -13,15 +21,31 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
-from codara.errors import DatabaseUnreachableError
+from codara.errors import DatabaseUnreachableError, StoreUnavailableError
 from codara.store import _base as q
 from codara.store._base import FencedError, RowBuilder, Store, Tx
 from codara.store._types import RUN_COLUMNS, Claim, JournalRecord, RunRecord
 from codara.store._url import DatabaseURL
 
 __all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+Params = tuple[Any, ...]
+
+_BUSY_TIMEOUT_MS = 5  # what a statement may block the loop waiting inside SQLite
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.001, 0.025  # then it waits on the loop, doubling
+_JOURNAL_KEY = "codara_journal.run_id, codara_journal.seq"  # another execution wrote this seq
+_TRANSIENT = frozenset(  # the disk or the OS failed us: worth retrying later, not a bug
+    {
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
 
 _APPEND = (
     "INSERT INTO codara_journal (run_id, seq, op, kind, name, status, input, output, error, "
@@ -44,108 +68,357 @@ _CLAIM_ONE = (
 )
 
 
+def _busy(exc: sqlite3.Error) -> bool:
+    """The database is locked by another connection: wait and try again."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+    return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _is_read(sql: str) -> bool:
+    return sql.lstrip()[:6].upper() == "SELECT"
+
+
+def _append_failed(run_id: str, exc: sqlite3.IntegrityError) -> NoReturn:
+    if _JOURNAL_KEY in str(exc):
+        raise FencedError(run_id) from exc
+    raise exc
+
+
 class _SQLiteTx(Tx):
+    """A ``store.tx()`` transaction that takes the write lock only when it first writes.
+
+    Reads before the first write run on a pooled connection of their own, in a deferred
+    transaction (one consistent snapshot that no writer blocks), so a read-only transaction
+    never waits for the write lock. At the first write the transaction takes this process's
+    ``_lock``, waits (asynchronously) for ``BEGIN IMMEDIATE`` on the write connection and runs
+    its earlier reads again there: if any answer changed meanwhile, what the caller decided on
+    them may be stale, so it rolls back and raises ``StoreUnavailableError`` (retry).
+    """
+
     dialect = "sqlite"
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+        self._reader: sqlite3.Connection | None = None
+        self._reads: list[tuple[str, Params, list[tuple[Any, ...]]]] = []
+        self._writing = False
+        self._locked = False
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        return self._conn.execute(sql, tuple(params)).rowcount
+        args = tuple(params)
+        if not self._writing and _is_read(sql):
+            return len(await self._read(sql, args))
+        await self._start_writing()
+        return self._store._statement(sql, args).rowcount
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return list(self._conn.execute(sql, tuple(params)).fetchall())
+        args = tuple(params)
+        if not self._writing and _is_read(sql):
+            return await self._read(sql, args)
+        await self._start_writing()
+        return list(self._store._statement(sql, args).fetchall())
+
+    async def _read(self, sql: str, args: Params) -> list[tuple[Any, ...]]:
+        store = self._store
+        if self._reader is None:
+            self._reader = store._take_reader()
+            await store._attempt(self._reader, lambda _: self._reader_begin())
+        rows = await store._attempt(self._reader, lambda _: self._reader_fetch(sql, args))
+        self._reads.append((sql, args, rows))
+        return rows
+
+    def _reader_begin(self) -> None:
+        assert self._reader is not None
+        self._reader.execute("BEGIN")
+
+    def _reader_fetch(self, sql: str, args: Params) -> list[tuple[Any, ...]]:
+        assert self._reader is not None
+        return list(self._reader.execute(sql, args).fetchall())
+
+    async def _start_writing(self) -> None:
+        if self._writing:
+            return
+        store = self._store
+        await store._lock.acquire()
+        self._locked = True
+        await store._begin()
+        self._writing = True
+        self._end_read()
+        for sql, args, rows in self._reads:
+            if list(store._statement(sql, args).fetchall()) != rows:
+                raise StoreUnavailableError(
+                    "the rows this transaction read changed before it could write "
+                    f"(another writer committed first; database {store.url_redacted})",
+                    hint="nothing of it was written; try the operation again",
+                )
+
+    def _end_read(self) -> None:
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            self._store._give_back_reader(reader)
+
+    async def commit(self) -> None:
+        if self._writing:
+            await self._store._commit()
+
+    def close(self) -> None:
+        """End whatever is still open (a rollback after a failure) and free the locks."""
+        self._end_read()
+        if self._writing:
+            self._store._rollback()
+            self._writing = False
+        if self._locked:
+            self._locked = False
+            self._store._lock.release()
+
+
+class _BodyTx(Tx):
+    """The transaction a transactional step's body writes in: already ``BEGIN IMMEDIATE``."""
+
+    dialect = "sqlite"
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._store._statement(sql, tuple(params)).rowcount
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return list(self._store._statement(sql, tuple(params)).fetchall())
 
 
 class SQLiteStore(Store):
     dialect = "sqlite"
 
-    def __init__(self, url: DatabaseURL, *, durability: str = "fsync") -> None:
+    def __init__(
+        self, url: DatabaseURL, *, durability: str = "fsync", lock_budget: float = 30.0
+    ) -> None:
         assert url.sqlite_path is not None
         self.url_redacted = url.redacted()
+        self._path = url.sqlite_path
+        self._sync = "FULL" if durability == "fsync" else "NORMAL"
+        self._budget = lock_budget  # how long a statement waits for the write lock in all
+        self._closed = False
         try:
-            conn = sqlite3.connect(
-                url.sqlite_path, isolation_level=None, check_same_thread=False, timeout=30.0
-            )
+            conn = self._connect()
             conn.execute("PRAGMA journal_mode=WAL")
-            sync = "FULL" if durability == "fsync" else "NORMAL"
-            conn.execute(f"PRAGMA synchronous={sync}")
-            conn.execute("PRAGMA busy_timeout=30000")
+            reads = self._connect()
         except sqlite3.Error as exc:
             raise DatabaseUnreachableError(
                 f"cannot open the SQLite database {url.sqlite_path}: {exc}",
                 hint="check the path and its permissions",
             ) from exc
-        self._conn = conn
-        self._lock = asyncio.Lock()  # held while a multi-statement transaction is open
+        self._conn = conn  # every write, and each transaction's statements once it writes
+        self._reads = reads  # single-statement reads (autocommit: the latest commit)
+        self._readers: list[sqlite3.Connection] = []  # idle connections for tx() snapshots
+        self._lock = asyncio.Lock()  # held while a transaction or a waiting write uses _conn
         self._claim_sql: dict[int, str] = {}
 
-    async def close(self) -> None:
-        self._conn.close()
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA synchronous={self._sync}")
+        return conn
 
-    # A transaction that spans an await (a transactional step's body) must not interleave with
-    # other runs' statements on the shared connection: they wait for the lock. Single
-    # statements only take the lock when it is held, which keeps the hot path lock-free.
-    async def _quiet(self) -> None:
-        if self._lock.locked():
-            async with self._lock:
+    async def close(self) -> None:
+        self._closed = True
+        for conn in (self._conn, self._reads, *self._readers):
+            conn.close()
+        self._readers.clear()
+
+    # -- errors ----------------------------------------------------------------------------
+    def _raise_transient(self, exc: sqlite3.Error) -> None:
+        """Raise StoreUnavailableError if ``exc`` is a failure of the store, not of the SQL
+        (which then propagates unchanged: a constraint, a syntax error, a missing table)."""
+        if isinstance(exc, sqlite3.ProgrammingError) and "closed" in str(exc):
+            raise StoreUnavailableError(
+                f"the SQLite store {self.url_redacted} is closed",
+                hint="the app or worker was shut down; open it again to go on",
+            ) from exc
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in _TRANSIENT:
+            raise StoreUnavailableError(
+                f"the SQLite database {self.url_redacted} failed: {exc}",
+                hint="check the disk that holds it (free space, permissions, health); the "
+                "engine hands the run back and tries again",
+            ) from exc
+
+    def _locked_too_long(self, waited: float) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"the SQLite database {self.url_redacted} stayed locked by another connection "
+            f"for {waited:.1f} s (the budget is {self._budget:g} s)",
+            hint="another process holds a long write transaction on the file; the engine "
+            "hands the run back and tries again",
+        )
+
+    # -- waiting for the write lock without blocking the loop ------------------------------
+    async def _attempt(
+        self, conn: sqlite3.Connection, attempt: Callable[[float], T], start: float | None = None
+    ) -> T:
+        """``attempt(waited)`` now; while the database is locked, again with backoff, until
+        the budget is spent. ``waited`` counts the seconds since ``start`` (the loop's clock;
+        default: now), the time spent queueing on ``_lock`` included."""
+        loop = asyncio.get_running_loop()
+        if start is None:
+            start = loop.time()
+        try:
+            return attempt(loop.time() - start)
+        except sqlite3.Error as exc:
+            self._raise_unless_busy(exc)
+        return await self._wait(conn, attempt, start)
+
+    async def _wait(
+        self, conn: sqlite3.Connection, attempt: Callable[[float], T], start: float
+    ) -> T:
+        loop = asyncio.get_running_loop()
+        delay = _BACKOFF_FIRST
+        conn.execute("PRAGMA busy_timeout=0")  # from here on every wait is on the loop
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                waited = loop.time() - start
+                try:
+                    return attempt(waited)
+                except sqlite3.Error as exc:
+                    self._raise_unless_busy(exc)
+                    if waited >= self._budget:
+                        raise self._locked_too_long(waited) from exc
+                delay = min(delay * 2, _BACKOFF_MAX)
+        finally:
+            if not self._closed:
+                conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+
+    def _raise_unless_busy(self, exc: sqlite3.Error) -> None:
+        if not _busy(exc):
+            self._raise_transient(exc)
+            raise exc
+
+    async def _write(self, sql: str, params: Params | Callable[[float], Params]) -> sqlite3.Cursor:
+        """One statement on the write connection, its own transaction. ``params`` may be a
+        function of the seconds spent waiting for the lock (a lease counts from the write)."""
+        if not self._lock.locked():  # the hot path: no await, no lock
+            try:
+                return self._conn.execute(sql, params if isinstance(params, tuple) else params(0))
+            except sqlite3.Error as exc:
+                self._raise_unless_busy(exc)
+        return await self._write_waiting(sql, params)
+
+    async def _write_waiting(
+        self, sql: str, params: Params | Callable[[float], Params]
+    ) -> sqlite3.Cursor:
+        start = asyncio.get_running_loop().time()
+
+        def attempt(waited: float) -> sqlite3.Cursor:
+            return self._conn.execute(sql, params if isinstance(params, tuple) else params(waited))
+
+        async with self._lock:  # one statement probes the lock; the others queue behind it
+            return await self._attempt(self._conn, attempt, start)
+
+    def _statement(self, sql: str, params: Params = ()) -> sqlite3.Cursor:
+        """A statement inside this process's open write transaction (it holds the lock)."""
+        try:
+            return self._conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            self._raise_transient(exc)
+            raise
+
+    async def _read(self, sql: str, params: Params = ()) -> list[Any]:
+        """A single-statement read of the latest commit; never waits for a writer."""
+        return await self._attempt(
+            self._reads, lambda _: self._reads.execute(sql, params).fetchall()
+        )
+
+    # -- multi-statement transactions on the write connection (the caller holds _lock) ----
+    async def _begin(self) -> None:
+        await self._attempt(self._conn, lambda _: self._conn.execute("BEGIN IMMEDIATE"))
+
+    async def _commit(self) -> None:
+        """COMMIT; if it meets a lock it is retried (the transaction stays open meanwhile),
+        and if the lock outlasts the budget the transaction is rolled back and the error
+        raised: it never vanishes silently."""
+        await self._attempt(self._conn, lambda _: self._conn.execute("COMMIT"))
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:  # closed: nothing was committed; the first error tells
                 pass
 
-    def _begin(self) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
+    def _take_reader(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreUnavailableError(
+                f"the SQLite store {self.url_redacted} is closed",
+                hint="the app or worker was shut down; open it again to go on",
+            )
+        return self._readers.pop() if self._readers else self._connect()
+
+    def _give_back_reader(self, conn: sqlite3.Connection) -> None:
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            conn.close()
+            return
+        if self._closed:
+            conn.close()
+        else:
+            self._readers.append(conn)
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[Tx]:
+        tx = _SQLiteTx(self)
+        try:
+            yield tx
+            await tx.commit()
+        finally:
+            tx.close()
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT on the write connection, under _lock."""
         async with self._lock:
-            self._begin()
+            await self._begin()
             try:
-                yield _SQLiteTx(self._conn)
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
-            else:
-                self._conn.execute("COMMIT")
+                yield
+                await self._commit()
+            finally:
+                self._rollback()  # only if still open: the body or the COMMIT failed
 
     # -- runs ------------------------------------------------------------------------------
     async def create_runs(self, rows: Sequence[q.NewRun], now: float) -> list[str]:
-        async with self._lock:
-            ids: list[str] = []
-            self._begin()
-            try:
-                for run_id, workflow, version, input_json, key, genesis, started_by in rows:
-                    if key is not None:
-                        found = self._conn.execute(q.SELECT_RUN_BY_KEY, (key,)).fetchone()
-                        if found:
-                            ids.append(found[0])
-                            continue
-                    self._conn.execute(
-                        q.INSERT_RUN,
-                        (
-                            run_id,
-                            workflow,
-                            version,
-                            f"{workflow}@{version}",
-                            input_json,
-                            now,
-                            key,
-                            genesis,
-                            now,
-                            now,
-                            started_by,
-                        ),
-                    )
-                    ids.append(run_id)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            return ids
+        ids: list[str] = []
+        async with self._transaction():
+            for run_id, workflow, version, input_json, key, genesis, started_by in rows:
+                if key is not None:
+                    found = self._statement(q.SELECT_RUN_BY_KEY, (key,)).fetchone()
+                    if found:
+                        ids.append(found[0])
+                        continue
+                self._statement(
+                    q.INSERT_RUN,
+                    (
+                        run_id,
+                        workflow,
+                        version,
+                        f"{workflow}@{version}",
+                        input_json,
+                        now,
+                        key,
+                        genesis,
+                        now,
+                        now,
+                        started_by,
+                    ),
+                )
+                ids.append(run_id)
+        return ids
 
     async def get_run(self, run_id: str) -> RunRecord | None:
-        await self._quiet()
-        row = self._conn.execute(q.SELECT_RUN, (run_id,)).fetchone()
-        return q.run_from_row(row) if row else None
+        rows = await self._read(q.SELECT_RUN, (run_id,))
+        return q.run_from_row(rows[0]) if rows else None
 
     async def list_runs(
         self,
@@ -155,24 +428,20 @@ class SQLiteStore(Store):
         limit: int = 50,
         before: float | None = None,
     ) -> list[RunRecord]:
-        await self._quiet()
         where, params = q.filters(status, workflow, before)
         sql = f"SELECT {RUN_COLUMNS} FROM codara_runs{where} ORDER BY created_at DESC LIMIT ?"
-        return [q.run_from_row(r) for r in self._conn.execute(sql, (*params, limit))]
+        return [q.run_from_row(r) for r in await self._read(sql, (*params, limit))]
 
     async def count_runs(self, *, workflow: str | None = None) -> dict[str, int]:
-        await self._quiet()
         where, params = q.filters(None, workflow, None)
         sql = f"SELECT status, COUNT(*) FROM codara_runs{where} GROUP BY status"
-        return {s: n for s, n in self._conn.execute(sql, params)}
+        return {s: n for s, n in await self._read(sql, params)}
 
     async def journal(self, run_id: str) -> list[JournalRecord]:
-        await self._quiet()
-        return [q.journal_from_row(r) for r in self._conn.execute(q.SELECT_JOURNAL, (run_id,))]
+        return [q.journal_from_row(r) for r in await self._read(q.SELECT_JOURNAL, (run_id,))]
 
     async def run_ids(self, *, after: str | None, limit: int) -> list[str]:
-        await self._quiet()
-        rows = self._conn.execute(
+        rows = await self._read(
             "SELECT id FROM codara_runs WHERE id > ? ORDER BY id LIMIT ?", (after or "", limit)
         )
         return [r[0] for r in rows]
@@ -189,23 +458,31 @@ class SQLiteStore(Store):
     ) -> list[Claim]:
         if not workflow_keys:
             return []
-        await self._quiet()
+        # A claim that waited for the lock keeps the "now" it was asked with: measured from
+        # when it was issued, a lease still running then may have lapsed only because its
+        # heartbeat waits behind this claim for the same lock.
         marks = ", ".join("?" * len(workflow_keys))
         if run_id is not None:
             sql = _CLAIM_ONE.format(keys=marks)
-            params: tuple[Any, ...] = (owner, lease_until, now, run_id, now, *workflow_keys)
+            params: Params = (owner, lease_until, now, run_id, now, *workflow_keys)
         else:
             sql = _CLAIM.format(keys=marks)
             params = (owner, lease_until, now, now, *workflow_keys, limit)
-        return [q.claim_from_row(r) for r in self._conn.execute(sql, params).fetchall()]
+        return [q.claim_from_row(r) for r in (await self._write(sql, params)).fetchall()]
 
     async def append(self, run_id: str, token: int, record: JournalRecord) -> None:
-        if self._lock.locked():
-            await self._quiet()
-        try:
-            cur = self._conn.execute(_APPEND, (*q.journal_params(record), run_id, token))
-        except sqlite3.IntegrityError as exc:  # another owner wrote this seq already
-            raise FencedError(run_id) from exc
+        args = (*q.journal_params(record), run_id, token)
+        try:  # _write's hot path inlined: one coroutine less per step
+            if self._lock.locked():
+                cur = await self._write_waiting(_APPEND, args)
+            else:
+                try:
+                    cur = self._conn.execute(_APPEND, args)
+                except sqlite3.Error as exc:
+                    self._raise_unless_busy(exc)
+                    cur = await self._write_waiting(_APPEND, args)
+        except sqlite3.IntegrityError as exc:
+            _append_failed(run_id, exc)
         if cur.rowcount != 1:
             raise FencedError(run_id)
 
@@ -219,19 +496,20 @@ class SQLiteStore(Store):
         record: JournalRecord,
         now: float,
     ) -> None:
-        async with self._lock:
-            self._begin()
-            try:
-                cur = self._conn.execute(
-                    q.FINISH_RUN, (status, output, error, now, now, run_id, token)
-                )
-                if cur.rowcount != 1:
-                    raise FencedError(run_id)
-                self._conn.execute(_APPEND, (*q.journal_params(record), run_id, token))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        async with self._transaction():
+            cur = self._statement(q.FINISH_RUN, (status, output, error, now, now, run_id, token))
+            if cur.rowcount != 1:
+                raise FencedError(run_id)
+            self._journal(run_id, token, record)
+
+    def _journal(self, run_id: str, token: int, record: JournalRecord) -> None:
+        """Append a journal row inside an open write transaction."""
+        try:
+            cur = self._statement(_APPEND, (*q.journal_params(record), run_id, token))
+        except sqlite3.IntegrityError as exc:
+            _append_failed(run_id, exc)
+        if cur.rowcount != 1:
+            raise FencedError(run_id)
 
     async def suspend(
         self,
@@ -243,56 +521,49 @@ class SQLiteStore(Store):
         signal_version: int,
         now: float,
     ) -> int | None:
-        await self._quiet()
-        cur = self._conn.execute(
+        cur = await self._write(
             q.SUSPEND_RUN, (status, ready_at, waiting_for, now, run_id, token, signal_version)
         )
         if cur.rowcount == 1:
             return None
-        row = self._conn.execute(
+        rows = await self._read(
             "SELECT token, signal_version FROM codara_runs WHERE id = ?", (run_id,)
-        ).fetchone()
-        if row is None or row[0] != token:
+        )
+        if not rows or rows[0][0] != token:
             raise FencedError(run_id)
-        return int(row[1])
+        return int(rows[0][1])
 
     async def release(
         self, run_id: str, token: int, ready_at: float, note: str | None, now: float
     ) -> None:
-        await self._quiet()
-        self._conn.execute(q.RELEASE_RUN, (ready_at, note, now, run_id, token))
+        await self._write(q.RELEASE_RUN, (ready_at, note, now, run_id, token))
 
     async def heartbeat(
         self, owner: str, run_ids: Sequence[str], lease_until: float, now: float
     ) -> set[str]:
         if not run_ids:
             return set()
-        await self._quiet()
         ids = ", ".join("?" * len(run_ids))
-        self._conn.execute(q.HEARTBEAT.format(ids=ids), (lease_until, now, owner, *run_ids))
-        rows = self._conn.execute(q.OWNED.format(ids=ids), (owner, *run_ids))
+        runs = tuple(run_ids)
+
+        def params(waited: float) -> Params:  # a heartbeat that waited extends from landing
+            return (lease_until + waited, now + waited, owner, *runs)
+
+        await self._write(q.HEARTBEAT.format(ids=ids), params)
+        rows = await self._read(q.OWNED.format(ids=ids), (owner, *runs))
         return {r[0] for r in rows}
 
     async def consume_signal(
         self, run_id: str, token: int, name: str, seq: int, build: RowBuilder
     ) -> JournalRecord | None:
-        async with self._lock:
-            self._begin()
-            try:
-                found = self._conn.execute(q.FIND_SIGNAL, (run_id, name)).fetchone()
-                if found is None:
-                    self._conn.execute("ROLLBACK")
-                    return None
-                self._conn.execute(q.CONSUME_SIGNAL, (seq, found[0]))
-                record = build(found[1])
-                cur = self._conn.execute(_APPEND, (*q.journal_params(record), run_id, token))
-                if cur.rowcount != 1:
-                    raise FencedError(run_id)
-                self._conn.execute("COMMIT")
-                return record
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        async with self._transaction():
+            found = self._statement(q.FIND_SIGNAL, (run_id, name)).fetchone()
+            if found is None:
+                return None  # nothing written: the COMMIT is empty
+            self._statement(q.CONSUME_SIGNAL, (seq, found[0]))
+            record = build(found[1])
+            self._journal(run_id, token, record)
+            return record
 
     async def transaction(
         self,
@@ -301,20 +572,11 @@ class SQLiteStore(Store):
         body: Callable[[Tx], Awaitable[Any]],
         build: Callable[[Any], JournalRecord],
     ) -> tuple[Any, JournalRecord]:
-        async with self._lock:
-            self._begin()
-            try:
-                result = await body(_SQLiteTx(self._conn))
-                record = build(result)
-                cur = self._conn.execute(_APPEND, (*q.journal_params(record), run_id, token))
-                if cur.rowcount != 1:
-                    raise FencedError(run_id)
-                self._conn.execute("COMMIT")
-                return result, record
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+        async with self._transaction():
+            result = await body(_BodyTx(self))  # its errors (a user's constraint) propagate
+            record = build(result)
+            self._journal(run_id, token, record)
+            return result, record
 
     # -- from outside ----------------------------------------------------------------------
     async def send_signal(self, run_id: str, name: str, payload: str | None, now: float) -> bool:
@@ -322,9 +584,9 @@ class SQLiteStore(Store):
             return await q.signal_run(tx, run_id, name, payload, now)
 
     async def cancel(self, run_id: str, now: float) -> bool:
-        await self._quiet()
-        return self._conn.execute(q.CANCEL_RUN, (now, now, run_id)).rowcount == 1
+        return (await self._write(q.CANCEL_RUN, (now, now, run_id))).rowcount == 1
 
     async def execute_raw(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        await self._quiet()
-        return list(self._conn.execute(sql, tuple(params)).fetchall())
+        if _is_read(sql):
+            return list(await self._read(sql, tuple(params)))
+        return list((await self._write(sql, tuple(params))).fetchall())
