@@ -22,8 +22,8 @@ from codara.engine import App, Context
 from codara.errors import ConfigError
 from codara.review._items import ReviewResult
 from codara.review._notify import notifier_from_settings, notify_created
-from codara.review._policy import WorkflowPolicies, load_policies
 from codara.review._service import Notify, Reviews, review_signal
+from codara.review.policy import WorkflowPolicies, load_policies
 from codara.store import ReviewRecord, Tx
 from codara.store import reviews as repo
 
