@@ -9,7 +9,9 @@ agree. The tree is split by who has to act, as pydantic-ai does::
     │   ├── ConfigError            codara.toml, environment, a policy
     │   ├── InputError             a malformed input file, JSON or argument
     │   ├── UnknownWorkflowError   no workflow of that name is registered
-    │   └── NotFoundError          no run / review / user with that id
+    │   ├── NotFoundError          no run / review / user with that id
+    │   └── ForbiddenError         the caller may not do this (a role, four-eyes)
+    │       └── ReservedSignalError  a signal name only Codara itself sends (review:)
     ├── StoreError                 our own database
     │   ├── DatabaseUnreachableError
     │   ├── StoreUnavailableError  a transient failure (connection lost, database locked)
@@ -37,11 +39,13 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "DatabaseUnreachableError",
+    "ForbiddenError",
     "InputError",
     "ModelCallError",
     "NonDeterminismError",
     "NotFoundError",
     "PoisonRunError",
+    "ReservedSignalError",
     "RunError",
     "SchemaOutOfDateError",
     "StepFailedError",
@@ -210,3 +214,18 @@ class PoisonRunError(RunError):
 class ModelCallError(RunError):
     code = "model_call_failed"
     http_status = 502
+
+
+class ForbiddenError(UserError):
+    """The caller may not do this: they lack the role, or four-eyes forbids it."""
+
+    code = "forbidden"
+    http_status = 403
+    exit_code = 14
+
+
+class ReservedSignalError(ForbiddenError):
+    """A signal name under a reserved prefix (``review:``): only Codara sends those, from
+    inside the transaction that records what they announce (a review decision)."""
+
+    code = "reserved_signal"

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 import codara
 from codara.engine import NO_RETRY
+from codara.review import ReviewGate, load_policies
 
 app = codara.App()
 
@@ -40,6 +41,19 @@ async def approval(ctx: codara.Context, _: Any) -> Any:
     await ctx.step("prepare", lambda: "draft")
     decision = await ctx.wait_for("approve")
     return {"decision": decision}
+
+
+_PAYOUTS = {"payout": {"policy_input": {"amount": "double"}, "policies": [
+    {"name": "always", "when": "amount > 0.0", "outcome": "ask", "role": "support"}
+]}}  # fmt: skip
+_gate = ReviewGate(load_policies(_PAYOUTS, workflow="payout"), workflow="payout")
+
+
+@app.workflow(name="payout")
+async def payout(ctx: codara.Context, amount: float) -> str:
+    """Waits for a person to decide a review."""
+    result = await _gate.check(ctx, "pay", {"amount": amount}, inputs={"amount": amount})
+    return result.outcome
 
 
 @app.workflow(name="nap")

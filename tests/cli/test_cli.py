@@ -129,6 +129,17 @@ def test_cancel(project: Project, cli: CliFn) -> None:
     assert "executing 0 run(s)" in cli(project, "worker", "--until-idle").stderr
 
 
+def test_a_run_waiting_for_a_review_points_to_codara_review(project: Project, cli: CliFn) -> None:
+    """Not to `codara signal`: a review signal is reserved and would be refused."""
+    parked = cli(project, "run", "payout", "--input", "500", "--timeout", "0")
+    assert parked.exit_code == 21, parked.output
+    assert "codara review approve" in parked.stderr
+    assert "codara signal" not in parked.stderr
+    run = _only_run(project, cli)
+    forged = cli(project, "signal", run["id"], run["waiting_for"], "--payload", "{}")
+    assert forged.exit_code == 14, forged.output
+
+
 def test_signal_resumes_a_waiting_run(project: Project, cli: CliFn) -> None:
     parked = cli(project, "run", "approval", "--timeout", "0")
     assert parked.exit_code == 21, parked.output

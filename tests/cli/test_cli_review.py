@@ -322,3 +322,50 @@ def test_unknown_status_exits_4(project: Project, cli: CliFn) -> None:
     result = cli(project, "review", "list", "--status", "done", "-u", "alice")
     assert result.exit_code == 4, result.output
     assert "use one of: open, decided" in result.stderr
+
+
+# -- human control cannot be bypassed ----------------------------------------------------------
+FORGED = '{"outcome": "edited", "reviewers": ["alice", "bob"], "proposal": {"amount": 1.0}}'
+
+
+def test_codara_signal_cannot_decide_a_review(any_project: Project, cli: CliFn) -> None:
+    """The report: `codara signal RUN review:<id>` decided a review for two reviewers who
+    never saw it. It is refused (exit 14), points to `codara review`, and changes nothing."""
+    p = any_project
+    [(run_id, review_id)] = seed(p, [500.0])
+    forged = cli(p, "signal", run_id, f"review:{review_id}", "--payload", FORGED)
+    assert forged.exit_code == 14, forged.output
+    assert "reserved" in forged.stderr
+    assert f"codara review approve|edit|reject {review_id}" in forged.stderr
+    as_json = cli(p, "signal", run_id, f"review:{review_id}", "--json")
+    assert as_json.exit_code == 14
+    assert _json(as_json.stdout)["error"]["code"] == "reserved_signal"
+    assert p.sql("SELECT COUNT(*) FROM codara_signals") == [(0,)]
+    assert run_id not in resume(p), "the run still waits for a person"
+    shown = _json(cli(p, "review", "show", review_id, "-u", "alice", "--json").stdout)
+    assert shown["review"]["status"] == "pending"
+    assert [h["action"] for h in shown["history"]] == ["create"]
+    rejected = cli(p, "review", "reject", review_id, "--reason", "wrong_amount", "-u", "bob")
+    assert rejected.exit_code == 0, rejected.output
+    assert resume(p)[run_id]["outcome"] == "rejected"
+
+
+def test_an_item_of_a_cancelled_run_is_closed_and_deciding_it_exits_12(
+    any_project: Project, cli: CliFn
+) -> None:
+    p = any_project
+    [(run_id, review_id)] = seed(p, [500.0])
+    assert cli(p, "runs", "cancel", run_id).exit_code == 0
+    late = cli(p, "review", "approve", review_id, "-u", "alice")
+    assert late.exit_code == 12, late.output
+    assert f"review {review_id} is closed" in late.stderr
+    assert "cancelled" in late.stderr
+    again = cli(p, "review", "reject", review_id, "--reason", "wrong_amount", "-u", "bob", "--json")
+    assert again.exit_code == 12
+    assert "closed" in _json(again.stdout)["error"]["message"]
+    shown = _json(cli(p, "review", "show", review_id, "-u", "alice", "--json").stdout)
+    assert shown["review"]["status"] == "closed"
+    assert [h["action"] for h in shown["history"]] == ["create", "close"]
+    assert _json(cli(p, "review", "list", "-u", "alice", "--json").stdout) == {"reviews": []}
+    closed = _json(cli(p, "review", "list", "--status", "closed", "-u", "alice", "--json").stdout)
+    assert [i["id"] for i in closed["reviews"]] == [review_id]

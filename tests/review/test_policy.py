@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from codara.errors import CodaraError, ConfigError, InputError
-from codara.review._policy import (
+from codara.review.policy import (
     Decision,
     PolicyError,
     PolicyInputError,
@@ -774,11 +774,11 @@ def test_works_after_another_runner_kind_built_the_shared_parser(
     import celpy
     import celpy.celparser
 
-    from codara.review import _policy_parse
+    from codara.review.policy import _parse
 
     monkeypatch.setattr(celpy.celparser.CELParser, "CEL_PARSER", None)
     celpy.Environment()  # InterpretedRunner: builds celpy's shared parser with lark.Tree
-    cel = _policy_parse.Cel()
+    cel = _parse.Cel()
     assert cel.parser is not celpy.celparser.CELParser.CEL_PARSER
     runner = cel.program(cel.parse("1 < 2"))
     assert runner.evaluate({}) is not None

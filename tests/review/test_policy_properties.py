@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from codara.review._policy import (
+from codara.review.policy import (
     PolicyError,
     PolicyInputError,
     WorkflowPolicies,

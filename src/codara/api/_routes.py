@@ -16,9 +16,9 @@ from pydantic import BaseModel, Field
 
 from codara.api._auth import OPERATOR, codara_app, current_identity, current_principal
 from codara.auth._web import WebIdentity
-from codara.engine import App
+from codara.engine import App, check_signal_name
 from codara.errors import InputError
-from codara.review import ForbiddenError, Principal, ReviewItem, Reviews, review_signal
+from codara.review import Principal, ReviewItem, Reviews
 from codara.store import JournalRecord, RunRecord
 
 __all__ = ["ErrorOut", "router"]
@@ -217,7 +217,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _404: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "Not found."}}
 _409: dict[int | str, dict[str, Any]] = {
     **_404,
-    409: {"model": ErrorOut, "description": "The state changed (decided, claimed, finished)."},
+    409: {
+        "model": ErrorOut,
+        "description": "The state changed (decided, claimed, closed, finished).",
+    },
 }
 
 router = APIRouter(prefix="/api", responses=_ERRORS)
@@ -266,6 +269,7 @@ async def get_run(who: Operator, app: TheApp, reviews: TheReviews, run_id: RunId
     items = [
         *await reviews.queue(who, status="open", run_id=run_id),
         *await reviews.queue(who, status="decided", run_id=run_id),
+        *await reviews.queue(who, status="closed", run_id=run_id),
     ]
     return RunDetailOut(
         run=run_out(record), journal=[journal_out(j) for j in journal], reviews=items
@@ -288,11 +292,7 @@ async def send_signal(
     body: Annotated[SignalIn | None, Body()] = None,
 ) -> SignalOut:
     """Send a signal to a run; a run waiting for it is queued for a worker."""
-    if name.startswith(review_signal("")):
-        raise ForbiddenError(
-            f"signal {name!r} is a review decision and cannot be sent directly",
-            hint="decide the review: POST /api/reviews/{id}/approve, edit or reject",
-        )
+    check_signal_name(name)  # review:<id> and other reserved names: 403 reserved_signal
     await app.send_signal(run_id, name, body.payload if body else None)
     record = await app.get_run(run_id)
     return SignalOut(run_id=run_id, signal=name, status=record.status)
@@ -303,7 +303,7 @@ async def send_signal(
 async def list_reviews(
     who: Who,
     reviews: TheReviews,
-    status: Literal["open", "pending", "claimed", "decided"] = "open",
+    status: Literal["open", "pending", "claimed", "decided", "closed"] = "open",
     role: Annotated[str | None, Query(pattern=r"^[a-z0-9_-]{1,50}$")] = None,
     run_id: Annotated[str | None, Query(pattern=_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,

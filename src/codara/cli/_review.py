@@ -41,7 +41,7 @@ __all__ = ["review_app"]
 
 T = TypeVar("T")
 USER_ENV = "CODARA_USER"
-STATUSES = ("open", "decided", "pending", "claimed")
+STATUSES = ("open", "decided", "pending", "claimed", "closed")
 
 review_app = typer.Typer(
     help="The review queue: list, show, claim and decide items (as --user / CODARA_USER).",

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from codara.engine import App
+from codara.engine import REVIEW_SIGNAL_PREFIX, App
 from codara.errors import ConflictError, InputError, RunError
 from codara.store import RunRecord
 
@@ -229,7 +229,9 @@ def _report(records: list[RunRecord], as_json: bool) -> int:
                     ),
                     f": run {first.id} {why}. It is saved; "
                     + (
-                        f"send the signal with `codara signal {first.id} {first.waiting_for}`"
+                        "decide it with `codara review list` / `codara review approve`"
+                        if first.waiting_for and first.waiting_for.startswith(REVIEW_SIGNAL_PREFIX)
+                        else f"send the signal with `codara signal {first.id} {first.waiting_for}`"
                         if first.waiting_for
                         else "raise --timeout"
                     )
@@ -327,7 +329,11 @@ def signal_command(
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Send signal NAME to a run; a run waiting for it is queued for a worker."""
+    """Send signal NAME to a run; a run waiting for it is queued for a worker.
+
+    Names starting `review:` are refused (exit 14): a review is decided with `codara review
+    approve|edit|reject ID`, which checks the reviewer's role and four-eyes.
+    """
     opts = options(ctx, json_out)
 
     async def body() -> RunRecord:

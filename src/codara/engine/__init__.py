@@ -6,10 +6,17 @@ from codara.engine._app import App, new_run_id
 from codara.engine._context import Context, Step
 from codara.engine._executor import Outcome, Workflow
 from codara.engine._retry import NO_RETRY, RetryPolicy
+from codara.engine._signals import (
+    RESERVED_SIGNAL_PREFIXES,
+    REVIEW_SIGNAL_PREFIX,
+    check_signal_name,
+)
 from codara.engine._worker import Worker
 
 __all__ = [
     "NO_RETRY",
+    "RESERVED_SIGNAL_PREFIXES",
+    "REVIEW_SIGNAL_PREFIX",
     "App",
     "Context",
     "Outcome",
@@ -17,5 +24,6 @@ __all__ = [
     "Step",
     "Worker",
     "Workflow",
+    "check_signal_name",
     "new_run_id",
 ]

@@ -14,6 +14,7 @@ from codara.config import Settings, load_settings
 from codara.engine._codec import decode, dumps, input_adapter, validate_input
 from codara.engine._executor import Outcome, Workflow, WorkflowFn, execute
 from codara.engine._retry import RetryPolicy
+from codara.engine._signals import check_signal_name
 from codara.engine._worker import Worker
 from codara.errors import (
     ConflictError,
@@ -264,6 +265,13 @@ class App:
 
     # -- signals, cancel, inspection -------------------------------------------------------
     async def send_signal(self, run_id: str, name: str, payload: Any = None) -> None:
+        """Send signal ``name`` to a run; a run waiting for it is queued for a worker.
+
+        Names under a reserved prefix (``review:``) raise
+        :class:`~codara.errors.ReservedSignalError`: a review is decided through the review
+        service, which signals the run itself in the transaction that records the decision.
+        """
+        check_signal_name(name)
         try:
             text = dumps(payload)
         except TypeError as exc:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from codara.review._gate import GateResult, ReviewGate, install_reviews
 from codara.review._items import Principal, ReviewItem, ReviewResult, diff, validate_edit
-from codara.review._policy import (
+from codara.review._service import ForbiddenError, Reviews, review_signal
+from codara.review.policy import (
     Decision,
     PolicyError,
     PolicyInputError,
@@ -15,7 +16,6 @@ from codara.review._policy import (
     WorkflowPolicies,
     load_policies,
 )
-from codara.review._service import ForbiddenError, Reviews, review_signal
 
 __all__ = [
     "Decision",

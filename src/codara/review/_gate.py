@@ -4,7 +4,8 @@
 (journaled: which policy fired, its version, the values it saw, the outcome). On ``allow`` or
 ``deny`` it returns at once. On ``ask`` it creates a review item in the same transaction as
 its journal row, then waits durably for the decision: the run holds no worker while people
-decide, for minutes or days, across restarts.
+decide, for minutes or days, across restarts. The wake-up signal carries nothing the gate
+trusts: it reads the decision from the review's record (``decided`` by the review service).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from codara.engine import App, Context
 from codara.errors import ConfigError
 from codara.review._items import ReviewResult
 from codara.review._notify import notifier_from_settings, notify_created
-from codara.review._policy import WorkflowPolicies, load_policies
 from codara.review._service import Notify, Reviews, review_signal
+from codara.review.policy import WorkflowPolicies, load_policies
 from codara.store import ReviewRecord, Tx
 from codara.store import reviews as repo
 
@@ -114,7 +115,14 @@ class ReviewGate:
         )
         if created:  # created just now, not replayed from the journal, and committed
             await notify_created(self.notify, created[0])
-        raw = await ctx.wait_for(review_signal(review_id))
+        while True:
+            # The signal only wakes the run; the decision is the review's own record, read in
+            # a journaled transaction so that a replay returns what was read the first time.
+            # A signal that is not backed by a decided record (forged) is read past: wait again.
+            await ctx.wait_for(review_signal(review_id))
+            raw = await ctx.transaction(f"decision:{step}", _read_decision, review_id)
+            if raw is not None:
+                break
         result = ReviewResult.model_validate(raw)
         final = result.proposal
         if isinstance(proposal, BaseModel):
@@ -184,6 +192,15 @@ class ReviewGate:
         )
         await repo.add_event(tx, review_id, "system:policy", "create", None, None, now)
         return review_id
+
+
+async def _read_decision(tx: Tx, review_id: str) -> dict[str, Any] | None:
+    """The decided review's result, or None while it is not decided."""
+    r = await repo.get_review(tx, review_id)
+    if r is None or r.status != "decided" or r.result is None:
+        return None
+    result: dict[str, Any] = json.loads(r.result)
+    return result
 
 
 def _json(value: Any) -> Any:

@@ -5,15 +5,23 @@ of two reviewers deciding the same item at once, one wins and the other gets a
 :class:`~codara.errors.ConflictError`. A decision stores the result, logs the event with a
 snapshot of what the reviewer was shown, and signals the waiting run, all in that transaction,
 so the run resumes exactly once whatever crashes in between.
+
+The signal only wakes the run: the gate reads the decision from the item's own record. An
+item whose run is finished (cancelled, failed) is *closed*: the sweep closes such items, and
+acting on one closes it on the spot and answers :class:`~codara.errors.ConflictError`. A
+decision checks the run in its own transaction (the wake-up fails on a finished run), so a
+decision racing a cancel is either recorded before the cancel or refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-from codara.errors import ConflictError, InputError, NotFoundError, UserError
+from codara.engine import REVIEW_SIGNAL_PREFIX
+from codara.errors import ConflictError, ForbiddenError, InputError, NotFoundError
 from codara.review._items import Principal, ReviewItem, ReviewResult, diff, validate_edit
 from codara.store import ReviewRecord, Store, Tx
 from codara.store import reviews as repo
@@ -21,17 +29,30 @@ from codara.store import reviews as repo
 __all__ = ["ForbiddenError", "Reviews", "review_signal"]
 
 SYSTEM = "system:deadline"
+CLOSER = "system:run"
 Notify = Callable[[str, ReviewItem], Awaitable[None]]
 
 
-class ForbiddenError(UserError):
-    code = "forbidden"
-    http_status = 403
-    exit_code = 14
-
-
 def review_signal(review_id: str) -> str:
-    return f"review:{review_id}"
+    """The signal that wakes a run when review ``review_id`` is decided (a reserved name)."""
+    return f"{REVIEW_SIGNAL_PREFIX}{review_id}"
+
+
+class _RunFinished(Exception):
+    """Raised inside an item's transaction (rolling it back) when its run is finished."""
+
+    def __init__(self, run_status: str) -> None:
+        super().__init__(run_status)
+        self.run_status = run_status
+
+
+def _closed(review_id: str, run_id: str, run_status: str | None) -> ConflictError:
+    return ConflictError(
+        f"review {review_id} is closed: its run {run_id} is {run_status or 'gone'} and will "
+        "not act on a decision",
+        hint=f"nothing to decide; see `codara runs show {run_id}`, and start a new run if "
+        "the work is still needed",
+    )
 
 
 class Reviews:
@@ -95,7 +116,7 @@ class Reviews:
     async def claim(self, who: Principal, review_id: str, *, ttl: float = 900.0) -> ReviewItem:
         """Reserve the item for ``who`` for ``ttl`` seconds so colleagues skip it."""
         now = self.clock()
-        async with self.store.tx() as tx:
+        async with self._acting(review_id) as tx:
             r = await self._open(tx, who, review_id, decide=True)
             holder = self._holder(r, now)
             if holder not in (None, who.username):
@@ -110,7 +131,7 @@ class Reviews:
 
     async def unclaim(self, who: Principal, review_id: str) -> ReviewItem:
         now = self.clock()
-        async with self.store.tx() as tx:
+        async with self._acting(review_id) as tx:
             r = await self._open(tx, who, review_id, decide=True)
             holder = self._holder(r, now)
             if holder not in (None, who.username) and not who.is_admin:
@@ -123,7 +144,7 @@ class Reviews:
     async def delegate(self, who: Principal, review_id: str, to: str) -> ReviewItem:
         """Hand the item to another user who holds its role."""
         now = self.clock()
-        async with self.store.tx() as tx:
+        async with self._acting(review_id) as tx:
             r = await self._open(tx, who, review_id, decide=True)
             holder = self._holder(r, now)
             if holder not in (None, who.username) and not who.is_admin:
@@ -202,7 +223,7 @@ class Reviews:
         reason_code: str | None = None,
     ) -> ReviewItem:
         now = self.clock()
-        async with self.store.tx() as tx:
+        async with self._acting(review_id) as tx:
             r = await self._open(tx, who, review_id, decide=True)
             if version is not None and version != r.version:
                 raise ConflictError(
@@ -293,15 +314,18 @@ class Reviews:
                            decided_at=now, updated_at=now, assignee=None,
                            claim_expires_at=None)  # fmt: skip
         await repo.add_event(tx, r.id, actor, action, json.dumps(detail, default=str), shown, now)
-        await repo.signal_run(tx, r.run_id, review_signal(r.id), payload, now)
+        # The signal carries no decision: it only wakes the run, which reads this record.
+        if not await repo.signal_run(tx, r.run_id, review_signal(r.id), None, now):
+            raise _RunFinished(await repo.run_status(tx, r.run_id) or "gone")
 
     # -- deadlines -------------------------------------------------------------------------
     async def sweep(self) -> int:
-        """Apply every passed deadline: approve, deny or escalate. Returns how many."""
+        """Close the items of finished runs, then apply every passed deadline: approve, deny
+        or escalate. Returns how many items it changed."""
         now = self.clock()
+        handled = await self.close_finished()
         async with self.store.tx() as tx:
             due = await repo.due_reviews(tx, now)
-        handled = 0
         for review_id in due:
             try:
                 item = await self._expire(review_id, now)
@@ -313,7 +337,7 @@ class Reviews:
         return handled
 
     async def _expire(self, review_id: str, now: float) -> ReviewItem | None:
-        async with self.store.tx() as tx:
+        async with self._acting(review_id) as tx:
             r = await repo.get_review(tx, review_id, lock=True)
             if r is None or r.status not in repo.OPEN or r.due_at is None or r.due_at > now:
                 raise ConflictError("not due")
@@ -337,6 +361,43 @@ class Reviews:
                 await self._finish(tx, r, result, SYSTEM, "expire",
                                    {"default": r.on_timeout}, None, now)  # fmt: skip
             return await self._item(tx, await self._reload(tx, review_id))
+
+    async def close_finished(self) -> int:
+        """Close the open items of runs that finished (cancelled, failed): nobody waits for
+        their decision any more. Returns how many it closed."""
+        async with self.store.tx() as tx:
+            stale = await repo.open_reviews_of_finished_runs(tx)
+        closed = 0
+        for review_id, run_status in stale:
+            closed += await self._close(review_id, run_status)
+        return closed
+
+    async def _close(self, review_id: str, run_status: str) -> int:
+        now = self.clock()
+        async with self.store.tx() as tx:
+            r = await repo.get_review(tx, review_id, lock=True)
+            if r is None or r.status not in repo.OPEN:
+                return 0  # decided or closed meanwhile
+            if not await repo.update_review(tx, r.id, r.version, status="closed", assignee=None,
+                                            claim_expires_at=None, updated_at=now):  # fmt: skip
+                return 0
+            detail = json.dumps({"run_status": run_status})
+            await repo.add_event(tx, r.id, CLOSER, "close", detail, None, now)
+            return 1
+
+    @contextlib.asynccontextmanager
+    async def _acting(self, review_id: str) -> AsyncIterator[Tx]:
+        """A transaction that changes an item. If it finds the item's run finished, it rolls
+        back, the item is closed in a transaction of its own, and the caller gets a
+        ConflictError saying so."""
+        try:
+            async with self.store.tx() as tx:
+                yield tx
+        except _RunFinished as exc:
+            await self._close(review_id, exc.run_status)
+            async with self.store.tx() as tx:
+                r = await self._reload(tx, review_id)
+            raise _closed(review_id, r.run_id, exc.run_status) from None
 
     # -- helpers ---------------------------------------------------------------------------
     async def _item(self, tx: Tx, r: ReviewRecord) -> ReviewItem:
@@ -366,11 +427,16 @@ class Reviews:
             raise ForbiddenError(
                 f"{who.username} does not hold role {r.role!r} and may not decide this review"
             )
+        if r.status == "closed":
+            raise _closed(review_id, r.run_id, await repo.run_status(tx, r.run_id))
         if r.status not in repo.OPEN:
             raise ConflictError(
                 f"review {review_id} is already {r.status} ({r.outcome})",
                 hint="nothing to do: it was decided by someone else or by its deadline",
             )
+        run_status = await repo.run_status(tx, r.run_id)
+        if run_status is None or run_status in repo.RUN_FINISHED:
+            raise _RunFinished(run_status or "gone")
         return r
 
     @staticmethod

@@ -82,6 +82,7 @@ _EVENT_COLUMNS = ", ".join(f.name for f in fields(ReviewEvent))
 _USER_COLUMNS = ", ".join(f.name for f in fields(UserRecord))
 _TOKEN_COLUMNS = ", ".join(f.name for f in fields(TokenRecord))
 OPEN = ("pending", "claimed")
+RUN_FINISHED = ("completed", "failed", "cancelled")
 
 
 # -- reviews ---------------------------------------------------------------------------------
@@ -179,6 +180,24 @@ async def add_event(
         "VALUES (?, ?, ?, ?, ?, ?)",
         (review_id, actor, action, detail, shown, at),
     )
+
+
+async def run_status(tx: Tx, run_id: str) -> str | None:
+    """The status of a review's run, read inside the review's transaction."""
+    rows = await tx.fetchall("SELECT status FROM codara_runs WHERE id = ?", (run_id,))
+    return str(rows[0][0]) if rows else None
+
+
+async def open_reviews_of_finished_runs(tx: Tx, limit: int = 100) -> list[tuple[str, str]]:
+    """(review id, run status) of open items whose run is finished: nobody waits for them."""
+    marks = ", ".join("?" * len(RUN_FINISHED))
+    rows = await tx.fetchall(
+        "SELECT r.id, u.status FROM codara_reviews r JOIN codara_runs u ON u.id = r.run_id "
+        f"WHERE r.status IN ('pending', 'claimed') AND u.status IN ({marks}) "
+        "ORDER BY r.created_at LIMIT ?",
+        (*RUN_FINISHED, limit),
+    )
+    return [(str(r[0]), str(r[1])) for r in rows]
 
 
 async def events(tx: Tx, review_id: str) -> list[ReviewEvent]:

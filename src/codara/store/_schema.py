@@ -122,7 +122,7 @@ reviews = Table(
     Column("run_id", String(40), nullable=False),
     Column("workflow", String(200), nullable=False),
     Column("step", String(300), nullable=False),
-    Column("status", String(20), nullable=False),  # pending | claimed | decided
+    Column("status", String(20), nullable=False),  # pending | claimed | decided | closed
     Column("role", String(100), nullable=False),
     Column("assignee", String(200)),
     Column("claim_expires_at", _Time),

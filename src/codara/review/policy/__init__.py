@@ -28,16 +28,16 @@ Semantics
 
 Modules
 -------
-This module is the facade; the parts live in private modules beside it:
+This package's ``__init__`` is the facade; the parts live in private modules beside it:
 
-* ``_policy_schema``: the rule models (:class:`PolicyRule`, :class:`SamplingRule`), durations
-  and version digests; ``_policy_errors``: :class:`PolicyError` and friends.
-* ``_policy_input``: the declared input shape, and coercing caller values into it.
-* ``_policy_parse``: the process's CEL environment (cel-python's ``CompiledRunner``), parsing
+* ``_schema``: the rule models (:class:`PolicyRule`, :class:`SamplingRule`), durations
+  and version digests; ``_errors``: :class:`PolicyError` and friends.
+* ``_input``: the declared input shape, and coercing caller values into it.
+* ``_parse``: the process's CEL environment (cel-python's ``CompiledRunner``), parsing
   and syntax errors with line:column.
-* ``_policy_check`` (with ``_policy_types``): the load-time checks of names and types, and
+* ``_check`` (with ``_types``): the load-time checks of names and types, and
   compiling.
-* ``_policy_eval``: evaluation and :class:`Decision`.
+* ``_eval``: evaluation and :class:`Decision`.
 
 Cost: most of a decision (about 85% for the three-policy example) is cel-python evaluating
 each policy evaluated, some 30 us per policy and more for each input a condition reads (celpy
@@ -62,16 +62,16 @@ from pydantic import (
     model_validator,
 )
 
-from codara.review._policy_check import compile_rules
-from codara.review._policy_errors import (
+from codara.review.policy._check import compile_rules
+from codara.review.policy._errors import (
     PolicyError,
     PolicyInputError,
     PolicyProblem,
     problems_from_validation,
 )
-from codara.review._policy_eval import Decision, Engine, sample_point
-from codara.review._policy_input import Reader, check_shape, fields_of
-from codara.review._policy_schema import (
+from codara.review.policy._eval import Decision, Engine, sample_point
+from codara.review.policy._input import Reader, check_shape, fields_of
+from codara.review.policy._schema import (
     OnTimeout,
     Outcome,
     PolicyRule,

@@ -1,9 +1,9 @@
 """Load-time checks of a workflow's policy conditions, and compiling them.
 
-Each ``when`` is parsed (syntax errors with line:column, :mod:`~codara.review._policy_parse`),
+Each ``when`` is parsed (syntax errors with line:column, :mod:`~codara.review.policy._parse`),
 its names are checked against the declared input shape (with a "did you mean") and CEL's
 functions (:class:`NameCheck`), each of its operations is type-checked on samples of the
-shape (:mod:`~codara.review._policy_types`), and finally the whole condition must give true or
+shape (:mod:`~codara.review.policy._types`), and finally the whole condition must give true or
 false for at least one sample. A condition that fails only for some values (``100 / count``)
 is accepted: at run time it fails safe.
 """
@@ -15,10 +15,10 @@ from typing import Any, cast
 
 import lark
 
-from codara.review._policy_errors import PolicyProblem, did_you_mean
-from codara.review._policy_eval import CompiledRule, is_bool, is_structural, kind_of
-from codara.review._policy_input import TYPE_NAMES, InputField, samples, shape_paths
-from codara.review._policy_parse import (
+from codara.review.policy._errors import PolicyProblem, did_you_mean
+from codara.review.policy._eval import CompiledRule, is_bool, is_structural, kind_of
+from codara.review.policy._input import TYPE_NAMES, InputField, samples, shape_paths
+from codara.review.policy._parse import (
     FUNCTIONS,
     MACROS,
     Cel,
@@ -28,8 +28,8 @@ from codara.review._policy_parse import (
     unwrap,
     where,
 )
-from codara.review._policy_schema import PolicyRule
-from codara.review._policy_types import TypeCheck
+from codara.review.policy._schema import PolicyRule
+from codara.review.policy._types import TypeCheck
 
 __all__ = ["NameCheck", "compile_rules"]
 
@@ -257,7 +257,7 @@ def compile_rules(
 ) -> tuple[tuple[CompiledRule, ...], list[PolicyProblem]]:
     """The compiled rules, and a problem for each rule whose condition cannot be used.
 
-    ``fields`` are those of ``shape`` (:func:`~codara.review._policy_input.fields_of`).
+    ``fields`` are those of ``shape`` (:func:`~codara.review.policy._input.fields_of`).
     """
     cel = Cel.get()
     checks = samples(fields)

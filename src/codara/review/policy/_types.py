@@ -21,8 +21,8 @@ import celpy
 import lark
 from celpy import celtypes
 
-from codara.review._policy_eval import cel_error, describe_error, is_bool, is_structural, kind_of
-from codara.review._policy_parse import MACROS, Cel, Found, line_column, unwrap, where
+from codara.review.policy._eval import cel_error, describe_error, is_bool, is_structural, kind_of
+from codara.review.policy._parse import MACROS, Cel, Found, line_column, unwrap, where
 
 __all__ = ["TypeCheck"]
 

@@ -134,7 +134,7 @@ class Cel:
     def running(self) -> Iterator[None]:
         """Hold the lock and keep celpy quiet about the evaluation errors handled inside.
 
-        For load-time checks; :class:`codara.review._policy_eval.Engine` does the same inline,
+        For load-time checks; :class:`codara.review.policy._eval.Engine` does the same inline,
         once for all the policies of a decision.
         """
         with self.lock:

@@ -1,6 +1,6 @@
 """Evaluating compiled policies: one set of input values in, one :class:`Decision` out.
 
-Per decision: the inputs are read once (:class:`~codara.review._policy_input.Reader`), the CEL
+Per decision: the inputs are read once (:class:`~codara.review.policy._input.Reader`), the CEL
 lock is taken once, and each policy's program gets only the top-level inputs it reads (celpy
 copies its activation and loads every variable given on each evaluation, so this is the part
 of the cost that is ours to keep small). The strings, settings and versions a decision carries
@@ -21,9 +21,9 @@ import celpy
 from celpy import celtypes
 from celpy.evaluation import CELEvalError
 
-from codara.review._policy_input import Reader
-from codara.review._policy_parse import Cel, quiet
-from codara.review._policy_schema import OnTimeout, Outcome, PolicyRule, SamplingRule, seconds
+from codara.review.policy._input import Reader
+from codara.review.policy._parse import Cel, quiet
+from codara.review.policy._schema import OnTimeout, Outcome, PolicyRule, SamplingRule, seconds
 
 __all__ = [
     "CompiledRule",

@@ -18,7 +18,7 @@ from typing import Any, cast
 
 from celpy import celtypes
 
-from codara.review._policy_errors import PolicyInputError, show
+from codara.review.policy._errors import PolicyInputError, show
 
 __all__ = [
     "TYPE_NAMES",

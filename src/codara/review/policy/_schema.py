@@ -1,7 +1,7 @@
 """The settings side of review policies: the rule models, durations and version digests.
 
 Everything here is plain validation of what ``codara.toml`` says; the conditions are checked
-and compiled in :mod:`codara.review._policy_check`.
+and compiled in :mod:`codara.review.policy._check`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from codara.review._policy_errors import Problems, show
+from codara.review.policy._errors import Problems, show
 
 __all__ = [
     "OnTimeout",
