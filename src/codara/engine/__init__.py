@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from codara.engine._app import App, new_run_id
+from codara.engine._client import Client
 from codara.engine._context import Context
 from codara.engine._executor import Outcome, Workflow
 from codara.engine._retry import NO_RETRY, RetryPolicy
@@ -11,6 +12,7 @@ from codara.engine._worker import Worker
 __all__ = [
     "NO_RETRY",
     "App",
+    "Client",
     "Context",
     "Outcome",
     "RetryPolicy",
