@@ -3,8 +3,8 @@
 The ``jsonschema`` package is not a dependency, so this is a validator for the subset of JSON
 Schema (2020-12) that pydantic emits for input types: ``type``, ``enum``, ``const``,
 ``properties`` / ``required`` / ``additionalProperties``, ``items`` / ``prefixItems``,
-``minItems`` / ``maxItems``, ``anyOf`` / ``oneOf`` / ``allOf``, local ``$ref`` to ``$defs``,
-``minimum`` / ``maximum`` / ``exclusiveMinimum`` / ``exclusiveMaximum`` / ``multipleOf``,
+``minItems`` / ``maxItems``, ``anyOf`` / ``oneOf`` (checked as ``anyOf``) / ``allOf``, local
+``$ref`` to ``$defs``, ``minimum`` / ``maximum`` / ``exclusiveMinimum`` / ``exclusiveMaximum`` / ``multipleOf``,
 ``minLength`` / ``maxLength`` / ``pattern``. Anything else (``format``, ``uniqueItems``,
 ``patternProperties``, ``if``/``then``, ``not``, remote references) is not checked here; the
 worker validates the input with pydantic again when the run executes.
@@ -112,8 +112,10 @@ def _check(
             return
     for key in ("anyOf", "oneOf"):
         if key in schema:
-            matches = sum(_passes(value, s, root, depth + 1) for s in schema[key])
-            if matches == 0:
+            shapes = [s for s in schema[key] if not (value is not None and s == {"type": "null"})]
+            if len(shapes) == 1:  # Optional[X] given a value: say what is wrong with it as X
+                _check(value, shapes[0], root, path, problems, depth + 1)
+            elif not any(_passes(value, s, root, depth + 1) for s in shapes):
                 problems.append(f"{where}: {_short(value)} matches none of the allowed shapes")
                 return
     for sub in schema.get("allOf", ()):
