@@ -4,8 +4,8 @@ The ``jsonschema`` package is not a dependency, so this is a validator for the s
 Schema (2020-12) that pydantic emits for input types: ``type``, ``enum``, ``const``,
 ``properties`` / ``required`` / ``additionalProperties``, ``items`` / ``prefixItems``,
 ``minItems`` / ``maxItems``, ``anyOf`` / ``oneOf`` (checked as ``anyOf``) / ``allOf``, local
-``$ref`` to ``$defs``, ``minimum`` / ``maximum`` / ``exclusiveMinimum`` / ``exclusiveMaximum`` / ``multipleOf``,
-``minLength`` / ``maxLength`` / ``pattern``. Anything else (``format``, ``uniqueItems``,
+``$ref`` to ``$defs``, ``minimum`` / ``maximum`` / ``exclusiveMinimum`` / ``exclusiveMaximum``
+/ ``multipleOf``, ``minLength`` / ``maxLength`` / ``pattern``. Anything else (``format``, ``uniqueItems``,
 ``patternProperties``, ``if``/``then``, ``not``, remote references) is not checked here; the
 worker validates the input with pydantic again when the run executes.
 
