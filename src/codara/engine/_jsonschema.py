@@ -1,13 +1,18 @@
 """Checking a JSON value against the JSON Schema pydantic generated for a workflow's input.
 
 The ``jsonschema`` package is not a dependency, so this is a validator for the subset of JSON
-Schema (2020-12) that pydantic emits for input types: ``type``, ``enum``, ``const``,
-``properties`` / ``required`` / ``additionalProperties``, ``items`` / ``prefixItems``,
-``minItems`` / ``maxItems``, ``anyOf`` / ``oneOf`` (checked as ``anyOf``) / ``allOf``, local
-``$ref`` to ``$defs``, ``minimum`` / ``maximum`` / ``exclusiveMinimum`` / ``exclusiveMaximum``
-/ ``multipleOf``, ``minLength`` / ``maxLength`` / ``pattern``. Anything else (``format``, ``uniqueItems``,
-``patternProperties``, ``if``/``then``, ``not``, remote references) is not checked here; the
-worker validates the input with pydantic again when the run executes.
+Schema (2020-12) that pydantic emits for input types:
+
+- ``type``, ``enum``, ``const``;
+- ``properties``, ``required``, ``additionalProperties``;
+- ``items``, ``prefixItems``, ``minItems``, ``maxItems``;
+- ``anyOf``, ``oneOf`` (checked as ``anyOf``), ``allOf``, and local ``$ref`` to ``$defs``;
+- ``minimum``, ``maximum``, ``exclusiveMinimum``, ``exclusiveMaximum``, ``multipleOf``;
+- ``minLength``, ``maxLength``, ``pattern``.
+
+Anything else (``format``, ``uniqueItems``, ``patternProperties``, ``if``/``then``, ``not``,
+remote references) is not checked here; the worker validates the input with pydantic again
+when the run executes.
 
 JSON Schema is stricter than pydantic's lax mode: ``"5"`` is not an ``integer`` here even
 though pydantic would coerce it.
