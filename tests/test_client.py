@@ -328,7 +328,8 @@ def test_codara_serve_needs_no_workflow_code(
     (api,) = served
     assert isinstance(api.state.codara, codara.Client)
 
-    async def drive() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+    async def drive() -> dict[str, httpx.Response]:
+        got: dict[str, httpx.Response] = {}
         async with (
             api.router.lifespan_context(api),
             httpx.AsyncClient(
@@ -337,19 +338,35 @@ def test_codara_serve_needs_no_workflow_code(
                 headers={"Authorization": f"Bearer {token}"},
             ) as http,
         ):
-            ok = await http.post("/api/runs", json={"workflow": "order", "input": {"item": "a"}})
+            got["invalid"] = await http.post(
+                "/api/runs", json={"workflow": "order", "input": {"item": "a"}}
+            )
+            got["unknown"] = await http.post("/api/runs", json={"workflow": "nope", "input": {}})
             good = {"item": "a", "quantity": 2}
-            started = await http.post("/api/runs", json={"workflow": "order", "input": good})
-            unknown = await http.post("/api/runs", json={"workflow": "nope", "input": {}})
-            return ok, started, unknown
+            got["started"] = started = await http.post(
+                "/api/runs", json={"workflow": "order", "input": good}
+            )
+            run_id = started.json()["id"]
+            got["signal"] = await http.post(f"/api/runs/{run_id}/signals/approve", json={})
+            got["detail"] = await http.get(f"/api/runs/{run_id}")
+            got["page"] = await http.get(f"/runs/{run_id}")
+            got["list"] = await http.get("/runs")
+            got["cancel"] = await http.post(f"/api/runs/{run_id}/cancel")
+        return got
 
-    invalid, started, unknown = asyncio.run(drive())
-    assert invalid.status_code == 422
-    assert "quantity: required" in invalid.json()["error"]["message"]
-    assert started.status_code == 201, started.text
-    assert started.json()["version"] == "2"
-    assert unknown.status_code == 404
-    assert unknown.json()["error"]["code"] == "unknown_workflow"
+    got = asyncio.run(drive())
+    assert got["invalid"].status_code == 422
+    assert "quantity: required" in got["invalid"].json()["error"]["message"]
+    assert got["unknown"].status_code == 404
+    assert got["unknown"].json()["error"]["code"] == "unknown_workflow"
+    assert got["started"].status_code == 201, got["started"].text
+    assert got["started"].json()["version"] == "2"
+    assert got["signal"].status_code == 200, got["signal"].text
+    assert got["detail"].json()["run"]["input"] == {"item": "a", "quantity": 2}
+    assert got["page"].status_code == 200
+    assert got["list"].status_code == 200
+    assert got["started"].json()["id"] in got["list"].text
+    assert got["cancel"].json()["status"] == "cancelled"
 
 
 # -- the schema and the validator ----------------------------------------------------------
