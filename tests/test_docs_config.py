@@ -59,7 +59,7 @@ def test_each_documented_variable_sets_the_documented_key(
         assert getattr(getattr(unset, section), key) == default, var
 
 
-def test_the_generator_writes_and_checks(tmp_path: Path) -> None:
+def test_the_generators_check_mode_finds_the_committed_file_up_to_date() -> None:
     script = ROOT / "tools" / "gen_config_reference.py"
     check = subprocess.run(
         [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False
