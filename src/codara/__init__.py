@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from codara.engine import App, Context, RetryPolicy, Step
+from codara.engine import App, Client, Context, RetryPolicy, Step
 from codara.errors import (
     CodaraError,
     ConfigError,
@@ -12,6 +12,7 @@ from codara.errors import (
     NotFoundError,
     RunError,
     StepFailedError,
+    UnknownWorkflowError,
     WaitTimeoutError,
     WorkflowVersionError,
 )
@@ -19,6 +20,7 @@ from codara.store import Tx
 
 __all__ = [
     "App",
+    "Client",
     "CodaraError",
     "ConfigError",
     "ConflictError",
@@ -31,6 +33,7 @@ __all__ = [
     "Step",
     "StepFailedError",
     "Tx",
+    "UnknownWorkflowError",
     "WaitTimeoutError",
     "WorkflowVersionError",
 ]

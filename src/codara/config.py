@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -20,10 +21,12 @@ from codara.errors import ConfigError
 __all__ = [
     "DEFAULT_CONFIG_FILE",
     "DEFAULT_DATABASE_URL",
+    "REFERENCE_PATH",
     "Settings",
     "StoreSettings",
     "WorkerSettings",
     "load_settings",
+    "reference_markdown",
 ]
 
 DEFAULT_CONFIG_FILE = "codara.toml"
@@ -31,10 +34,12 @@ DEFAULT_DATABASE_URL = "sqlite:///codara.db"
 
 Durability = Literal["fsync", "os"]
 
-# Environment variable -> (section, key). Documented in docs/reference/config.md.
+# Environment variable -> (section, key). Documented in docs/reference/config.md, which
+# reference_markdown() generates from this module.
 _ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "CODARA_DATABASE_URL": ("store", "url"),
     "CODARA_DURABILITY": ("store", "durability"),
+    "CODARA_POOL_SIZE": ("store", "pool_size"),
     "CODARA_WORKER_CONCURRENCY": ("worker", "concurrency"),
     "CODARA_LEASE_SECONDS": ("worker", "lease_seconds"),
     "CODARA_POLL_INTERVAL": ("worker", "poll_interval"),
@@ -42,10 +47,14 @@ _ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # use_attribute_docstrings: the docstring under each field is its description (and the
+    # reference's text)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class StoreSettings(_Section):
+    """Where runs, journals and reviews are stored, and how durably."""
+
     url: str = DEFAULT_DATABASE_URL
     """SQLAlchemy-style URL: ``sqlite:///path.db`` or ``postgresql://user@host/db``."""
     durability: Durability = "fsync"
@@ -56,6 +65,8 @@ class StoreSettings(_Section):
 
 
 class WorkerSettings(_Section):
+    """How a worker process (``codara worker``, ``App.work``) claims and executes runs."""
+
     concurrency: int = Field(default=16, ge=1, le=10_000)
     """Runs one worker process executes at once."""
     lease_seconds: float = Field(default=30.0, gt=0.5, le=3600)
@@ -65,10 +76,12 @@ class WorkerSettings(_Section):
 
 
 class Settings(_Section):
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, use_attribute_docstrings=True)
 
     store: StoreSettings = StoreSettings()
+    """``[store]``: the database."""
     worker: WorkerSettings = WorkerSettings()
+    """``[worker]``: the worker processes."""
     source_file: str | None = None
     """The file the settings came from, if any (for error messages)."""
 
@@ -145,3 +158,131 @@ def load_settings(
             _format_validation(exc, where),
             hint="see docs/reference/config.md for every key and its allowed values",
         ) from exc
+
+
+# -- the reference (docs/reference/config.md) --------------------------------------------------
+REFERENCE_PATH = "docs/reference/config.md"
+"""Where the configuration reference lives in the repository, relative to its root."""
+
+_REGENERATE = "python tools/gen_config_reference.py"
+
+# Sections that layers above this one validate themselves (``Settings.section``).
+_OTHER_SECTIONS: tuple[tuple[str, str, str], ...] = (
+    (
+        "[app]",
+        '`module = "package.module:app"`: the `codara.App` whose workflows the CLI loads for '
+        "the commands that execute or start runs from code (`codara worker`, `codara run`, "
+        "...). Also `CODARA_APP` or `--app`. `codara serve` does not need it.",
+        "[operations](../operations.md)",
+    ),
+    (
+        "[notifications]",
+        "the webhook told of review events: `webhook_url`, `secret_env` (the name of the "
+        "variable holding the signing secret; the secret itself is never in the file), "
+        "`review_url`, `timeout`, `attempts`.",
+        "`NotificationSettings` in `src/codara/review/_notify.py`",
+    ),
+    (
+        "[workflows.NAME]",
+        "the review policies of workflow NAME: `policy_input`, `policies`, `sampling`, "
+        "`reject_reasons`.",
+        "[policies](../policies.md)",
+    ),
+)
+
+# Variables read outside this module (by the CLI), listed so that the reference is complete.
+_OTHER_ENV: tuple[tuple[str, str], ...] = (
+    ("CODARA_APP", "the app to load, as `[app] module` (the CLI)"),
+    ("CODARA_DEBUG", "`1`: the CLI prints tracebacks of unexpected errors"),
+)
+
+
+def _md(text: str) -> str:
+    """Docstring text (reST literals) as one line of Markdown table cell."""
+    return " ".join(text.replace("``", "`").split()).replace("|", "\\|")
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(f'`"{v}"`' for v in typing.get_args(tp))
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if args and len(args) < len(typing.get_args(tp)):
+        return " or ".join(_type_name(a) for a in args) + " (optional)"
+    names = {str: "string", int: "integer", float: "number", bool: "boolean"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _bounds(metadata: list[Any]) -> str:
+    marks = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    parts = [
+        f"{mark} {getattr(m, attr)}"
+        for m in metadata
+        for attr, mark in marks.items()
+        if getattr(m, attr, None) is not None
+    ]
+    return f", {' and '.join(parts)}" if parts else ""
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, str):
+        return f'`"{value}"`'
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{value}`"
+
+
+def reference_markdown() -> str:
+    """The text of ``docs/reference/config.md``, generated from the settings models."""
+    env_of = {key: var for var, key in _ENV_OVERRIDES.items()}
+    out = [
+        "# Configuration reference",
+        "",
+        f"<!-- Generated from src/codara/config.py by `{_REGENERATE}`; do not edit. -->",
+        "",
+        "Settings come from, lowest precedence first: the built-in defaults, `codara.toml` "
+        "(in the current folder, or the file `CODARA_CONFIG` names, or `--config PATH`), "
+        "then `CODARA_*` environment variables. Secrets never go in the file: a setting that "
+        "needs one names the environment variable that holds it. An unknown key or a bad "
+        "value stops every command with the file, the key and what is allowed.",
+    ]
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        out += ["", f"## `[{section}]`", ""]
+        if model.__doc__:
+            out += [_md(model.__doc__), ""]
+        out += [
+            "| key | type | default | environment | description |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for key, f in model.model_fields.items():
+            env = env_of.get((section, key))
+            out.append(
+                f"| `{key}` | {_type_name(f.annotation)}{_bounds(f.metadata)} | "
+                f"{_toml(f.default)} | {f'`{env}`' if env else '-'} | "
+                f"{_md(f.description or '')} |"
+            )
+    out += [
+        "",
+        "## Sections read by other parts of Codara",
+        "",
+        "These are validated where they are used; a mistake in them is reported the same way.",
+        "",
+        "| section | what it holds | see |",
+        "| --- | --- | --- |",
+        *(f"| `{name}` | {text} | {see} |" for name, text, see in _OTHER_SECTIONS),
+        "",
+        "## Environment variables",
+        "",
+        "| variable | sets |",
+        "| --- | --- |",
+        "| `CODARA_CONFIG` | the configuration file to read instead of `./codara.toml` (it "
+        "must exist) |",
+        *(f"| `{var}` | `[{s}] {k}` |" for var, (s, k) in _ENV_OVERRIDES.items()),
+        *(f"| `{var}` | {text} |" for var, text in _OTHER_ENV),
+        "",
+        "A variable that sets a key counts as unset when it is empty.",
+        "",
+    ]
+    return "\n".join(out)

@@ -1,6 +1,7 @@
 """``create_app``: one FastAPI application, the REST API plus the reviewer/operator console.
 
-The lifespan opens the Codara :class:`~codara.engine.App` (its store) and closes it. Errors
+The lifespan opens the Codara :class:`~codara.engine.Client` (``codara serve``: the store URL
+only, no workflow code) or :class:`~codara.engine.App` (embedded use, tests) and closes it. Errors
 become ``{"error": {"code", "message", "hint"}}`` with the Codara error's HTTP status on API
 paths, and an HTML page on console paths.
 """
@@ -21,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from codara import console
 from codara.api._auth import AuthMiddleware, codara_app, error_body, is_api_path
 from codara.api._routes import router
-from codara.engine import App
+from codara.engine import App, Client
 from codara.errors import CodaraError, InputError, StoreError
 
 __all__ = ["create_app"]
@@ -90,8 +91,13 @@ async def _healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-def create_app(app: App) -> FastAPI:
-    """The web application serving ``app``'s store: REST API under /api, console at /."""
+def create_app(app: App | Client) -> FastAPI:
+    """The web application serving ``app``'s store: REST API under /api, console at /.
+
+    The routes use only what :class:`~codara.engine.Client` offers (the store, the clock,
+    start_run, get_run, journal, cancel, send_signal), so a Client is enough: ``codara
+    serve`` passes one and needs no workflow code.
+    """
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -11,12 +11,11 @@ from rich.table import Table
 from rich.text import Text
 
 from codara.auth import Users
-from codara.engine import App
+from codara.engine import Client
 from codara.errors import InputError
-from codara.review import install_reviews
 from codara.store import parse_url
 
-from ._loader import open_app, options
+from ._loader import load_cli_settings, open_app, options
 from ._output import err_console, guard, log_to_stderr, out_console, print_json
 
 if TYPE_CHECKING:
@@ -57,8 +56,10 @@ def serve_command(
     """Serve the REST API (/api, spec at /openapi.json) and the review console (/).
 
     Every route except /login, /healthz and /static needs an API token or a console
-    session: create users with `codara users add` first. Serving runs no workflows: start
-    `codara worker` too. Refuses an out-of-date schema (exit 9: run `codara db upgrade`).
+    session: create users with `codara users add` first. Serving needs only the database
+    URL, not the workflow code: it starts the workflows a worker has registered (newest
+    version, input checked against its schema). It runs no workflows: start `codara worker`
+    too. Refuses an out-of-date schema (exit 9: run `codara db upgrade`).
     """
     opts = options(ctx)
 
@@ -70,22 +71,23 @@ def serve_command(
             )
         from codara.api import create_app  # FastAPI loads only for this command
 
-        app = open_app(opts, workflows=True, migrate="check")
-        install_reviews(app)  # harmless here: tickers run in workers, not in the server
-        asyncio.run(_check_store(app))  # fail with exit 8 / 9 before binding the port
+        # A Client, not an App: the server imports no workflow code (review deadlines and
+        # other tickers run in workers).
+        client = Client(settings=load_cli_settings(opts), migrate="check")
+        asyncio.run(_check_store(client))  # fail with exit 8 / 9 before binding the port
         with log_to_stderr(level):
             err_console().print(
                 f"codara: serving the API and console on http://{host}:{port}/ "
-                f"(store {parse_url(app.settings.store.url).redacted()})"
+                f"(store {parse_url(client.settings.store.url).redacted()})"
             )
-            run_server(create_app(app), host, port, level)
+            run_server(create_app(client), host, port, level)
         return 0
 
     guard(opts.json, body)
 
 
-async def _check_store(app: App) -> None:
-    async with app:
+async def _check_store(client: Client) -> None:
+    async with client:
         pass
 
 

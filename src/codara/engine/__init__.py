@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from codara.engine._app import App, new_run_id
+from codara.engine._client import Client
 from codara.engine._context import Context, Step
 from codara.engine._executor import Outcome, Workflow
 from codara.engine._retry import NO_RETRY, RetryPolicy
@@ -18,6 +19,7 @@ __all__ = [
     "RESERVED_SIGNAL_PREFIXES",
     "REVIEW_SIGNAL_PREFIX",
     "App",
+    "Client",
     "Context",
     "Outcome",
     "RetryPolicy",

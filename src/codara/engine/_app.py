@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from codara.config import Settings, load_settings
+from codara.engine._client import register_workflows
 from codara.engine._codec import decode, dumps, input_adapter, validate_input
 from codara.engine._executor import Outcome, Workflow, WorkflowFn, execute
 from codara.engine._retry import RetryPolicy
@@ -138,6 +139,7 @@ class App:
             self._store = await open_store(
                 s.url, durability=s.durability, pool_size=s.pool_size, migrate=self._migrate
             )
+            await register_workflows(self._store, self.workflows(), self.clock())
         return self
 
     async def close(self) -> None:

@@ -10,11 +10,13 @@ from typing import Literal
 
 from codara.errors import SchemaOutOfDateError
 from codara.store import _reviews as reviews
+from codara.store import _workflows as registry
 from codara.store._base import FencedError, Store, Tx
 from codara.store._migrate import SchemaState, check_schema, head_revision, schema_state, upgrade
 from codara.store._reviews import ReviewEvent, ReviewRecord, TokenRecord, UserRecord
 from codara.store._types import Claim, JournalRecord, RunRecord
 from codara.store._url import DatabaseURL, parse_url
+from codara.store._workflows import WorkflowRecord
 
 __all__ = [
     "Claim",
@@ -29,10 +31,12 @@ __all__ = [
     "TokenRecord",
     "Tx",
     "UserRecord",
+    "WorkflowRecord",
     "check_schema",
     "head_revision",
     "open_store",
     "parse_url",
+    "registry",
     "reviews",
     "schema_state",
     "upgrade",

@@ -36,6 +36,7 @@ __all__ = [
     "signals",
     "tokens",
     "users",
+    "workflows",
 ]
 
 metadata = MetaData()
@@ -193,4 +194,19 @@ tokens = Table(
     Column("expires_at", _Time),
     Column("revoked", Integer, nullable=False, server_default=text("0")),
     Index("ix_codara_tokens_user", "username"),
+)
+
+# The workflow registry (schema 0003): every name@version some App has code for, with the JSON
+# Schema of its input, so that a Client without the code can start runs (store/_workflows.py).
+workflows = Table(
+    "codara_workflows",
+    metadata,
+    Column("name", String(200), nullable=False),
+    Column("version", String(100), nullable=False),
+    Column("input_schema", Text),  # JSON Schema of the input; NULL: the code declares none
+    Column("compatible_with", Text, nullable=False),  # JSON list of older versions
+    Column("ordinal", Integer, nullable=False),
+    Column("registered_at", _Time, nullable=False),
+    Column("seen_at", _Time, nullable=False),
+    PrimaryKeyConstraint("name", "version", name="pk_codara_workflows"),
 )

@@ -27,7 +27,24 @@ def upgrade() -> None:
             sa.Column("branch", sa.String(200), nullable=False, server_default=sa.text("''"))
         )
 
+    # -- the workflow registry: every name@version some App has code for, with the JSON Schema
+    #    of its input, so that a Client without the code can start runs (store/_workflows.py)
+    op.create_table(
+        "codara_workflows",
+        sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("version", sa.String(100), nullable=False),
+        sa.Column("input_schema", sa.Text),
+        sa.Column("compatible_with", sa.Text, nullable=False),
+        sa.Column("ordinal", sa.Integer, nullable=False),
+        sa.Column("registered_at", sa.Float(precision=53), nullable=False),
+        sa.Column("seen_at", sa.Float(precision=53), nullable=False),
+        sa.PrimaryKeyConstraint("name", "version", name="pk_codara_workflows"),
+    )
+
 
 def downgrade() -> None:
+    # -- the workflow registry
+    op.drop_table("codara_workflows")
+
     with op.batch_alter_table("codara_journal") as batch:
         batch.drop_column("branch")
