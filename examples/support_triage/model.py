@@ -18,6 +18,9 @@ class Intent(BaseModel):
     label: str
     confidence: float
     model: str
+    threshold: float
+    """The auto-answer threshold the model had: journaled with the intent, so a replay on a
+    worker that has not prepared the model decides with the same value."""
 
 
 class TriageModel:
@@ -79,7 +82,10 @@ class TriageModel:
             self._batcher = MicroBatcher(self.predict_batch, max_batch=32)
         prediction = await self._batcher(text)
         return Intent(
-            label=prediction.label, confidence=round(prediction.confidence, 6), model=self.name
+            label=prediction.label,
+            confidence=round(prediction.confidence, 6),
+            model=self.name,
+            threshold=self.threshold,
         )
 
     @property

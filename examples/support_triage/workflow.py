@@ -56,7 +56,7 @@ def register(
     *,
     sensitive: frozenset[str],
 ) -> None:
-    @app.workflow(name="triage", version="2")
+    @app.workflow(name="triage", version="3")
     async def triage(ctx: codara.Context, ticket: Ticket) -> Outcome:
         intent: Intent = await ctx.step("classify", model.classify, ticket.text)
         customer = await ctx.step("crm.customer", crm.customer, ticket.customer())
@@ -69,7 +69,7 @@ def register(
             inputs={
                 "intent": intent.label,
                 "confidence": intent.confidence,
-                "threshold": model.threshold,
+                "threshold": intent.threshold,
                 "sensitive": is_sensitive,
             },
             context={
@@ -78,7 +78,7 @@ def register(
                 "customer_tier": customer.get("tier"),
                 "model": intent.model,
             },
-            low_risk=not is_sensitive and intent.confidence >= model.threshold,
+            low_risk=not is_sensitive and intent.confidence >= intent.threshold,
         )
         final: ReplyProposal = check.proposal
         reviewers = check.review.reviewers if check.review else []
