@@ -31,7 +31,7 @@ def test_every_key_and_variable_is_in_the_reference() -> None:
         if section == "source_file" or model is None:
             continue
         assert f"## `[{section}]`" in text
-        for key, f in model.model_fields.items():  # type: ignore[union-attr]
+        for key, f in model.model_fields.items():
             assert f"| `{key}` |" in text
             assert f.description, f"[{section}] {key} has no description in config.py"
     from codara import config

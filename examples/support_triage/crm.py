@@ -78,7 +78,9 @@ class CRM:
             return {"id": customer_id, "tier": "unknown", "country": "unknown", "found": False}
         return {"id": row[0], "tier": row[1], "country": row[2], "found": True}
 
-    def send_reply(self, key: str, ticket_id: str, customer_id: int, intent: str, body: str) -> str:
+    def send_reply(
+        self, key: str, ticket_id: str | None, customer_id: int, intent: str, body: str
+    ) -> str:
         self._db().execute(
             "INSERT INTO outbox (idempotency_key, ticket_id, customer_id, intent, body) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
@@ -89,7 +91,7 @@ class CRM:
     def queue_for_human(
         self,
         key: str,
-        ticket_id: str,
+        ticket_id: str | None,
         customer_id: int,
         intent: str,
         confidence: float,

@@ -107,7 +107,7 @@ def register(
                 ticket.customer(),
                 final.intent,
                 intent.confidence,
-                check.decision.get("reason") or check.outcome,
+                str(check.decision.get("reason") or check.outcome),
             )
             action = "human"
         return Outcome(

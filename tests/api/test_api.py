@@ -31,7 +31,7 @@ A_ID = "0123456789abcdef0123456789abcdef"
 
 def _routes(env: Env) -> list[tuple[str, str, APIRoute]]:
     """(method, full path, route) for every HTTP route of the app, included routers too."""
-    out = []
+    out: list[tuple[str, str, APIRoute]] = []
     for ctx in iter_route_contexts(env.api.routes):
         route = ctx.original_route
         if isinstance(route, APIRoute) and ctx.path and ctx.methods:

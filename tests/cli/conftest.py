@@ -36,7 +36,7 @@ class Project:
 
     def count_runs(self) -> int:
         rows = self.sql("SELECT COUNT(*) FROM codara_runs")
-        return int(rows[0][0])
+        return int(str(rows[0][0]))
 
     def sql(self, statement: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         """Run SQL straight on the store's database (``?`` placeholders)."""
@@ -49,7 +49,7 @@ class Project:
             finally:
                 conn.close()
         with psycopg.connect(self.url, autocommit=True) as pg:
-            cur = pg.execute(statement.replace("?", "%s"), params)  # type: ignore[arg-type]
+            cur = pg.execute(statement.replace("?", "%s"), params)
             return cur.fetchall() if cur.description else []
 
 

@@ -328,7 +328,7 @@ async def test_connection_refused_is_retryable(
     api_keys: Any, closed_port: int, provider: str
 ) -> None:
     settings = LLMSettings(
-        provider=provider,  # type: ignore[arg-type]
+        provider=provider,
         model="some-model",
         base_url=f"http://127.0.0.1:{closed_port}/v1",
         max_retries=0,

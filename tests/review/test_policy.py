@@ -135,8 +135,9 @@ def test_example_loads_with_every_setting(policies: WorkflowPolicies) -> None:
     assert policies.reject_reasons == ("wrong_intent", "unsafe_reply", "needs_more_info")
     assert policies.policy_input["customer"] == {"tier": "string", "country": "string"}
     for versioned in (*policies.rules, policies.sampling, policies):
-        assert len(versioned.version) == 64
-        int(versioned.version, 16)
+        version: str = versioned.version  # type: ignore[attr-defined]
+        assert len(version) == 64
+        int(version, 16)
     assert fraud.short_version == fraud.version[:12]
 
 

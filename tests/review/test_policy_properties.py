@@ -208,6 +208,7 @@ json_like = st.recursive(
 def test_any_input_gives_a_decision_or_a_policy_input_error(
     example: WorkflowPolicies, values: dict[str, Any]
 ) -> None:
+    outcome: str
     try:
         outcome = example.evaluate(values, decision_key="k").outcome
     except PolicyInputError as exc:

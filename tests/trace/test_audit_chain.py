@@ -15,8 +15,11 @@ async def finished_run(db_url: str) -> AsyncIterator[tuple[codara.App, str]]:
 
     @app.workflow(name="five")
     async def wf(ctx: codara.Context, _: None) -> int:
+        def square(i: int) -> int:
+            return i * i
+
         for i in range(5):
-            await ctx.step(f"s{i}", lambda i=i: i * i)
+            await ctx.step(f"s{i}", square, i)
         return 5
 
     async with app:
