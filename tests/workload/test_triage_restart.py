@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from examples.support_triage.app import CONFIG, build
+from examples.support_triage.data import Ticket
+
 import codara
 from codara.config import load_settings
 from codara.review import Principal, Reviews
-from examples.support_triage.app import CONFIG, build
-from examples.support_triage.data import Ticket
 
 STOLEN = "My card was stolen this morning and I need to block it now"
 
