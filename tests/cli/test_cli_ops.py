@@ -10,12 +10,16 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import psycopg
 
 if TYPE_CHECKING:  # fixtures' types only: conftest is not imported as a module
     from conftest import CliFn, ProcFn, Project
@@ -239,3 +243,45 @@ def test_runs_fork_starts_a_new_run_from_a_step(any_project: Project, cli: CliFn
     assert unknown.exit_code == 4
     assert "its steps: explode" in unknown.output
     assert any_project.count_runs() == 2
+
+
+def test_sigterm_is_honoured_while_postgres_refuses_connections(
+    pg_url: str,
+    project_factory: Callable[[Path, str], Project],
+    cli: CliFn,
+    tmp_path: Path,
+) -> None:
+    """The server drops the worker's connections and refuses new ones (as during a restart):
+    the worker logs, backs off, and still stops cleanly on SIGTERM."""
+    project = _ops(project_factory(tmp_path, pg_url), tmp_path, CODARA_SHUTDOWN_GRACE_SECONDS="30")
+    cli(project, "db", "upgrade")
+    database = pg_url.rsplit("/", 1)[1]
+    admin_url = os.environ.get(
+        "CODARA_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+    )
+    err = tmp_path / "worker.err"
+    worker = _worker(project, err)
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        try:
+            for _ in range(1200):
+                if "started" in err.read_text():
+                    break
+                time.sleep(0.05)
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (database,),
+            )
+            for _ in range(1200):
+                if "failed" in err.read_text():
+                    break
+                assert worker.poll() is None, err.read_text()
+                time.sleep(0.05)
+            time.sleep(1)  # a few rounds of backoff
+            assert worker.poll() is None, err.read_text()
+            code = _stop(worker, timeout=60)
+        finally:
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+    stderr = err.read_text()
+    assert code == 0, stderr
+    assert "Traceback" not in stderr

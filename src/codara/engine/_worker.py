@@ -212,8 +212,10 @@ class Worker:
             claims: list[Claim] = []
             if free > 0:
                 try:
-                    now = self.clock()
-                    claims = await self.store.claim(self.id, keys, free, now, now + self.lease)
+                    got = await self._claim(keys, free, stopper)
+                    if got is None:
+                        break  # stopping, and the store does not answer
+                    claims = got
                 except Exception as exc:
                     delay = backoff.next()
                     log.warning("claiming failed (%s); retrying in %.1f s", _reason(exc), delay)
@@ -240,6 +242,30 @@ class Worker:
             for waiter in waiters:
                 if waiter is not stopper:
                     waiter.cancel()
+
+    async def _claim(
+        self, keys: list[str], free: int, stopper: asyncio.Task[bool] | None
+    ) -> list[Claim] | None:
+        """Claim up to ``free`` runs. A stop while the store does not answer waits at most
+        HAND_BACK_TIMEOUT more for the claim, then gives up on it (None)."""
+        now = self.clock()
+        claiming = asyncio.ensure_future(
+            self.store.claim(self.id, keys, free, now, now + self.lease)
+        )
+        if stopper is None:
+            return await claiming
+        try:
+            await asyncio.wait([claiming, stopper], return_when=asyncio.FIRST_COMPLETED)
+            if not claiming.done():
+                await asyncio.wait([claiming], timeout=HAND_BACK_TIMEOUT)
+        except asyncio.CancelledError:
+            claiming.cancel()
+            raise
+        if not claiming.done():
+            claiming.cancel()
+            log.warning("stopping: the store did not answer a claim; giving up on it")
+            return None
+        return claiming.result()
 
     async def _pause(self, delay: float, stopper: asyncio.Task[bool] | None) -> None:
         if stopper is None:
