@@ -62,6 +62,30 @@ async def test_an_inline_run_renews_its_lease_so_a_worker_never_runs_its_step_ag
     assert [(r.name, r.status) for r in steps] == [("slow", "ok")]
 
 
+async def test_an_inline_run_stops_when_its_run_is_cancelled_elsewhere(db_url: str) -> None:
+    app = _app(db_url, lease_seconds=1.0)
+    started = asyncio.Event()
+
+    async def endless() -> str:
+        started.set()
+        await asyncio.sleep(120)
+        return "never"
+
+    @app.workflow(name="endless")
+    async def wf(ctx: codara.Context, _: Any) -> str:
+        return await ctx.step("endless", endless)
+
+    async with app:
+        run_id = await app.start_run("endless")
+        inline = asyncio.create_task(app.resume(run_id))
+        await started.wait()
+        await app.cancel(run_id)  # from "another process": the heartbeat notices
+        outcome = await asyncio.wait_for(inline, 60)  # far less than the step's 120 s
+        record = await app.get_run(run_id)
+    assert outcome.status == "lost"
+    assert record.status == "cancelled"
+
+
 # -- 2. workers survive store failures ------------------------------------------------------
 async def test_a_worker_outlives_a_store_failure_and_carries_on_when_it_is_back(
     db_url: str, caplog: pytest.LogCaptureFixture
