@@ -43,6 +43,8 @@ _ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "CODARA_WORKER_CONCURRENCY": ("worker", "concurrency"),
     "CODARA_LEASE_SECONDS": ("worker", "lease_seconds"),
     "CODARA_POLL_INTERVAL": ("worker", "poll_interval"),
+    "CODARA_SHUTDOWN_GRACE_SECONDS": ("worker", "shutdown_grace_seconds"),
+    "CODARA_MAX_CLAIMS": ("worker", "max_claims"),
 }
 
 
@@ -73,6 +75,12 @@ class WorkerSettings(_Section):
     """How long a claim lasts without a heartbeat before another worker may take the run."""
     poll_interval: float = Field(default=0.1, gt=0, le=60)
     """Seconds an idle worker waits before looking for work again."""
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0, le=3600)
+    """On SIGTERM/SIGINT: how long in-flight steps may take to finish before the worker
+    cancels them and hands their runs back."""
+    max_claims: int = Field(default=5, ge=1, le=1000)
+    """A run claimed this many times in a row whose lease lapsed each time (its worker was
+    killed or stalled) fails with ``PoisonRunError`` at the next claim instead of looping."""
 
 
 class Settings(_Section):

@@ -255,7 +255,7 @@ def test_worker_stops_on_sigterm_and_hands_back_its_claims(project: Project, cli
     worker = subprocess.Popen(
         [sys.executable, "-m", "codara", "worker", "--concurrency", "2"],
         cwd=project.path,
-        env=project.env,
+        env={**project.env, "CODARA_SHUTDOWN_GRACE_SECONDS": "1"},  # the step takes 60 s
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -177,7 +177,7 @@ def open_app(opts: Options, *, workflows: bool, migrate: Migrate = "check") -> A
         return App(settings=settings, migrate=migrate)
     spec, source = resolve_app_spec(settings, opts.app)
     user = import_app(spec, source, config=opts.config)
-    app = App(settings=settings, clock=user.clock, retry=user.retry, migrate=migrate)
+    app = App(settings=settings, clock=user.clock, retry=user.retry_policy, migrate=migrate)
     for wf in user.workflows():  # registration order: the last version is the latest
         app.workflow(name=wf.name, version=wf.version, compatible_with=wf.compatible_with)(wf.fn)
     for tick in user.tickers:  # housekeeping such as install_reviews' deadline sweep

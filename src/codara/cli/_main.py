@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import logging
+import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -140,16 +142,35 @@ app.add_typer(review_app, name="review")
 
 # -- codara worker -----------------------------------------------------------------------------
 async def _work(app: App, concurrency: int | None, until_idle: bool) -> int:
+    """Run a worker until SIGTERM/SIGINT, then shut down gracefully.
+
+    The first signal stops claiming; in-flight steps get ``[worker] shutdown_grace_seconds``
+    to finish, then what is left is cancelled and handed back. A second signal ends the
+    process at once. Should the shutdown itself hang (a store that neither answers nor fails),
+    a watchdog ends the process a little after the grace period: the runs' leases then lapse
+    and any worker resumes them.
+    """
     log = logging.getLogger("codara.cli")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
+    watchdogs: list[threading.Timer] = []
+    grace = app.settings.worker.shutdown_grace_seconds
 
     def on_signal(sig: signal.Signals) -> None:
-        log.info("%s received: finishing up and handing back claimed runs", sig.name)
+        log.info(
+            "%s received: claiming nothing more; in-flight steps get %.0f s to finish, then "
+            "runs are handed back",
+            sig.name,
+            grace,
+        )
         stop.set()
         for s in installed:  # a second Ctrl-C interrupts at once
             loop.remove_signal_handler(s)
+        watchdog = threading.Timer(grace + _SHUTDOWN_SLACK, _give_up, args=(grace,))
+        watchdog.daemon = True
+        watchdog.start()
+        watchdogs.append(watchdog)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
@@ -157,23 +178,39 @@ async def _work(app: App, concurrency: int | None, until_idle: bool) -> int:
             installed.append(sig)
         except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
             pass
-    async with app:
-        worker = app.worker(concurrency=concurrency)
-        names = sorted({f"{wf.name}@{wf.version}" for wf in app.workflows()})
-        log.info(
-            "worker %s started: %s, concurrency %d, store %s",
-            worker.id,
-            ", ".join(names),
-            worker.concurrency,
-            app.store.url_redacted,
-        )
-        try:
+    try:
+        async with app:
+            worker = app.worker(concurrency=concurrency)
+            names = sorted({f"{wf.name}@{wf.version}" for wf in app.workflows()})
+            log.info(
+                "worker %s started: %s, concurrency %d, store %s",
+                worker.id,
+                ", ".join(names),
+                worker.concurrency,
+                app.store.url_redacted,
+            )
             executed = await worker.run(until_idle=until_idle, stop=stop)
-        finally:
-            for s in installed:
-                loop.remove_signal_handler(s)
-        log.info("worker %s stopped after executing %d run(s)", worker.id, executed)
-        return executed
+            log.info("worker %s stopped after executing %d run(s)", worker.id, executed)
+            return executed
+    finally:
+        for s in installed:
+            loop.remove_signal_handler(s)
+        for watchdog in watchdogs:  # shut down in time: the watchdog has nothing to do
+            watchdog.cancel()
+
+
+_SHUTDOWN_SLACK = 15.0  # beyond the grace: hand-backs (at most 5 s) and closing the store
+
+
+def _give_up(grace: float) -> None:
+    """The watchdog: the graceful shutdown did not end in time; leave the runs' leases to
+    lapse."""
+    sys.stderr.write(
+        f"codara worker: shutdown still not done {grace + _SHUTDOWN_SLACK:.0f} s after the "
+        "signal (is the store hanging?); exiting now, the runs' leases will lapse\n"
+    )
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 @app.command("worker")
@@ -192,7 +229,8 @@ def worker_command(
         str, typer.Option("--log-level", help="debug, info, warning or error.")
     ] = "info",
 ) -> None:
-    """Execute runs until SIGTERM or Ctrl-C (graceful: claimed runs are handed back).
+    """Execute runs until SIGTERM or Ctrl-C (graceful: in-flight steps get [worker]
+    shutdown_grace_seconds to finish, then claimed runs are handed back).
 
     Refuses to start on an out-of-date schema (exit 9: run `codara db upgrade` first).
     """

@@ -1,4 +1,4 @@
-"""``codara run``, ``codara runs list|show|cancel`` and ``codara signal``."""
+"""``codara run``, ``codara runs list|show|cancel|retry|fork`` and ``codara signal``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from codara.engine import REVIEW_SIGNAL_PREFIX, App
+from codara.engine import REVIEW_SIGNAL_PREFIX, App, operator_name
 from codara.errors import ConflictError, InputError, RunError
 from codara.store import RunRecord
 
@@ -42,7 +42,9 @@ STATUSES = ("queued", "running", "sleeping", "waiting", *FINISHED)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 RunIdArg = Annotated[str, typer.Argument(help="The run's id (see `codara runs list`).")]
 
-runs_app = typer.Typer(help="Inspect and cancel runs.", no_args_is_help=True, rich_markup_mode=None)
+runs_app = typer.Typer(
+    help="Inspect, cancel, retry and fork runs.", no_args_is_help=True, rich_markup_mode=None
+)
 
 
 # -- codara run --------------------------------------------------------------------------------
@@ -352,3 +354,75 @@ def signal_command(
             f"sent {name!r} to run {record.id} (now ", status_text(record.status), f"): {then}"
         )
     )
+
+
+# -- codara runs retry | fork ------------------------------------------------------------------
+ByOpt = Annotated[
+    str | None,
+    typer.Option("--by", help="Who does it, for the journal (default: the OS user)."),
+]
+
+
+@runs_app.command("retry")
+def retry_command(
+    ctx: typer.Context, run_id: RunIdArg, by: ByOpt = None, json_out: JsonOpt = False
+) -> None:
+    """Queue a failed run again: a worker resumes it from its last good step (the failed
+    steps run again). The journal records who did it; only a failed run can be retried."""
+    opts = options(ctx, json_out)
+    who = operator_name(by)
+
+    async def body() -> RunRecord:
+        async with open_app(opts, workflows=False) as app:
+            return await app.retry(run_id, by=who)
+
+    record = guard(opts.json, lambda: asyncio.run(body()))
+    if opts.json:
+        print_json({"run_id": record.id, "status": record.status, "retried_by": who})
+    else:
+        err_console().print(
+            Text.assemble(
+                "run ", record.id, " ", status_text(record.status),
+                f" again (retried by {who}); `codara worker` resumes it",
+            )
+        )  # fmt: skip
+
+
+@runs_app.command("fork", no_args_is_help=True)
+def fork_command(
+    ctx: typer.Context,
+    run_id: RunIdArg,
+    from_step: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            help="Where the new run starts executing: a step name (its first occurrence) or "
+            "seq:N (a journal row, see `codara runs show`). Everything before it is replayed.",
+        ),
+    ],
+    by: ByOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Start a new run of RUN's workflow, version and input that replays RUN's journal up to
+    --from and executes from there (RUN itself is left as it is)."""
+    opts = options(ctx, json_out)
+    who = operator_name(by)
+
+    async def body() -> tuple[str, int]:
+        async with open_app(opts, workflows=False) as app:
+            new_id = await app.fork(run_id, from_step=from_step, by=who)
+            marker = (await app.journal(new_id))[-1]
+            return new_id, int(json.loads(marker.input or "{}")["from_seq"])
+
+    new_id, from_seq = guard(opts.json, lambda: asyncio.run(body()))
+    if opts.json:
+        print_json(
+            {"run_id": new_id, "status": "queued", "forked_from": run_id, "from_seq": from_seq,
+             "by": who}
+        )  # fmt: skip
+    else:
+        print(new_id)
+        err_console().print(
+            f"run {new_id} forked from {run_id} at seq {from_seq} by {who}; "
+            "`codara worker` executes it"
+        )

@@ -6,6 +6,7 @@ from codara.engine._app import App, new_run_id
 from codara.engine._client import Client
 from codara.engine._context import Context, Step
 from codara.engine._executor import Outcome, Workflow
+from codara.engine._journal import operator_name
 from codara.engine._retry import NO_RETRY, RetryPolicy
 from codara.engine._signals import (
     RESERVED_SIGNAL_PREFIXES,
@@ -28,4 +29,5 @@ __all__ = [
     "Workflow",
     "check_signal_name",
     "new_run_id",
+    "operator_name",
 ]

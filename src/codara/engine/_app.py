@@ -14,9 +14,16 @@ from codara.config import Settings, load_settings
 from codara.engine._client import register_workflows
 from codara.engine._codec import decode, dumps, input_adapter, validate_input
 from codara.engine._executor import Outcome, Workflow, WorkflowFn, execute
+from codara.engine._journal import (
+    choose_fork_point,
+    fail_poisoned,
+    fork_rows,
+    operator_name,
+    retry_run,
+)
 from codara.engine._retry import RetryPolicy
 from codara.engine._signals import check_signal_name
-from codara.engine._worker import Worker
+from codara.engine._worker import Leases, Worker
 from codara.errors import (
     ConflictError,
     InputError,
@@ -65,7 +72,7 @@ class App:
             )
         self.settings = settings
         self.clock = clock
-        self.retry = retry or RetryPolicy()
+        self.retry_policy = retry or RetryPolicy()
         self._migrate: _Migrate = migrate
         self._workflows: dict[str, dict[str, Workflow]] = {}
         self.tickers: list[Callable[[App], Awaitable[object]]] = []
@@ -209,26 +216,71 @@ class App:
         return outcome.output
 
     async def resume(self, run_id: str) -> Outcome:
-        """Claim one ready run by id and execute it here (replaying its journal)."""
+        """Claim one ready run by id and execute it here (replaying its journal).
+
+        The claim's lease is renewed by a heartbeat as in a worker; if it is lost anyway
+        (this process stalled longer than the lease and another worker took the run over, or
+        the run was cancelled), execution stops here and the outcome is ``lost``.
+        """
         record = await self.get_run(run_id)
         wf = self._for_run(record.workflow, record.version)
         now = self.clock()
-        lease = self.settings.worker.lease_seconds
+        worker = self.settings.worker
         owner = f"inline:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        claims = await self.store.claim(owner, wf.keys, 1, now, now + lease, run_id=run_id)
+        claims = await self.store.claim(
+            owner, wf.keys, 1, now, now + worker.lease_seconds, run_id=run_id
+        )
         if not claims:
             raise ConflictError(
                 f"run {run_id} is {record.status} and cannot be claimed now",
                 hint="a worker owns it, it is finished, or it waits for a signal or a timer",
             )
         claim = claims[0]
-        try:
-            return await execute(self.store, wf, claim, clock=self.clock, retry=self.retry)
-        except asyncio.CancelledError:
-            # Hand the run back so any worker resumes it now, not after the lease.
-            now = self.clock()
-            await asyncio.shield(self.store.release(claim.id, claim.token, now, None, now))
-            raise
+        if claim.streak > worker.max_claims:
+            return await fail_poisoned(self.store, claim, self.clock, worker.max_claims)
+        leases = Leases(self.store, owner, worker.lease_seconds, self.clock)
+        async with leases.running():
+            task = asyncio.ensure_future(
+                execute(self.store, wf, claim, clock=self.clock, retry=self.retry_policy)
+            )
+            leases.watch(claim.id, task)
+            try:
+                return await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if claim.id in leases.lost and not (current and current.cancelling()):
+                    return Outcome("lost")
+                # Hand the run back so any worker resumes it now, not after the lease.
+                now = self.clock()
+                await asyncio.shield(self.store.release(claim.id, claim.token, now, None, now))
+                raise
+
+    # -- operators -------------------------------------------------------------------------
+    async def retry(self, run_id: str, *, by: str | None = None) -> RunRecord:
+        """Queue a failed run again: it resumes from its last good step (the failed ones run
+        again). The journal records who did it and when; only a ``failed`` run can be
+        retried (else :class:`ConflictError`). ``by`` defaults to the OS user."""
+        record = await self.get_run(run_id)
+        await retry_run(self.store, record, operator_name(by), self.clock())
+        return await self.get_run(run_id)
+
+    async def fork(self, run_id: str, *, from_step: str, by: str | None = None) -> str:
+        """Start a new run of the same workflow, version and input that replays ``run_id``'s
+        journal up to ``from_step`` (a step name, its first occurrence, or ``seq:N``) and
+        executes from there. Returns the new run's id; its journal says where it came from
+        and who forked it."""
+        source = await self.get_run(run_id)
+        rows = await self.store.journal(run_id)
+        from_seq = choose_fork_point(run_id, rows, from_step)
+        who = operator_name(by)
+        new_id = new_run_id()
+        genesis = genesis_hash(new_id, source.workflow, source.version, source.input)
+        now = self.clock()
+        marker = dumps({"from_run": run_id, "from_seq": from_seq, "by": who})
+        copied = fork_rows(rows, from_seq, new_id, genesis, marker, now)
+        new = (new_id, source.workflow, source.version, source.input, None, genesis, who)
+        await self.store.fork_run(new, copied, now)
+        return new_id
 
     # -- workers ---------------------------------------------------------------------------
     def worker(self, *, concurrency: int | None = None, name: str | None = None) -> Worker:
@@ -239,9 +291,11 @@ class App:
             lease_seconds=self.settings.worker.lease_seconds,
             poll_interval=self.settings.worker.poll_interval,
             clock=self.clock,
-            retry=self.retry,
+            retry=self.retry_policy,
             name=name,
             tickers=[self._tick(fn) for fn in self.tickers],
+            shutdown_grace=self.settings.worker.shutdown_grace_seconds,
+            max_claims=self.settings.worker.max_claims,
         )
 
     def _tick(self, fn: Callable[[App], Awaitable[object]]) -> Callable[[], Awaitable[object]]:

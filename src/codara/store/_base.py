@@ -9,10 +9,12 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from codara.errors import ConflictError
 from codara.store._notify_pg import wake_sql
 from codara.store._types import JOURNAL_COLUMNS, RUN_COLUMNS, Claim, JournalRecord, RunRecord
 
@@ -38,6 +40,7 @@ class Tx(abc.ABC):
 
 
 RowBuilder = Callable[[str | None], JournalRecord]
+HeadBuilder = Callable[[JournalRecord | None], JournalRecord]
 NewRun = tuple[str, str, str, str, str | None, str, str | None]
 
 INSERT_RUN = (
@@ -45,7 +48,28 @@ INSERT_RUN = (
     "idempotency_key, genesis_hash, created_at, updated_at, started_by) "
     "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)"
 )
-SELECT_RUN_BY_KEY = "SELECT id FROM codara_runs WHERE idempotency_key = ?"
+SELECT_RUN_BY_KEY = "SELECT id, input FROM codara_runs WHERE workflow = ? AND idempotency_key = ?"
+# Claiming: a run still `running` when claimed had a lease that lapsed (its worker was killed
+# or stalled): the streak grows. Any other status means the last claim ended cleanly.
+CLAIM_SET = (
+    "status = 'running', owner = ?, token = token + 1, attempts = attempts + 1, "
+    "claim_streak = CASE WHEN status = 'running' THEN claim_streak + 1 ELSE 1 END, "
+    "ready_at = ?, updated_at = ?"
+)
+CLAIM_RETURNING = "id, workflow, version, input, token, signal_version, claim_streak"
+RETRY_RUN = (
+    "UPDATE codara_runs SET status = 'queued', ready_at = ?, owner = NULL, output = NULL, "
+    "error = NULL, waiting_for = NULL, claim_streak = 0, finished_at = NULL, updated_at = ? "
+    "WHERE id = ? AND status = 'failed'"
+)
+JOURNAL_HEAD = (
+    f"SELECT {JOURNAL_COLUMNS} FROM codara_journal WHERE run_id = ? ORDER BY seq DESC LIMIT 1"
+)
+INSERT_JOURNAL = (
+    "INSERT INTO codara_journal (run_id, seq, op, kind, name, status, input, output, error, "
+    "started_at, finished_at, attempts, prev_hash, hash, branch) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM codara_runs WHERE id = ?"
 SELECT_JOURNAL = f"SELECT {JOURNAL_COLUMNS} FROM codara_journal WHERE run_id = ? ORDER BY seq"
 FINISH_RUN = (
@@ -58,7 +82,7 @@ SUSPEND_RUN = (
 )
 RELEASE_RUN = (
     "UPDATE codara_runs SET status = 'queued', ready_at = ?, owner = NULL, error = ?, "
-    "updated_at = ? WHERE id = ? AND token = ?"
+    "updated_at = ? WHERE id = ? AND token = ? AND status = 'running'"
 )
 FIND_SIGNAL = (
     "SELECT id, payload FROM codara_signals WHERE run_id = ? AND name = ? "
@@ -101,6 +125,22 @@ def journal_params(r: JournalRecord) -> tuple[Any, ...]:
         r.prev_hash,
         r.hash,
         r.branch,
+    )
+
+
+def same_input(stored: str, given: str) -> bool:
+    """Two inputs (JSON texts) are the same document, whatever the order of their keys."""
+    return stored == given or json.dumps(json.loads(stored), sort_keys=True) == json.dumps(
+        json.loads(given), sort_keys=True
+    )
+
+
+def key_conflict(workflow: str, key: str, run_id: str) -> ConflictError:
+    return ConflictError(
+        f"idempotency key {key!r} of workflow {workflow!r} already started run {run_id} "
+        "with a different input",
+        hint=f"use a new key for a new input; the same key with the same input returns "
+        f"run {run_id}",
     )
 
 
@@ -268,6 +308,16 @@ class Store(abc.ABC):
         build: Callable[[Any], JournalRecord],
     ) -> tuple[Any, JournalRecord]:
         """Run ``body`` and write its journal row in one transaction (exactly once)."""
+
+    # -- operators: retry and fork ---------------------------------------------------------
+    @abc.abstractmethod
+    async def retry_run(self, run_id: str, build: HeadBuilder, now: float) -> JournalRecord | None:
+        """Queue a ``failed`` run again and append the row ``build(journal head)`` makes, in one
+        transaction. None (and nothing written) if the run is not ``failed``."""
+
+    @abc.abstractmethod
+    async def fork_run(self, run: NewRun, rows: Sequence[JournalRecord], now: float) -> None:
+        """Insert a new queued run with its first journal ``rows``, in one transaction."""
 
     # -- from outside a worker ---------------------------------------------------------------
     @abc.abstractmethod

@@ -38,17 +38,15 @@ _APPEND = _pg(
     "WHERE EXISTS (SELECT 1 FROM codara_runs WHERE id = ? AND token = ? FOR SHARE)"
 )
 _CLAIM = _pg(
-    "UPDATE codara_runs r SET status = 'running', owner = ?, token = r.token + 1, "
-    "attempts = r.attempts + 1, ready_at = ?, updated_at = ? FROM ("
+    f"UPDATE codara_runs r SET {q.CLAIM_SET} FROM ("
     "SELECT id FROM codara_runs WHERE ready_at <= ? AND workflow_key = ANY(?) "
     "ORDER BY ready_at LIMIT ? FOR UPDATE SKIP LOCKED) c WHERE r.id = c.id "
-    "RETURNING r.id, r.workflow, r.version, r.input, r.token, r.signal_version"
+    "RETURNING r.id, r.workflow, r.version, r.input, r.token, r.signal_version, r.claim_streak"
 )
 _CLAIM_ONE = _pg(
-    "UPDATE codara_runs SET status = 'running', owner = ?, token = token + 1, "
-    "attempts = attempts + 1, ready_at = ?, updated_at = ? "
+    f"UPDATE codara_runs SET {q.CLAIM_SET} "
     "WHERE id = ? AND ready_at IS NOT NULL AND ready_at <= ? AND workflow_key = ANY(?) "
-    "RETURNING id, workflow, version, input, token, signal_version"
+    f"RETURNING {q.CLAIM_RETURNING}"
 )
 _HEARTBEAT = _pg(q.HEARTBEAT.format(ids="SELECT unnest(?::text[])"))
 _OWNED = _pg(q.OWNED.format(ids="SELECT unnest(?::text[])"))
@@ -140,7 +138,9 @@ class PostgresStore(Store):
 
     # -- runs ------------------------------------------------------------------------------
     async def create_runs(self, rows: Sequence[q.NewRun], now: float) -> list[str]:
-        insert = _pg(q.INSERT_RUN) + " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
+        insert = (
+            _pg(q.INSERT_RUN) + " ON CONFLICT (workflow, idempotency_key) DO NOTHING RETURNING id"
+        )
         ids: list[str] = []
         async with self._conn() as conn, conn.transaction():
             for run_id, workflow, version, input_json, key, genesis, started_by in rows:
@@ -162,9 +162,13 @@ class PostgresStore(Store):
                 )
                 got = await cur.fetchone()
                 if got is None:
-                    cur = await conn.execute(_pg(q.SELECT_RUN_BY_KEY), (key,))
-                    got = await cur.fetchone()
-                    assert got is not None
+                    assert key is not None
+                    cur = await conn.execute(_pg(q.SELECT_RUN_BY_KEY), (workflow, key))
+                    found = await cur.fetchone()
+                    assert found is not None
+                    if not q.same_input(found[1], input_json):
+                        raise q.key_conflict(workflow, key, found[0])
+                    got = found
                 ids.append(got[0])
             await conn.execute(WAKE_SQL)  # delivered on commit: idle workers claim at once
         return ids
@@ -319,6 +323,33 @@ class PostgresStore(Store):
                 return result, record
         except pg_errors.UniqueViolation as exc:
             raise FencedError(run_id) from exc
+
+    # -- operators -------------------------------------------------------------------------
+    async def retry_run(
+        self, run_id: str, build: q.HeadBuilder, now: float
+    ) -> JournalRecord | None:
+        async with self._conn() as conn, conn.transaction():
+            cur = await conn.execute(_pg(q.RETRY_RUN), (now, now, run_id))  # locks the run row
+            if cur.rowcount != 1:
+                return None
+            cur = await conn.execute(_pg(q.JOURNAL_HEAD), (run_id,))
+            head = await cur.fetchone()
+            record = build(q.journal_from_row(head) if head else None)
+            await conn.execute(_pg(q.INSERT_JOURNAL), q.journal_params(record))
+            await conn.execute(WAKE_SQL)
+            return record
+
+    async def fork_run(self, run: q.NewRun, rows: Sequence[JournalRecord], now: float) -> None:
+        run_id, workflow, version, input_json, key, genesis, started_by = run
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute(
+                _pg(q.INSERT_RUN),
+                (run_id, workflow, version, f"{workflow}@{version}", input_json, now, key,
+                 genesis, now, now, started_by),
+            )  # fmt: skip
+            async with conn.cursor() as cur:
+                await cur.executemany(_pg(q.INSERT_JOURNAL), [q.journal_params(r) for r in rows])
+            await conn.execute(WAKE_SQL)
 
     # -- from outside ----------------------------------------------------------------------
     async def send_signal(self, run_id: str, name: str, payload: str | None, now: float) -> bool:

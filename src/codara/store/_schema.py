@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 
@@ -63,12 +64,17 @@ runs = Table(
     Column("waiting_for", String(200)),
     Column("signal_version", Integer, nullable=False, server_default=text("0")),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
-    Column("idempotency_key", String(200), unique=True),
+    Column("idempotency_key", String(200)),
     Column("genesis_hash", String(64), nullable=False),
     Column("created_at", _Time, nullable=False),
     Column("updated_at", _Time, nullable=False),
     Column("finished_at", _Time),
     Column("started_by", String(200)),
+    # claims in a row whose previous claim ended without a clean finish, park or hand-back
+    # (the lease lapsed while running); past [worker] max_claims the run is poisoned
+    Column("claim_streak", Integer, nullable=False, server_default=text("0")),
+    # an idempotency key names one run per workflow
+    UniqueConstraint("workflow", "idempotency_key", name="uq_codara_runs_workflow_idempotency_key"),
     Index(
         "ix_codara_runs_ready",
         "ready_at",

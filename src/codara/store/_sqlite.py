@@ -54,17 +54,14 @@ _APPEND = (
     "WHERE EXISTS (SELECT 1 FROM codara_runs WHERE id = ? AND token = ?)"
 )
 _CLAIM = (
-    "UPDATE codara_runs SET status = 'running', owner = ?, token = token + 1, "
-    "attempts = attempts + 1, ready_at = ?, updated_at = ? WHERE id IN ("
+    f"UPDATE codara_runs SET {q.CLAIM_SET} WHERE id IN ("
     "SELECT id FROM codara_runs WHERE ready_at <= ? AND workflow_key IN ({keys}) "
-    "ORDER BY ready_at LIMIT ?) "
-    "RETURNING id, workflow, version, input, token, signal_version"
+    f"ORDER BY ready_at LIMIT ?) RETURNING {q.CLAIM_RETURNING}"
 )
 _CLAIM_ONE = (
-    "UPDATE codara_runs SET status = 'running', owner = ?, token = token + 1, "
-    "attempts = attempts + 1, ready_at = ?, updated_at = ? "
+    f"UPDATE codara_runs SET {q.CLAIM_SET} "
     "WHERE id = ? AND ready_at IS NOT NULL AND ready_at <= ? AND workflow_key IN ({keys}) "
-    "RETURNING id, workflow, version, input, token, signal_version"
+    f"RETURNING {q.CLAIM_RETURNING}"
 )
 
 
@@ -393,8 +390,10 @@ class SQLiteStore(Store):
         async with self._transaction():
             for run_id, workflow, version, input_json, key, genesis, started_by in rows:
                 if key is not None:
-                    found = self._statement(q.SELECT_RUN_BY_KEY, (key,)).fetchone()
+                    found = self._statement(q.SELECT_RUN_BY_KEY, (workflow, key)).fetchone()
                     if found:
+                        if not q.same_input(found[1], input_json):
+                            raise q.key_conflict(workflow, key, found[0])
                         ids.append(found[0])
                         continue
                 self._statement(
@@ -577,6 +576,29 @@ class SQLiteStore(Store):
             record = build(result)
             self._journal(run_id, token, record)
             return result, record
+
+    # -- operators -------------------------------------------------------------------------
+    async def retry_run(
+        self, run_id: str, build: q.HeadBuilder, now: float
+    ) -> JournalRecord | None:
+        async with self._transaction():
+            if self._statement(q.RETRY_RUN, (now, now, run_id)).rowcount != 1:
+                return None
+            head = self._statement(q.JOURNAL_HEAD, (run_id,)).fetchone()
+            record = build(q.journal_from_row(head) if head else None)
+            self._statement(q.INSERT_JOURNAL, q.journal_params(record))
+            return record
+
+    async def fork_run(self, run: q.NewRun, rows: Sequence[JournalRecord], now: float) -> None:
+        run_id, workflow, version, input_json, key, genesis, started_by = run
+        async with self._transaction():
+            self._statement(
+                q.INSERT_RUN,
+                (run_id, workflow, version, f"{workflow}@{version}", input_json, now, key,
+                 genesis, now, now, started_by),
+            )  # fmt: skip
+            for r in rows:
+                self._statement(q.INSERT_JOURNAL, q.journal_params(r))
 
     # -- from outside ----------------------------------------------------------------------
     async def send_signal(self, run_id: str, name: str, payload: str | None, now: float) -> bool:

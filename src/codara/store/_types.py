@@ -39,6 +39,9 @@ class Claim:
     input: str
     token: int
     signal_version: int
+    streak: int = 1
+    """Claims in a row without a clean end (this one included): 1 unless earlier claims'
+    leases lapsed while the run was running (its worker was killed or stalled)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,19 @@ branch_labels = None
 depends_on = None
 
 
+# operations (h/ops): constraint names
+_OPS_NAMES = {"uq": "uq_%(table_name)s_%(column_0_name)s"}
+_KEY_PER_WORKFLOW = "uq_codara_runs_workflow_idempotency_key"
+
+
+def _old_key_constraint() -> str:
+    """0001's `unique=True` on idempotency_key: PostgreSQL named it itself; SQLite left it
+    unnamed (batch mode names it through ``_OPS_NAMES``)."""
+    if op.get_bind().dialect.name == "postgresql":
+        return "codara_runs_idempotency_key_key"
+    return "uq_codara_runs_idempotency_key"
+
+
 def upgrade() -> None:
     # -- operation identity: the branch path an operation ran in ("" = the workflow's own
     #    coroutine, "0" its first child task, "0.1" that task's second child, ...)
@@ -41,8 +54,26 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("name", "version", name="pk_codara_workflows"),
     )
 
+    # -- operations (h/ops): poison runs and idempotency keys per workflow.
+    #    claim_streak counts the claims in a row whose previous claim did not end cleanly (the
+    #    lease lapsed while the run was still `running`); a run past [worker] max_claims fails
+    #    with PoisonRunError. The idempotency key becomes unique per workflow, not globally.
+    #    SQLite cannot drop a constraint in place: batch mode recreates the table, and the
+    #    naming convention names 0001's unnamed UNIQUE so that it can be dropped.
+    with op.batch_alter_table("codara_runs", naming_convention=_OPS_NAMES) as batch:
+        batch.add_column(
+            sa.Column("claim_streak", sa.Integer, nullable=False, server_default=sa.text("0"))
+        )
+        batch.drop_constraint(_old_key_constraint(), type_="unique")
+        batch.create_unique_constraint(_KEY_PER_WORKFLOW, ["workflow", "idempotency_key"])
+
 
 def downgrade() -> None:
+    # -- operations (h/ops)
+    with op.batch_alter_table("codara_runs", naming_convention=_OPS_NAMES) as batch:
+        batch.drop_constraint(_KEY_PER_WORKFLOW, type_="unique")
+        batch.create_unique_constraint(_old_key_constraint(), ["idempotency_key"])
+        batch.drop_column("claim_streak")
     # -- the workflow registry
     op.drop_table("codara_workflows")
 
