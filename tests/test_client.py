@@ -133,7 +133,9 @@ async def test_start_run_takes_the_newest_version_or_the_one_asked_for(db_url: s
         assert (await client.get_run(newest)).version == "2"
         assert (await client.get_run(pinned)).version == "1"
         again = await client.start_run("order", {"item": "x", "quantity": 1}, key="k-1")
-        assert await client.start_run("order", {"item": "y", "quantity": 1}, key="k-1") == again
+        assert await client.start_run("order", {"item": "x", "quantity": 1}, key="k-1") == again
+        with pytest.raises(codara.ConflictError):  # the same key for another input
+            await client.start_run("order", {"item": "y", "quantity": 1}, key="k-1")
     app = order_app(db_url)
     async with app:
         await app.work(until_idle=True)
