@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from codara.engine._codec import decode, dump_error, dumps, dumps_lenient, return_adapter
 from codara.errors import NonDeterminismError, StepFailedError, WaitTimeoutError
 from codara.store import FencedError, JournalRecord, Store, Tx
-from codara.trace import row_hash
+from codara.trace import ChainKey, row_hash
 
 if TYPE_CHECKING:
     from codara.engine._retry import RetryPolicy
@@ -67,7 +67,9 @@ class Context:
         genesis: str,
         clock: Callable[[], float],
         default_retry: RetryPolicy,
+        key: ChainKey,
     ) -> None:
+        self._key = key  # hashes journal rows: HMAC with CODARA_AUDIT_KEY, or SHA-256
         self.run_id = run_id
         self.workflow = workflow
         self.version = version
@@ -124,7 +126,7 @@ class Context:
         finished = self._clock()
         h = row_hash(
             prev, self.run_id, seq, op, kind, name, status, input, output, error,
-            started, finished, attempts,
+            started, finished, attempts, key=self._key,
         )  # fmt: skip
         self._seq = seq + 1
         self._prev = h

@@ -15,7 +15,7 @@ from codara.engine._context import Abort, Context
 from codara.engine._retry import RetryPolicy
 from codara.errors import CodaraError
 from codara.store import Claim, FencedError, JournalRecord, Store
-from codara.trace import genesis_hash
+from codara.trace import chain_key, genesis_hash
 
 __all__ = ["Outcome", "Workflow", "execute"]
 
@@ -54,6 +54,7 @@ async def execute(
     on_context: Callable[[Context], None] | None = None,
 ) -> Outcome:
     journal = await store.journal(claim.id)
+    key = chain_key()
     ctx = Context(
         store=store,
         run_id=claim.id,
@@ -62,9 +63,10 @@ async def execute(
         token=claim.token,
         signal_version=claim.signal_version,
         journal=journal,
-        genesis=genesis_hash(claim.id, claim.workflow, claim.version, claim.input),
+        genesis=genesis_hash(claim.id, claim.workflow, claim.version, claim.input, key=key),
         clock=clock,
         default_retry=retry,
+        key=key,
     )
     if on_context is not None:
         on_context(ctx)

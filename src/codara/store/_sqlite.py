@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from codara.errors import DatabaseUnreachableError
+from codara.store import _audit
 from codara.store import _base as q
 from codara.store._base import FencedError, RowBuilder, Store, Tx
 from codara.store._types import RUN_COLUMNS, Claim, JournalRecord, RunRecord
@@ -228,6 +229,7 @@ class SQLiteStore(Store):
                 if cur.rowcount != 1:
                     raise FencedError(run_id)
                 self._conn.execute(_APPEND, (*q.journal_params(record), run_id, token))
+                await _audit.record_finish(_SQLiteTx(self._conn), record, status, now)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -322,8 +324,11 @@ class SQLiteStore(Store):
             return await q.signal_run(tx, run_id, name, payload, now)
 
     async def cancel(self, run_id: str, now: float) -> bool:
-        await self._quiet()
-        return self._conn.execute(q.CANCEL_RUN, (now, now, run_id)).rowcount == 1
+        async with self.tx() as tx:
+            if await tx.execute(q.CANCEL_RUN, (now, now, run_id)) != 1:
+                return False
+            await _audit.record_cancel(tx, run_id, now)  # the chain ends here: audit evidence
+            return True
 
     async def execute_raw(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         await self._quiet()
