@@ -12,6 +12,7 @@ import codara
 from codara.review import Principal, ReviewGate, Reviews, install_reviews, load_policies
 from codara.store import JournalRecord
 from codara.store._audit import UNKEYED, HeadRecord, event_text, head_text
+from codara.testing import FakeClock
 from codara.trace import record_hash
 
 POLICIES: dict[str, Any] = {
@@ -110,8 +111,8 @@ class Scenario:
         return UNKEYED.seal(event_text(prev, review_id, at=at, **fields))
 
 
-def make_app(db_url: str) -> codara.App:
-    app = codara.App(db_url)
+def make_app(db_url: str, clock: FakeClock | None = None) -> codara.App:
+    app = codara.App(db_url) if clock is None else codara.App(db_url, clock=clock)
     gate = ReviewGate(load_policies(POLICIES, workflow="refunds"), workflow="refunds")
     install_reviews(app)
 

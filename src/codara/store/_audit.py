@@ -51,15 +51,14 @@ _LOCK_HEADS = "SELECT pg_advisory_xact_lock(109330076627553)"
 class ChainKey:
     """Makes chain hashes: HMAC-SHA256 with the audit key, or plain SHA-256 without one.
 
-    ``seal`` is one hash call per row: the HMAC's key schedule is computed once here and
-    copied per row.
+    ``seal`` is one HMAC per row: the key's inner and outer pads are hashed once here, and
+    each row copies them (cheaper than ``hmac.new`` per row).
     """
 
-    __slots__ = ("_mac", "_prefix", "keyed", "kid", "seal")
+    __slots__ = ("_inner", "_outer", "_prefix", "keyed", "kid", "seal")
 
     def __init__(self, secret: bytes | None) -> None:
         self.keyed = secret is not None
-        self._mac: Any = None
         self.kid = ""
         self._prefix = ""
         if secret is None:
@@ -67,13 +66,19 @@ class ChainKey:
             return
         self.kid = hmac.new(secret, b"codara-key-id", hashlib.sha256).hexdigest()[:4]
         self._prefix = f"k1:{self.kid}:"
-        self._mac = hmac.new(secret, digestmod=hashlib.sha256)
+        # HMAC-SHA256 (RFC 2104) with both pads hashed once: per row, two C-level copies.
+        block = hashlib.sha256(secret).digest() if len(secret) > 64 else secret
+        block = block.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
         self.seal = self._hmac
 
     def _hmac(self, text: str) -> str:
-        m: hmac.HMAC = self._mac.copy()
-        m.update(text.encode())
-        return self._prefix + m.hexdigest()[:_KEYED_DIGITS]
+        inner = self._inner.copy()
+        inner.update(text.encode())
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return self._prefix + outer.hexdigest()[:_KEYED_DIGITS]
 
     def matches(self, text: str, stored: str) -> bool:
         """Whether ``stored`` is the hash of ``text`` under the scheme ``stored`` names.
