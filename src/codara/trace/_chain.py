@@ -247,7 +247,7 @@ def _check_outcome(
         if not rows or rows[-1].kind != "result":
             add(
                 None,
-                (f"run is {status} but its journal has no final result row: the tail was deleted"),
+                f"run is {status} but its journal has no final result row: the tail was deleted",
             )
         else:
             result = rows[-1]

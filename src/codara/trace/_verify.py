@@ -34,48 +34,28 @@ class Anchor:
 def check_heads(heads: Sequence[HeadRecord], checker: Checker) -> list[AuditProblem]:
     """The heads sequence itself: contiguous from 1, chained, every entry intact."""
     problems: list[AuditProblem] = []
+
+    def add(text: str) -> None:
+        problems.append(AuditProblem("", None, text))
+
     prev, expected = HEADS_GENESIS, 1
     for h in heads:
         if h.seq != expected:
-            problems.append(
-                AuditProblem(
-                    "",
-                    None,
-                    (f"heads #{expected} to #{h.seq - 1} are missing: chain heads were deleted"),
-                )
-            )
+            add(f"heads #{expected} to #{h.seq - 1} are missing: chain heads were deleted")
         expected = h.seq + 1
         if h.prev_hash != prev:
-            problems.append(
-                AuditProblem(
-                    "",
-                    None,
-                    (
-                        f"heads #{h.seq} does not chain to the entry before: chain "
-                        "heads were deleted, inserted or rewritten"
-                    ),
-                )
+            add(
+                f"heads #{h.seq} does not chain to the entry before: chain heads were "
+                "deleted, inserted or rewritten"
             )
         text = head_text(h.seq, h.kind, h.subject, h.length, h.head, h.state, h.at, h.prev_hash)
         why = checker.valid(text, h.hash)
         if why is not None:
-            problems.append(
-                AuditProblem(
-                    "",
-                    None,
-                    (f"heads #{h.seq} was edited") if why == "edited" else f"heads #{h.seq}: {why}",
-                )
-            )
+            add(f"heads #{h.seq} was edited" if why == "edited" else f"heads #{h.seq}: {why}")
         elif downgraded(h.hash, h.prev_hash, h.head):
-            problems.append(
-                AuditProblem(
-                    "",
-                    None,
-                    (
-                        f"heads #{h.seq} hashed without the key after keyed entries: "
-                        "rewritten, or written without CODARA_AUDIT_KEY"
-                    ),
-                )
+            add(
+                f"heads #{h.seq} hashed without the key after keyed entries: rewritten, or "
+                "written without CODARA_AUDIT_KEY"
             )
         prev = h.hash
     return problems
@@ -108,7 +88,7 @@ def check_review(
         why = checker.valid(text, e.hash)
         if why is not None:
             add(
-                (f"event #{e.id} ({e.action}) was edited")
+                f"event #{e.id} ({e.action}) was edited"
                 if why == "edited"
                 else f"event #{e.id}: {why}"
             )
