@@ -109,3 +109,49 @@ async def test_a_worker_without_the_key_after_keyed_rows_is_reported(
         problems = [p.problem for p in (await app.verify(run_id)).problems]
         assert problems
         assert any("hashed without the key after keyed" in p for p in problems)
+
+
+async def test_a_total_rewrite_without_the_key_looks_legacy_unless_the_key_is_required(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Everything re-hashed with plain SHA-256 (genesis, rows, heads) looks like data from
+    before the key: verify counts it; ``require_key`` reports it."""
+    from dataclasses import replace
+
+    from codara.store._audit import HEADS_GENESIS, head_text
+    from codara.trace import record_hash
+
+    monkeypatch.setenv("CODARA_AUDIT_KEY", KEY)
+    app = make_app(db_url)
+    async with app:
+        await app.run("five")
+        run = (await app.store.list_runs())[0]
+        assert (await app.verify(require_key=True)).ok
+        genesis = genesis_hash(run.id, run.workflow, run.version, run.input)
+        prev = genesis
+        sql = app.store.execute_raw
+        await sql("UPDATE codara_runs SET genesis_hash = ? WHERE id = ?", (genesis, run.id))
+        for row in await app.journal(run.id):
+            row = replace(row, prev_hash=prev)
+            prev = record_hash(row)
+            await sql(
+                "UPDATE codara_journal SET prev_hash = ?, hash = ? WHERE run_id = ? AND seq = ?",
+                (row.prev_hash, prev, run.id, row.seq),
+            )
+        kind, subject, length, state, at = (
+            await sql("SELECT kind, subject, length, state, at FROM codara_chain_heads")
+        )[0]
+        text = head_text(1, kind, subject, length, prev, state, at, HEADS_GENESIS)
+        await sql(
+            "UPDATE codara_chain_heads SET head = ?, hash = ?",
+            (prev, UNKEYED.seal(text)),
+        )
+        lenient = await app.verify()
+        assert lenient.problems == []
+        assert lenient.unkeyed_hashes == 1 + 6 + 1
+        strict = await app.verify(require_key=True)
+        assert len(strict.problems) == 1 + 6 + 1
+        assert all("--require-key" in p.problem for p in strict.problems)
+        monkeypatch.delenv("CODARA_AUDIT_KEY")
+        with pytest.raises(ConfigError, match="needs CODARA_AUDIT_KEY"):
+            await app.verify(require_key=True)

@@ -139,6 +139,15 @@ def verify_command(
             "chain heads still hold it (catches a rewrite or truncation before it).",
         ),
     ] = None,
+    require_key: Annotated[
+        bool,
+        typer.Option(
+            "--require-key",
+            help="Treat every unkeyed hash as a problem (for a store that had "
+            "CODARA_AUDIT_KEY from its first run): catches a rewrite without the key even "
+            "without an anchor.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Check every hash chain: each run's journal, each review's events, the chain heads.
@@ -158,7 +167,7 @@ def verify_command(
                 raise NotFoundError(
                     f"no run with id {run_id!r}", hint="list runs with `codara runs list`"
                 )
-            report = await app.verify(run_id, anchor=anchor)
+            report = await app.verify(run_id, anchor=anchor, require_key=require_key)
             names: dict[tuple[str, int], str] = {}
             for rid in {p.run_id for p in report.problems if p.seq is not None}:
                 for row in await app.store.journal(rid):

@@ -310,8 +310,13 @@ class App:
             await asyncio.sleep(poll)
 
     async def verify(
-        self, run_id: str | None = None, *, anchor: Anchor | None = None
+        self,
+        run_id: str | None = None,
+        *,
+        anchor: Anchor | None = None,
+        require_key: bool = False,
     ) -> AuditReport:
         """Check the audit trail: every chain (or one run's), the chain heads, and, given an
-        ``anchor`` kept outside the database, that the heads still hold it."""
-        return await verify_chain(self.store, run_id, anchor=anchor)
+        ``anchor`` kept outside the database, that the heads still hold it. ``require_key``
+        treats every unkeyed hash as a problem (a store keyed from its first run)."""
+        return await verify_chain(self.store, run_id, anchor=anchor, require_key=require_key)

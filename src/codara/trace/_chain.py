@@ -138,9 +138,10 @@ class AuditReport:
 class Checker:
     """Checks hashes under the scheme each one names, and counts what it saw."""
 
-    def __init__(self, key: ChainKey, report: AuditReport) -> None:
+    def __init__(self, key: ChainKey, report: AuditReport, *, require_key: bool = False) -> None:
         self.key = key
         self.report = report
+        self.require_key = require_key  # an unkeyed hash is a problem, not a legacy row
 
     def valid(self, text: str, stored: str) -> str | None:
         """None if ``stored`` is the hash of ``text``; else why not."""
@@ -148,7 +149,11 @@ class Checker:
         if kid is None:
             if self.key.keyed:
                 self.report.unkeyed_hashes += 1
-            return None if self.key.matches(text, stored) else "edited"
+            if not self.key.matches(text, stored):
+                return "edited"
+            if self.require_key:
+                return "hashed without the key (--require-key): rewritten without the key"
+            return None
         if not self.key.keyed:
             return f"keyed with key id {kid}, but CODARA_AUDIT_KEY is not set: cannot check it"
         if kid != self.key.kid:
@@ -159,7 +164,7 @@ class Checker:
         return None if self.key.matches(text, stored) else "edited"
 
     def geneses(self, text: str) -> set[str]:
-        found = {UNKEYED.seal(text)}
+        found = set() if self.require_key else {UNKEYED.seal(text)}
         if self.key.keyed:
             found.add(self.key.seal(text))
         return found

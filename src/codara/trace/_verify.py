@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from codara.errors import ConfigError
 from codara.store import ReviewEvent, Store
 from codara.store._audit import (
     HEAD_COLUMNS,
@@ -154,11 +155,21 @@ async def verify_chain(
     *,
     key: ChainKey | None = None,
     anchor: Anchor | None = None,
+    require_key: bool = False,
 ) -> AuditReport:
-    """Check one run (and its reviews), or every run, review and chain head in the store."""
+    """Check one run (and its reviews), or every run, review and chain head in the store.
+
+    ``require_key``: every hash must be keyed (for a store keyed from its first run): an
+    unkeyed hash is then a problem, not a row from before the key.
+    """
     key = chain_key() if key is None else key
+    if require_key and not key.keyed:
+        raise ConfigError(
+            "checking with require_key needs CODARA_AUDIT_KEY",
+            hint="set CODARA_AUDIT_KEY to the key the store's writers use",
+        )
     report = AuditReport(keyed=key.keyed)
-    checker = Checker(key, report)
+    checker = Checker(key, report, require_key=require_key)
     heads = heads_from_rows(
         await store.execute_raw(f"SELECT {HEAD_COLUMNS} FROM codara_chain_heads ORDER BY seq")
     )
