@@ -28,13 +28,16 @@ from codara.store._types import JournalRecord
 
 __all__ = [
     "HEADS_GENESIS",
+    "HEAD_COLUMNS",
     "UNKEYED",
     "ChainKey",
     "HeadRecord",
     "append_head",
     "chain_key",
+    "chain_review_event",
     "event_text",
     "head_text",
+    "heads_from_rows",
     "key_id_of",
     "record_cancel",
     "record_finish",
