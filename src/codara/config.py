@@ -19,12 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from codara.errors import ConfigError
 
 __all__ = [
+    "AUDIT_KEY_ENV",
     "DEFAULT_CONFIG_FILE",
     "DEFAULT_DATABASE_URL",
     "REFERENCE_PATH",
     "Settings",
     "StoreSettings",
     "WorkerSettings",
+    "audit_key",
     "load_settings",
     "reference_markdown",
 ]
@@ -294,3 +296,26 @@ def reference_markdown() -> str:
         "",
     ]
     return "\n".join(out)
+
+
+AUDIT_KEY_ENV = "CODARA_AUDIT_KEY"
+_MIN_AUDIT_KEY = 16
+
+
+def audit_key(environ: Mapping[str, str] | None = None) -> bytes | None:
+    """The secret that keys the audit chain's HMACs (``CODARA_AUDIT_KEY``), or None if unset.
+
+    A secret, so it is read from the environment only, never from ``codara.toml``.
+    """
+    env = os.environ if environ is None else environ
+    value = env.get(AUDIT_KEY_ENV, "")
+    if value == "":
+        return None
+    if len(value) < _MIN_AUDIT_KEY:
+        raise ConfigError(
+            f"{AUDIT_KEY_ENV} is too short ({len(value)} characters; at least "
+            f"{_MIN_AUDIT_KEY} are needed)",
+            hint="use a long random secret, e.g. the output of `openssl rand -hex 32`, and keep "
+            "it outside the database",
+        )
+    return value.encode()

@@ -1,4 +1,5 @@
-"""`verify_chain` catches an edited, a deleted and a swapped journal row."""
+"""`verify_chain` catches an edited, a deleted and a swapped journal row, and says what it
+found (the whole tamper corpus is in test_tamper_corpus.py)."""
 
 from __future__ import annotations
 
@@ -48,8 +49,12 @@ async def test_a_deleted_row_is_caught(finished_run: tuple[codara.App, str]) -> 
     )
     report = await app.verify()
     assert not report.ok
-    assert {p.seq for p in report.problems} == {2}
-    assert any("deleted" in p.problem for p in report.problems)
+    assert {p.seq for p in report.problems} == {2, None}
+    assert any("deleted" in p.problem for p in report.problems if p.seq == 2)
+    assert [p.problem for p in report.problems if p.seq is None] == [
+        "the journal has 5 row(s), but had 6 when the run ended (heads #1): rows were deleted "
+        "or added"
+    ]
 
 
 async def test_swapped_rows_are_caught(finished_run: tuple[codara.App, str]) -> None:
@@ -85,7 +90,9 @@ async def test_a_cut_off_tail_is_caught(finished_run: tuple[codara.App, str]) ->
     )
     report = await app.verify()
     assert [p.problem for p in report.problems] == [
-        "run is completed but its journal has no final result row: the tail was deleted"
+        "run is completed but its journal has no final result row: the tail was deleted",
+        "the journal has 4 row(s), but had 6 when the run ended (heads #1): rows were deleted "
+        "or added",
     ]
 
 

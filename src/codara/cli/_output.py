@@ -309,19 +309,28 @@ def journal_tree(run: RunRecord, rows: Iterable[JournalRecord], *, full: bool = 
 
 
 def audit_dict(report: AuditReport, names: Mapping[tuple[str, int], str]) -> dict[str, Any]:
+    problems: list[dict[str, Any]] = []
+    for p in report.problems:
+        item: dict[str, Any] = {
+            "run_id": p.run_id or None,
+            "seq": p.seq,
+            "row": names.get((p.run_id, p.seq)) if p.seq is not None else None,
+            "problem": p.problem,
+        }
+        if p.review_id is not None:
+            item["review_id"] = p.review_id
+        problems.append(item)
     return {
         "ok": report.ok,
+        "keyed": report.keyed,
         "runs_checked": report.runs_checked,
         "rows_checked": report.rows_checked,
-        "problems": [
-            {
-                "run_id": p.run_id,
-                "seq": p.seq,
-                "row": names.get((p.run_id, p.seq)) if p.seq is not None else None,
-                "problem": p.problem,
-            }
-            for p in report.problems
-        ],
+        "reviews_checked": report.reviews_checked,
+        "events_checked": report.events_checked,
+        "heads_checked": report.heads_checked,
+        "unkeyed_hashes": report.unkeyed_hashes,
+        "anchor_checked": report.anchor_checked,
+        "problems": problems,
     }
 
 

@@ -34,7 +34,7 @@ from codara.errors import (
 )
 from codara.store import JournalRecord, RunRecord, Store, open_store
 from codara.store import Migrate as _Migrate
-from codara.trace import AuditReport, genesis_hash, verify_chain
+from codara.trace import Anchor, AuditReport, chain_key, genesis_hash, verify_chain
 
 __all__ = ["App", "new_run_id"]
 
@@ -187,6 +187,7 @@ class App:
         """Enqueue many runs in one transaction (all or none)."""
         wf = self.latest(workflow)
         rows = []
+        audit = chain_key()
         for i, value in enumerate(inputs):
             validate_input(wf.input_adapter, value, workflow)
             try:
@@ -195,7 +196,7 @@ class App:
                 raise InputError(f"input #{i} for {workflow!r} is not JSON: {exc}") from exc
             run_id = new_run_id()
             key = keys[i] if keys is not None else None
-            genesis = genesis_hash(run_id, wf.name, wf.version, text)
+            genesis = genesis_hash(run_id, wf.name, wf.version, text, key=audit)
             rows.append((run_id, wf.name, wf.version, text, key, genesis, started_by))
         return await self.store.create_runs(rows, self.clock())
 
@@ -372,5 +373,14 @@ class App:
                 raise TimeoutError(f"run {run_id} is still {record.status} after {timeout} s")
             await asyncio.sleep(poll)
 
-    async def verify(self, run_id: str | None = None) -> AuditReport:
-        return await verify_chain(self.store, run_id)
+    async def verify(
+        self,
+        run_id: str | None = None,
+        *,
+        anchor: Anchor | None = None,
+        require_key: bool = False,
+    ) -> AuditReport:
+        """Check the audit trail: every chain (or one run's), the chain heads, and, given an
+        ``anchor`` kept outside the database, that the heads still hold it. ``require_key``
+        treats every unkeyed hash as a problem (a store keyed from its first run)."""
+        return await verify_chain(self.store, run_id, anchor=anchor, require_key=require_key)

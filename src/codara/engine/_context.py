@@ -46,7 +46,7 @@ from codara.errors import (
     WorkflowCodeError,
 )
 from codara.store import FencedError, JournalRecord, Store, Tx
-from codara.trace import row_hash
+from codara.trace import ChainKey, row_hash
 
 if TYPE_CHECKING:
     from codara.engine._retry import RetryPolicy
@@ -148,7 +148,9 @@ class Context:
         clock: Callable[[], float],
         default_retry: RetryPolicy,
         step_timeout: float | None = None,
+        key: ChainKey,
     ) -> None:
+        self._key = key  # hashes journal rows: HMAC with CODARA_AUDIT_KEY, or SHA-256
         self.run_id = run_id
         self.workflow = workflow
         self.version = version
@@ -248,7 +250,7 @@ class Context:
         finished = self._clock()
         h = row_hash(
             prev, self.run_id, seq, op, kind, name, status, input, output, error,
-            started, finished, attempts, branch,
+            started, finished, attempts, branch, key=self._key,
         )  # fmt: skip
         self._seq = seq + 1
         self._prev = h

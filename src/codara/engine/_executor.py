@@ -16,7 +16,7 @@ from codara.engine._context import RESULT_OP, Abort, Context
 from codara.engine._retry import RetryPolicy
 from codara.errors import CodaraError
 from codara.store import Claim, FencedError, JournalRecord, Store
-from codara.trace import genesis_hash
+from codara.trace import chain_key, genesis_hash
 
 __all__ = ["Outcome", "Workflow", "execute"]
 
@@ -56,6 +56,7 @@ async def execute(
     step_timeout: float | None = None,
 ) -> Outcome:
     journal = await store.journal(claim.id)
+    key = chain_key()
     ctx = Context(
         store=store,
         run_id=claim.id,
@@ -64,10 +65,11 @@ async def execute(
         token=claim.token,
         signal_version=claim.signal_version,
         journal=journal,
-        genesis=genesis_hash(claim.id, claim.workflow, claim.version, claim.input),
+        genesis=genesis_hash(claim.id, claim.workflow, claim.version, claim.input, key=key),
         clock=clock,
         default_retry=retry,
         step_timeout=step_timeout,
+        key=key,
     )
     if on_context is not None:
         on_context(ctx)

@@ -18,6 +18,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from codara.errors import DatabaseUnreachableError
+from codara.store import _audit
 from codara.store import _base as q
 from codara.store._base import FencedError, RowBuilder, Store, Tx
 from codara.store._notify_pg import WAKE_SQL, WakeListener
@@ -249,6 +250,7 @@ class PostgresStore(Store):
             if cur.rowcount != 1:
                 raise FencedError(run_id)
             await conn.execute(_APPEND, (*q.journal_params(record), run_id, token))
+            await _audit.record_finish(_PgTx(conn), record, status, now)
 
     async def suspend(
         self,
@@ -357,7 +359,11 @@ class PostgresStore(Store):
             return await q.signal_run(tx, run_id, name, payload, now)
 
     async def cancel(self, run_id: str, now: float) -> bool:
-        return await self._rowcount(_pg(q.CANCEL_RUN), (now, now, run_id)) == 1
+        async with self.tx() as tx:
+            if await tx.execute(q.CANCEL_RUN, (now, now, run_id)) != 1:
+                return False
+            await _audit.record_cancel(tx, run_id, now)  # the chain ends here: audit evidence
+            return True
 
     async def execute_raw(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return await self._fetchall(_pg(sql), params)

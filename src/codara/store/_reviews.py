@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from codara.store._audit import chain_review_event
 from codara.store._base import Tx, signal_run
 
 __all__ = ["ReviewEvent", "ReviewRecord", "TokenRecord", "UserRecord", "signal_run"]
@@ -55,6 +56,8 @@ class ReviewEvent:
     detail: str | None
     shown: str | None
     at: float
+    prev_hash: str = ""  # the review's event chain (see store/_audit.py)
+    hash: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,10 +178,12 @@ async def add_event(
     shown: str | None,
     at: float,
 ) -> None:
+    """Append an event to the review's hash chain (and its head to the global heads)."""
+    prev, h = await chain_review_event(tx, review_id, actor, action, detail, shown, at)
     await tx.execute(
-        "INSERT INTO codara_review_events (review_id, actor, action, detail, shown, at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (review_id, actor, action, detail, shown, at),
+        "INSERT INTO codara_review_events (review_id, actor, action, detail, shown, at, "
+        "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (review_id, actor, action, detail, shown, at, prev, h),
     )
 
 

@@ -29,6 +29,7 @@ from sqlalchemy import (
 __all__ = [
     "RUN_STATUSES",
     "TERMINAL_STATUSES",
+    "chain_heads",
     "journal",
     "metadata",
     "review_events",
@@ -176,7 +177,27 @@ review_events = Table(
     Column("detail", Text),
     Column("shown", Text),  # a snapshot of exactly what the reviewer was shown
     Column("at", _Time, nullable=False),
+    # the review's event chain: each event hashes the one before (see store/_audit.py)
+    Column("prev_hash", String(64), nullable=False, server_default=text("''")),
+    Column("hash", String(64), nullable=False, server_default=text("''")),
     Index("ix_codara_review_events_review", "review_id", "id"),
+)
+
+# The global, append-only, chained sequence of chain heads: one row when a run finishes or
+# is cancelled and one per review event (see store/_audit.py and trace/_chain.py).
+chain_heads = Table(
+    "codara_chain_heads",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("kind", String(10), nullable=False),  # run | review
+    Column("subject", String(64), nullable=False),  # the run id or the review id
+    Column("length", Integer, nullable=False),  # rows in that chain at this point
+    Column("head", String(64), nullable=False),  # the hash of its last row (or its genesis)
+    Column("state", String(20), nullable=False),  # a run's final status, an event's action
+    Column("at", _Time, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_codara_chain_heads_subject", "kind", "subject", "seq"),
 )
 
 users = Table(

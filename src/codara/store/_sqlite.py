@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 from typing import Any, NoReturn, TypeVar
 
 from codara.errors import DatabaseUnreachableError, StoreUnavailableError
+from codara.store import _audit
 from codara.store import _base as q
 from codara.store._base import FencedError, RowBuilder, Store, Tx
 from codara.store._types import RUN_COLUMNS, Claim, JournalRecord, RunRecord
@@ -500,6 +501,7 @@ class SQLiteStore(Store):
             if cur.rowcount != 1:
                 raise FencedError(run_id)
             self._journal(run_id, token, record)
+            await _audit.record_finish(_BodyTx(self), record, status, now)
 
     def _journal(self, run_id: str, token: int, record: JournalRecord) -> None:
         """Append a journal row inside an open write transaction."""
@@ -606,7 +608,12 @@ class SQLiteStore(Store):
             return await q.signal_run(tx, run_id, name, payload, now)
 
     async def cancel(self, run_id: str, now: float) -> bool:
-        return (await self._write(q.CANCEL_RUN, (now, now, run_id))).rowcount == 1
+        async with self._transaction():
+            tx = _BodyTx(self)
+            if await tx.execute(q.CANCEL_RUN, (now, now, run_id)) != 1:
+                return False
+            await _audit.record_cancel(tx, run_id, now)  # the chain ends here: audit evidence
+            return True
 
     async def execute_raw(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         if _is_read(sql):

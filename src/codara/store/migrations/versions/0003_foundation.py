@@ -67,8 +67,108 @@ def upgrade() -> None:
         batch.drop_constraint(_old_key_constraint(), type_="unique")
         batch.create_unique_constraint(_KEY_PER_WORKFLOW, ["workflow", "idempotency_key"])
 
+    _upgrade_audit()
+
+
+# -- audit trail: review events are chained; a global chained sequence of chain heads.
+#    Existing data is chained here (keyed if CODARA_AUDIT_KEY is set while upgrading), so a
+#    database upgraded from 0002 verifies clean.
+_Time = sa.Float(precision=53)
+
+
+def _upgrade_audit() -> None:
+    with op.batch_alter_table("codara_review_events") as batch:
+        batch.add_column(
+            sa.Column("prev_hash", sa.String(64), nullable=False, server_default=sa.text("''"))
+        )
+        batch.add_column(
+            sa.Column("hash", sa.String(64), nullable=False, server_default=sa.text("''"))
+        )
+    op.create_table(
+        "codara_chain_heads",
+        sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("kind", sa.String(10), nullable=False),
+        sa.Column("subject", sa.String(64), nullable=False),
+        sa.Column("length", sa.Integer, nullable=False),
+        sa.Column("head", sa.String(64), nullable=False),
+        sa.Column("state", sa.String(20), nullable=False),
+        sa.Column("at", _Time, nullable=False),
+        sa.Column("prev_hash", sa.String(64), nullable=False),
+        sa.Column("hash", sa.String(64), nullable=False),
+    )
+    op.create_index(
+        "ix_codara_chain_heads_subject", "codara_chain_heads", ["kind", "subject", "seq"]
+    )
+    _backfill_audit(op.get_bind())
+
+
+def _backfill_audit(conn: sa.Connection) -> None:
+    from codara.store._audit import (
+        HEADS_GENESIS,
+        chain_key,
+        event_text,
+        head_text,
+        review_genesis,
+    )
+
+    key = chain_key()
+    heads: list[tuple[str, str, int, str, str, float]] = []
+    runs = conn.execute(
+        sa.text(
+            "SELECT id, status, genesis_hash, COALESCE(finished_at, updated_at) FROM codara_runs "
+            "WHERE status IN ('completed', 'failed', 'cancelled') ORDER BY 4, id"
+        )
+    ).all()
+    for run_id, status, genesis, at in runs:
+        last = conn.execute(
+            sa.text(
+                "SELECT seq, hash FROM codara_journal WHERE run_id = :r ORDER BY seq DESC LIMIT 1"
+            ),
+            {"r": run_id},
+        ).first()
+        length, head = (last[0] + 1, last[1]) if last else (0, genesis)
+        heads.append(("run", run_id, length, head, status, at))
+    events = conn.execute(
+        sa.text(
+            "SELECT id, review_id, actor, action, detail, shown, at FROM codara_review_events "
+            "ORDER BY id"
+        )
+    ).all()
+    chains: dict[str, tuple[str, int, str, float]] = {}
+    for event_id, review_id, actor, action, detail, shown, at in events:
+        prev, n, _, _ = chains.get(review_id, (review_genesis(review_id, key), 0, "", 0.0))
+        h = key.seal(event_text(prev, review_id, actor, action, detail, shown, at))
+        conn.execute(
+            sa.text("UPDATE codara_review_events SET prev_hash = :p, hash = :h WHERE id = :i"),
+            {"p": prev, "h": h, "i": event_id},
+        )
+        chains[review_id] = (h, n + 1, action, at)
+    for review_id, (h, n, action, at) in chains.items():
+        heads.append(("review", review_id, n, h, action, at))
+    prev = HEADS_GENESIS
+    for seq, (kind, subject, length, head, state, at) in enumerate(heads, start=1):
+        at = float(at)
+        h = key.seal(head_text(seq, kind, subject, length, head, state, at, prev))
+        conn.execute(
+            sa.text(
+                "INSERT INTO codara_chain_heads (seq, kind, subject, length, head, state, at, "
+                "prev_hash, hash) VALUES (:s, :k, :u, :l, :d, :t, :a, :p, :h)"
+            ),
+            {"s": seq, "k": kind, "u": subject, "l": length, "d": head, "t": state, "a": at,
+             "p": prev, "h": h},
+        )  # fmt: skip
+        prev = h
+
+
+def _downgrade_audit() -> None:
+    op.drop_table("codara_chain_heads")
+    with op.batch_alter_table("codara_review_events") as batch:
+        batch.drop_column("hash")
+        batch.drop_column("prev_hash")
+
 
 def downgrade() -> None:
+    _downgrade_audit()
     # -- operations (h/ops)
     with op.batch_alter_table("codara_runs", naming_convention=_OPS_NAMES) as batch:
         batch.drop_constraint(_KEY_PER_WORKFLOW, type_="unique")
