@@ -10,7 +10,7 @@ from typing import Literal
 
 from codara.errors import SchemaOutOfDateError
 from codara.store import _reviews as reviews
-from codara.store._base import FencedError, Store, Tx
+from codara.store._base import FencedError, Params, Store, Tx, own_sql
 from codara.store._migrate import SchemaState, check_schema, head_revision, schema_state, upgrade
 from codara.store._reviews import ReviewEvent, ReviewRecord, TokenRecord, UserRecord
 from codara.store._types import Claim, JournalRecord, RunRecord
@@ -21,6 +21,7 @@ __all__ = [
     "DatabaseURL",
     "FencedError",
     "JournalRecord",
+    "Params",
     "ReviewEvent",
     "ReviewRecord",
     "RunRecord",
@@ -32,6 +33,7 @@ __all__ = [
     "check_schema",
     "head_revision",
     "open_store",
+    "own_sql",
     "parse_url",
     "reviews",
     "schema_state",
@@ -46,9 +48,13 @@ async def open_store(
     *,
     durability: str = "fsync",
     pool_size: int = 4,
+    pool_timeout: float = 5.0,
     migrate: Migrate = "create-if-empty",
 ) -> Store:
     """Open the store at ``url``.
+
+    ``pool_size`` and ``pool_timeout`` (PostgreSQL): connections in the pool, and the
+    longest a call waits for a free one before raising StoreUnavailableError.
 
     ``migrate``: ``check`` refuses an out-of-date schema (what a worker does); ``create-if-empty``
     also creates the tables in an empty database (embedded use, tests, the demo) but never
@@ -71,4 +77,4 @@ async def open_store(
         return SQLiteStore(parsed, durability=durability)
     from codara.store._postgres import PostgresStore
 
-    return await PostgresStore.connect(parsed, pool_size=pool_size)
+    return await PostgresStore.connect(parsed, pool_size=pool_size, pool_timeout=pool_timeout)

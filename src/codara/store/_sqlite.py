@@ -50,11 +50,12 @@ class _SQLiteTx(Tx):
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        return self._conn.execute(sql, tuple(params)).rowcount
+    # The base class binds the parameters (``:name`` compiled to ``?``); the SQL goes as is.
+    async def _execute(self, sql: str, params: Any) -> int:
+        return self._conn.execute(sql, params or ()).rowcount
 
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return list(self._conn.execute(sql, tuple(params)).fetchall())
+    async def _fetchall(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
+        return list(self._conn.execute(sql, params or ()).fetchall())
 
 
 class SQLiteStore(Store):
