@@ -6,8 +6,8 @@ claim by another worker (which updates that row) is then ordered strictly before
 the append, so a worker that lost its lease can never add a row after the new owner has read
 the journal.
 
-Connections come from psycopg's own pool (``psycopg_pool.AsyncConnectionPool``, autocommit,
-``prepare_threshold=0``). A connection that a server restart or a network cut broke is
+Connections (autocommit, ``prepare_threshold=0``) come from a small self-healing pool
+(:mod:`codara.store._pgpool`). A connection that a server restart or a network cut broke is
 discarded when it is handed back and the pool opens a new one in the background (with
 backoff); the first such failure also has the pool test its idle connections, so that one
 restart costs few calls. Taking a connection waits at most ``pool_timeout`` seconds. Every
@@ -28,12 +28,12 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from codara.errors import DatabaseUnreachableError, StoreUnavailableError
 from codara.store import _base as q
 from codara.store._base import FencedError, RowBuilder, Store, Tx, own_sql
 from codara.store._notify_pg import WAKE_SQL, WakeListener
+from codara.store._pgpool import ConnectionPool, PoolTimeout
 from codara.store._types import RUN_COLUMNS, Claim, JournalRecord, RunRecord
 from codara.store._url import DatabaseURL
 
@@ -137,15 +137,11 @@ async def _append_row(
 class PostgresStore(Store):
     dialect = "postgresql"
 
-    def __init__(
-        self, url: DatabaseURL, pool: AsyncConnectionPool[Any], *, pool_timeout: float
-    ) -> None:
+    def __init__(self, url: DatabaseURL, pool: ConnectionPool) -> None:
         self.url_redacted = url.redacted()
         self._conninfo = url.pg_conninfo
         self._password = url.sqlalchemy_url.password
         self._pool = pool
-        self._pool_timeout = pool_timeout
-        self._checking: asyncio.Task[None] | None = None
         self._down = False
 
     @classmethod
@@ -157,56 +153,37 @@ class PostgresStore(Store):
         pool_timeout: float = 5.0,
         connect_timeout: int = 5,
     ) -> PostgresStore:
-        """Open a pool of ``pool_size`` connections; DatabaseUnreachableError if none can be
-        made. ``pool_timeout``: the longest a store call waits for a free connection."""
+        """Open a pool of ``pool_size`` connections; DatabaseUnreachableError if that fails.
+        ``pool_timeout``: the longest a store call waits for a free connection."""
         assert url.pg_conninfo is not None
-        kwargs: dict[str, Any] = {
-            "autocommit": True,
-            "prepare_threshold": 0,
-            "connect_timeout": connect_timeout,
-        }
-        try:  # one direct connection first: its failure says why (the pool's would not)
-            probe = await psycopg.AsyncConnection.connect(url.pg_conninfo, **kwargs)
-            await probe.close()
+        pool = ConnectionPool(
+            url.pg_conninfo,
+            pool_size,
+            timeout=pool_timeout,
+            connect_kwargs={
+                "autocommit": True,
+                "prepare_threshold": 0,
+                "connect_timeout": connect_timeout,
+            },
+        )
+        try:
+            await pool.open()
         except psycopg.OperationalError as exc:
             raise DatabaseUnreachableError(
                 f"cannot connect to the database {url.redacted()}: {_reason(exc, url)}",
                 hint="is PostgreSQL running and the URL right? check host, port, user and "
                 "database name",
             ) from exc
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            url.pg_conninfo,
-            min_size=pool_size,
-            max_size=pool_size,
-            kwargs=kwargs,
-            open=False,
-            timeout=pool_timeout,
-            # give up on a slot after this long; the next caller then opens one on demand,
-            # so a long outage does not leave the pool waiting out a long backoff
-            reconnect_timeout=10.0,
-            name="codara",
-        )
-        try:
-            await pool.open(wait=True, timeout=max(10.0, 2.0 * connect_timeout))
-        except PoolTimeout as exc:
-            await pool.close()
-            raise DatabaseUnreachableError(
-                f"cannot open {pool_size} connections to the database {url.redacted()}",
-                hint="the server may limit connections (max_connections): lower "
-                "[store] pool_size or raise the limit",
-            ) from exc
-        return cls(url, pool, pool_timeout=pool_timeout)
+        return cls(url, pool)
 
     async def close(self) -> None:
-        if self._checking is not None:
-            self._checking.cancel()
         await self._pool.close()
 
     def _unavailable(self, exc: BaseException, waited: float = 0.0) -> StoreUnavailableError:
         if isinstance(exc, PoolTimeout):
             reason = (
                 f"no connection became free within {waited:g} s (the pool has "
-                f"{self._pool.max_size}; the server may be down or restarting)"
+                f"{self._pool.size}; the server may be down or restarting)"
             )
         else:
             reason = _reason(exc, None, self._password)
@@ -216,41 +193,33 @@ class PostgresStore(Store):
             "retried when it is back. If this lasts, check that the server is up and reachable",
         )
 
-    def _check_soon(self) -> None:
-        """After one broken connection: test the idle ones too (a restart broke them all)."""
-        if self._checking is None or self._checking.done():
-            self._checking = asyncio.get_running_loop().create_task(self._check())
-
-    async def _check(self) -> None:
-        try:
-            await self._pool.check()
-        except Exception:  # the pool replaces what it can; the next call tells the rest
-            log.debug("checking the pool's connections failed", exc_info=True)
-
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """A pooled connection; connection-level failures become StoreUnavailableError.
 
-        The pool takes the connection back in every case: one a failure left broken is
-        discarded and replaced, one left inside a transaction is rolled back."""
+        The pool takes the connection back in every case: one that a failure left broken
+        or inside a transaction is discarded and replaced."""
         # While the server is known to be away, callers wait less for a connection: the API
         # answers 503 at once, a worker hands its run back sooner.
-        timeout = min(self._pool_timeout, _DOWN_TIMEOUT) if self._down else self._pool_timeout
+        timeout = min(self._pool.timeout, _DOWN_TIMEOUT) if self._down else self._pool.timeout
         try:
-            async with self._pool.connection(timeout=timeout) as conn:
-                self._down = False
-                try:
-                    yield conn
-                except (psycopg.Error, OSError) as exc:
-                    if connection_lost(exc, conn):
-                        self._down = True
-                        self._check_soon()
-                        raise self._unavailable(exc) from exc
-                    raise
-        except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
-            # taking the connection failed (pool timeout, closed pool), or handing it back did
+            conn = await self._pool.acquire(timeout)
+        except PoolTimeout as exc:
             self._down = True
             raise self._unavailable(exc, timeout) from exc
+        self._down = False
+        try:
+            yield conn
+        except (psycopg.Error, OSError) as exc:
+            if connection_lost(exc, conn):
+                self._down = True
+                self._pool.check_soon()
+                raise self._unavailable(exc) from exc
+            if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+                raise self._unavailable(exc) from exc  # transient, e.g. a deadlock
+            raise
+        finally:
+            self._pool.release(conn)
 
     @asynccontextmanager
     async def wakeups(self) -> AsyncIterator[asyncio.Event | None]:
