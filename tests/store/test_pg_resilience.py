@@ -328,3 +328,38 @@ async def _wait_completed(
                 return
         await asyncio.sleep(0.1)
     pytest.fail(f"{n} runs did not complete within {limit} s: {counts}")
+
+
+# -- the pool on its own (the shared server: nothing is restarted) ----------------------------
+async def test_waiting_for_a_connection_is_bounded_and_a_cancelled_call_frees_its_slot(
+    pg_url: str,
+) -> None:
+    store = await open_store(pg_url, pool_size=2, pool_timeout=0.5)
+    try:
+        held = asyncio.Event()
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            async with store.tx() as tx:
+                await tx.fetchall("SELECT 1")
+                held.set()
+                await release.wait()
+
+        holders = [asyncio.create_task(hold()) for _ in range(2)]
+        await asyncio.wait_for(held.wait(), HANG)
+        await asyncio.sleep(0.1)
+        with pytest.raises(StoreUnavailableError, match="no connection became free"):
+            await asyncio.wait_for(store.count_runs(), HANG)  # both lent: bounded wait
+        release.set()
+        await asyncio.gather(*holders)
+
+        for _ in range(3):  # a caller cancelled mid-query: its connection is not lost
+            task = asyncio.create_task(store.execute_raw("SELECT pg_sleep(30)"))
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        both = store.execute_raw("SELECT pg_sleep(0.2)"), store.execute_raw("SELECT 1")
+        assert await asyncio.wait_for(asyncio.gather(*both), HANG) == [[("",)], [(1,)]]
+    finally:
+        await store.close()
