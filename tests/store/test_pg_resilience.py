@@ -184,6 +184,31 @@ async def test_calls_while_the_server_is_down_raise_store_unavailable_quickly(
         await store.close()
 
 
+async def test_the_listen_connection_reconnects_after_a_restart(private_pg: PrivateCluster) -> None:
+    from codara.store._notify_pg import WakeListener
+
+    url = _new_db(private_pg)
+    listener = WakeListener(url, min_backoff=0.05, max_backoff=1.0)
+    async with listener as event:
+        await asyncio.wait_for(listener.listening.wait(), RECOVER)
+        first = listener.backend_pid
+        for mode in ("fast", "immediate"):
+            await asyncio.to_thread(private_pg.restart, mode)
+            deadline = time.monotonic() + RECOVER
+            while not (listener.listening.is_set() and listener.backend_pid != first):
+                assert time.monotonic() < deadline, f"LISTEN not back after the {mode} restart"
+                await asyncio.sleep(0.05)
+            first = listener.backend_pid
+        event.clear()
+        store = await open_store(url, pool_size=1)
+        try:
+            await store.create_runs([("n1", "w", "1", "null", None, "g", None)], time.time())
+        finally:
+            await store.close()
+        await asyncio.wait_for(event.wait(), HANG)  # a NOTIFY after the restarts arrives
+    assert listener.connects >= 3
+
+
 # -- the API --------------------------------------------------------------------------------
 async def test_the_api_answers_503_while_down_and_is_healthy_again_after_a_restart(
     private_pg: PrivateCluster,
