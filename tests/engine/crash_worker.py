@@ -94,7 +94,8 @@ def register(app: codara.App, side: SideDB | None = None) -> None:
 
     async def append_ledger(tx: Tx, run_id: str, step: int) -> int:
         await tx.execute(
-            "INSERT INTO ledger (run_id, step, worker) VALUES (?, ?, ?)", (run_id, step, WORKER)
+            "INSERT INTO ledger (run_id, step, worker) VALUES (:run_id, :step, :worker)",
+            {"run_id": run_id, "step": step, "worker": WORKER},
         )
         return step
 

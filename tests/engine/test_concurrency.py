@@ -145,7 +145,7 @@ async def test_a_stale_owner_cannot_write_once_another_worker_claimed_the_run(
         await store.append(run_id, a.token, _row(run_id, 1, 1, first.hash, "s1", '"a"'))
 
     async def effect(tx: Tx) -> str:
-        await tx.execute("INSERT INTO effects_t (v) VALUES (?)", ("a",))
+        await tx.execute("INSERT INTO effects_t (v) VALUES (:v)", {"v": "a"})
         return "a"
 
     with pytest.raises(FencedError):

@@ -31,7 +31,10 @@ def build(url: str) -> codara.App:
     install_reviews(app)
 
     async def record(tx: codara.Tx, run_id: str, outcome: str) -> None:
-        await tx.execute("INSERT INTO review_ledger VALUES (?, ?)", (run_id, outcome))
+        await tx.execute(
+            "INSERT INTO review_ledger VALUES (:run_id, :outcome)",
+            {"run_id": run_id, "outcome": outcome},
+        )
 
     @app.workflow(name="checked")
     async def checked(ctx: codara.Context, n: int) -> str:

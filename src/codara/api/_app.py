@@ -85,8 +85,10 @@ async def _healthz(request: Request) -> JSONResponse:
     """Liveness and database reachability, for load balancers (no sign-in)."""
     try:
         await codara_app(request).store.execute_raw("SELECT 1")
-    except Exception as exc:  # any driver error: report it, do not crash the probe
-        error = StoreError(f"the database does not answer: {exc}")
+    except StoreError as exc:  # e.g. StoreUnavailableError: answered within the pool timeout
+        return JSONResponse(error_body(exc), status_code=503)
+    except Exception as exc:  # any other driver error: report it, do not crash the probe
+        error = StoreError(f"the database does not answer: {type(exc).__name__}")
         return JSONResponse(error_body(error), status_code=503)
     return JSONResponse({"status": "ok"})
 

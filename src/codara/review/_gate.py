@@ -24,7 +24,7 @@ from codara.review._items import ReviewResult
 from codara.review._notify import notifier_from_settings, notify_created
 from codara.review._service import Notify, Reviews, review_signal
 from codara.review.policy import WorkflowPolicies, load_policies
-from codara.store import ReviewRecord, Tx
+from codara.store import ReviewRecord, Tx, own_sql
 from codara.store import reviews as repo
 
 __all__ = ["GateResult", "ReviewGate", "install_reviews"]
@@ -93,7 +93,8 @@ class ReviewGate:
         schema = type(proposal).model_json_schema() if isinstance(proposal, BaseModel) else None
         created: list[ReviewRecord] = []
 
-        async def create(tx: Tx, *args: Any) -> str:
+        async def create(user_tx: Tx, *args: Any) -> str:
+            tx = own_sql(user_tx)  # Codara's own SQL (``?`` placeholders) in this transaction
             review_id = await self._create(tx, *args)
             record = await repo.get_review(tx, review_id)
             if record is not None:

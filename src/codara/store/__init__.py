@@ -11,7 +11,7 @@ from typing import Literal
 from codara.errors import SchemaOutOfDateError
 from codara.store import _reviews as reviews
 from codara.store import _workflows as registry
-from codara.store._base import FencedError, Store, Tx
+from codara.store._base import FencedError, Params, Store, Tx, own_sql
 from codara.store._migrate import SchemaState, check_schema, head_revision, schema_state, upgrade
 from codara.store._reviews import ReviewEvent, ReviewRecord, TokenRecord, UserRecord
 from codara.store._types import Claim, JournalRecord, RunRecord
@@ -23,6 +23,7 @@ __all__ = [
     "DatabaseURL",
     "FencedError",
     "JournalRecord",
+    "Params",
     "ReviewEvent",
     "ReviewRecord",
     "RunRecord",
@@ -35,6 +36,7 @@ __all__ = [
     "check_schema",
     "head_revision",
     "open_store",
+    "own_sql",
     "parse_url",
     "registry",
     "reviews",
@@ -50,9 +52,13 @@ async def open_store(
     *,
     durability: str = "fsync",
     pool_size: int = 4,
+    pool_timeout: float = 5.0,
     migrate: Migrate = "create-if-empty",
 ) -> Store:
     """Open the store at ``url``.
+
+    ``pool_size`` and ``pool_timeout`` (PostgreSQL): connections in the pool, and the
+    longest a call waits for a free one before raising StoreUnavailableError.
 
     ``migrate``: ``check`` refuses an out-of-date schema (what a worker does); ``create-if-empty``
     also creates the tables in an empty database (embedded use, tests, the demo) but never
@@ -75,4 +81,4 @@ async def open_store(
         return SQLiteStore(parsed, durability=durability)
     from codara.store._postgres import PostgresStore
 
-    return await PostgresStore.connect(parsed, pool_size=pool_size)
+    return await PostgresStore.connect(parsed, pool_size=pool_size, pool_timeout=pool_timeout)

@@ -1,7 +1,14 @@
 """What every store backend offers, and the SQL both backends share.
 
-Statements are written once with ``?`` placeholders; the PostgreSQL backend rewrites them
-to ``%s``. Only ``codara.store`` talks SQL to Codara's own tables.
+Codara's own statements are written once with ``?`` placeholders; the PostgreSQL backend
+rewrites them to ``%s``. Only ``codara.store`` talks SQL to Codara's own tables.
+
+User SQL is never rewritten. The :class:`Tx` handed to a ``ctx.transaction`` body passes the
+SQL text to the driver as written (``LIKE 'A%'``, a literal ``'?'``, ``::text`` casts mean what
+they say). Its portable parameters are named, ``:name`` with a mapping, compiled for the
+dialect by SQLAlchemy's ``text()`` (once per statement string); positional parameters use
+the driver's own style (``?`` on SQLite, ``%s`` on PostgreSQL). Codara's own code that works
+inside such a transaction (a review gate creating its review) takes :func:`own_sql` of it.
 """
 
 from __future__ import annotations
@@ -9,16 +16,24 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import functools
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from codara.errors import ConflictError
+from codara.errors import ConflictError, WorkflowCodeError
 from codara.store._notify_pg import wake_sql
 from codara.store._types import JOURNAL_COLUMNS, RUN_COLUMNS, Claim, JournalRecord, RunRecord
 
-__all__ = ["FencedError", "Store", "Tx"]
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Dialect
+
+__all__ = ["FencedError", "Params", "Store", "Tx", "own_sql"]
+
+Params = Sequence[Any] | Mapping[str, Any]
+"""Statement parameters: a mapping for ``:name`` placeholders, or a sequence for the
+driver's positional ones."""
 
 
 class FencedError(Exception):
@@ -26,17 +41,117 @@ class FencedError(Exception):
 
 
 class Tx(abc.ABC):
-    """A transaction handed to a transactional step: its writes commit with the journal row."""
+    """A transaction handed to a transactional step: its writes commit with the journal row.
+
+    The SQL text reaches the driver untouched. Parameters:
+
+    - a mapping: named placeholders ``:name``, the same SQL on SQLite and PostgreSQL
+      (``\\:`` is a literal colon; ``::`` casts are left alone; write ``CAST(:v AS text)``
+      rather than ``:v::text``);
+    - a non-empty sequence: the driver's positional style, ``?`` on SQLite and ``%s`` on
+      PostgreSQL (where a literal ``%`` is then written ``%%``, as psycopg wants);
+    - none: the statement as it is, no placeholders at all.
+    """
 
     dialect: str
 
-    @abc.abstractmethod
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run one statement with ``?`` placeholders; return the affected row count."""
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """Run one statement; return the affected row count."""
+        text, args = bind(self.dialect, sql, params)
+        return await self._execute(text, args)
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        """Run a query and return its rows."""
+        text, args = bind(self.dialect, sql, params)
+        return await self._fetchall(text, args)
 
     @abc.abstractmethod
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run a query with ``?`` placeholders and return its rows."""
+    async def _execute(self, sql: str, params: Any) -> int:
+        """Send ``sql`` as it is, with driver-ready ``params`` (tuple, dict or None)."""
+
+    @abc.abstractmethod
+    async def _fetchall(self, sql: str, params: Any) -> list[tuple[Any, ...]]: ...
+
+    def _own_sql(self, sql: str) -> str:
+        """Codara's own ``?`` SQL in the driver's positional style."""
+        return sql
+
+
+class _OwnSQL(Tx):
+    """The same transaction, for Codara's own constant SQL written with ``?``."""
+
+    def __init__(self, inner: Tx) -> None:
+        self.inner = inner
+        self.dialect = inner.dialect
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        if isinstance(params, Mapping):
+            return await self.inner.execute(sql, params)
+        return await self.inner._execute(self.inner._own_sql(sql), tuple(params) or None)
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        if isinstance(params, Mapping):
+            return await self.inner.fetchall(sql, params)
+        return await self.inner._fetchall(self.inner._own_sql(sql), tuple(params) or None)
+
+    async def _execute(self, sql: str, params: Any) -> int:
+        return await self.inner._execute(sql, params)
+
+    async def _fetchall(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
+        return await self.inner._fetchall(sql, params)
+
+
+def own_sql(tx: Tx) -> Tx:
+    """``tx`` for Codara's own statements (``?`` placeholders on every backend)."""
+    return tx if isinstance(tx, _OwnSQL) else _OwnSQL(tx)
+
+
+@functools.cache
+def _dialect(name: str) -> Dialect:
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql.psycopg import dialect as pg_dialect
+
+        return pg_dialect()  # type: ignore[no-untyped-call]
+    from sqlalchemy.dialects.sqlite.pysqlite import dialect as sqlite_dialect
+
+    return sqlite_dialect()
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile(dialect: str, sql: str) -> tuple[str, tuple[str, ...], bool]:
+    """``sql`` with ``:name`` placeholders in the dialect's style: (text, names, positional)."""
+    from sqlalchemy import text
+
+    compiled = text(sql).compile(dialect=_dialect(dialect))
+    if compiled.positional:
+        return compiled.string, tuple(compiled.positiontup or ()), True
+    return compiled.string, tuple(compiled.binds), False
+
+
+def bind(dialect: str, sql: str, params: Params) -> tuple[str, Any]:
+    """The SQL and parameters to hand the driver for user ``sql`` with ``params``."""
+    if isinstance(params, Mapping):
+        text, names, positional = _compile(dialect, sql)
+        missing = sorted({n for n in names if n not in params})
+        if missing:
+            given = ", ".join(sorted(map(str, params))) or "none"
+            raise WorkflowCodeError(
+                "the SQL names "
+                + ", ".join(f":{n}" for n in missing)
+                + f" but the parameters have no value for it (given: {given})",
+                hint="pass a value for every :name in the mapping, or write \\: for a "
+                "literal colon",
+            )
+        if positional:
+            return text, tuple(params[n] for n in names)
+        return text, {n: params[n] for n in names}
+    if isinstance(params, str | bytes):
+        raise WorkflowCodeError(
+            "SQL parameters must be a mapping or a sequence of values, not a string",
+            hint="write (value,) for one positional parameter, or {'name': value}",
+        )
+    args = tuple(params)
+    return sql, (args if args else None)
 
 
 RowBuilder = Callable[[str | None], JournalRecord]
@@ -206,7 +321,10 @@ class Store(abc.ABC):
     # -- runs -------------------------------------------------------------------------------
     @abc.abstractmethod
     def tx(self) -> AbstractAsyncContextManager[Tx]:
-        """A transaction for multi-statement work outside the hot path (reviews, users)."""
+        """A transaction for multi-statement work outside the hot path (reviews, users).
+
+        It is Codara's own: ``?`` placeholders with a sequence, on every backend
+        (:func:`own_sql`); named parameters work as in :class:`Tx`."""
 
     @abc.abstractmethod
     async def create_runs(self, rows: Sequence[NewRun], now: float) -> list[str]:
@@ -307,7 +425,11 @@ class Store(abc.ABC):
         body: Callable[[Tx], Awaitable[Any]],
         build: Callable[[Any], JournalRecord],
     ) -> tuple[Any, JournalRecord]:
-        """Run ``body`` and write its journal row in one transaction (exactly once)."""
+        """Run ``body`` and write its journal row in one transaction (exactly once).
+
+        Raises FencedError only when the run is no longer this token's (or the row's seq is
+        taken: the journal's own primary key); an error raised by ``body`` propagates
+        unchanged, except a lost connection (StoreUnavailableError)."""
 
     # -- operators: retry and fork ---------------------------------------------------------
     @abc.abstractmethod

@@ -1,15 +1,27 @@
-"""PostgreSQL backend: psycopg 3 with native async, prepared statements and a small pool.
+"""PostgreSQL backend: psycopg 3 with native async, prepared statements and a pool.
 
 Claims use ``FOR UPDATE SKIP LOCKED`` so that many workers on many machines take disjoint
 runs without waiting for each other. A journal append locks the run row ``FOR SHARE``: a
 claim by another worker (which updates that row) is then ordered strictly before or after
 the append, so a worker that lost its lease can never add a row after the new owner has read
 the journal.
+
+Connections (autocommit, ``prepare_threshold=0``) come from a small self-healing pool
+(:mod:`codara.store._pgpool`). A connection that a server restart or a network cut broke is
+discarded when it is handed back and the pool opens a new one in the background (with
+backoff); the first such failure also has the pool test its idle connections, so that one
+restart costs few calls. Taking a connection waits at most ``pool_timeout`` seconds. Every
+connection-level failure (lost connection, server shutting down, no connection free in time)
+leaves a store method as :class:`~codara.errors.StoreUnavailableError`: transient, the
+engine hands the run back and retries. A unique violation means "fenced" only when it is the
+journal's own primary key (``pk_codara_journal``: another owner wrote that seq); any other
+database error of a transaction body is the body's error and propagates unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,19 +29,48 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 
-from codara.errors import DatabaseUnreachableError
+from codara.errors import DatabaseUnreachableError, StoreUnavailableError
 from codara.store import _audit
 from codara.store import _base as q
-from codara.store._base import FencedError, RowBuilder, Store, Tx
+from codara.store._base import FencedError, RowBuilder, Store, Tx, own_sql
 from codara.store._notify_pg import WAKE_SQL, WakeListener
+from codara.store._pgpool import ConnectionPool, PoolTimeout
 from codara.store._types import RUN_COLUMNS, Claim, JournalRecord, RunRecord
 from codara.store._url import DatabaseURL
 
 __all__ = ["PostgresStore"]
 
+log = logging.getLogger("codara.store")
+
+JOURNAL_KEY = "pk_codara_journal"
+"""The journal's primary key (run_id, seq): its violation is the only "fenced" error."""
+
+# Errors of the connection rather than of the statement: the server went away or is going,
+# or refuses connections for now. (SQLSTATE class 08, admin/crash shutdown, cannot connect
+# now, too many connections; None: a client-side failure such as a refused socket.)
+_GONE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+_DOWN_TIMEOUT = 1.0
+"""The longest a call waits for a connection while the last attempt found the server away."""
+
 
 def _pg(sql: str) -> str:
     return sql.replace("?", "%s")
+
+
+def connection_lost(exc: BaseException, conn: psycopg.AsyncConnection[Any] | None = None) -> bool:
+    """Whether ``exc`` says the connection (not the statement) failed."""
+    if isinstance(exc, psycopg.InterfaceError | PoolTimeout):
+        return True
+    if conn is not None and (conn.closed or conn.broken):
+        return True
+    if isinstance(exc, psycopg.OperationalError):
+        state = exc.sqlstate
+        return state is None or state.startswith("08") or state in _GONE_STATES
+    return False
+
+
+def _journal_key(exc: pg_errors.UniqueViolation) -> bool:
+    return exc.diag.constraint_name == JOURNAL_KEY
 
 
 _APPEND = _pg(
@@ -59,61 +100,125 @@ class _PgTx(Tx):
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._conn = conn
 
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        cur = await self._conn.execute(_pg(sql), tuple(params))
+    async def _execute(self, sql: str, params: Any) -> int:
+        cur = await self._conn.execute(sql, params)
         return cur.rowcount
 
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        cur = await self._conn.execute(_pg(sql), tuple(params))
-        return list(await cur.fetchall())
+    async def _fetchall(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
+        cur = await self._conn.execute(sql, params)
+        return list(await cur.fetchall()) if cur.description else []
+
+    def _own_sql(self, sql: str) -> str:
+        return _pg(sql)
+
+
+class _BodyFailed(Exception):
+    """Carries an error of a transaction body past the connection's error translation."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(repr(error))
+        self.error = error
+
+
+async def _append_row(
+    conn: psycopg.AsyncConnection[Any], run_id: str, token: int, record: JournalRecord
+) -> None:
+    try:
+        cur = await conn.execute(_APPEND, (*q.journal_params(record), run_id, token))
+    except pg_errors.UniqueViolation as exc:
+        if _journal_key(exc):  # another owner wrote this seq already
+            raise FencedError(run_id) from exc
+        raise
+    if cur.rowcount != 1:
+        raise FencedError(run_id)
 
 
 class PostgresStore(Store):
     dialect = "postgresql"
 
-    def __init__(self, url: DatabaseURL, conns: list[psycopg.AsyncConnection[Any]]) -> None:
+    def __init__(self, url: DatabaseURL, pool: ConnectionPool) -> None:
         self.url_redacted = url.redacted()
         self._conninfo = url.pg_conninfo
-        self._all = conns
-        self._free: asyncio.Queue[psycopg.AsyncConnection[Any]] = asyncio.Queue()
-        for c in conns:
-            self._free.put_nowait(c)
+        self._password = url.sqlalchemy_url.password
+        self._pool = pool
+        self._down = False
 
     @classmethod
-    async def connect(cls, url: DatabaseURL, *, pool_size: int = 4) -> PostgresStore:
+    async def connect(
+        cls,
+        url: DatabaseURL,
+        *,
+        pool_size: int = 4,
+        pool_timeout: float = 5.0,
+        connect_timeout: int = 5,
+    ) -> PostgresStore:
+        """Open a pool of ``pool_size`` connections; DatabaseUnreachableError if that fails.
+        ``pool_timeout``: the longest a store call waits for a free connection."""
         assert url.pg_conninfo is not None
-        conns: list[psycopg.AsyncConnection[Any]] = []
+        pool = ConnectionPool(
+            url.pg_conninfo,
+            pool_size,
+            timeout=pool_timeout,
+            connect_kwargs={
+                "autocommit": True,
+                "prepare_threshold": 0,
+                "connect_timeout": connect_timeout,
+            },
+        )
         try:
-            for _ in range(pool_size):
-                conns.append(
-                    await psycopg.AsyncConnection.connect(
-                        url.pg_conninfo, autocommit=True, prepare_threshold=0, connect_timeout=5
-                    )
-                )
+            await pool.open()
         except psycopg.OperationalError as exc:
-            for c in conns:
-                await c.close()
-            reason = str(exc).strip().splitlines()[0] if str(exc) else repr(exc)
             raise DatabaseUnreachableError(
-                f"cannot connect to the database {url.redacted()}: {reason}",
+                f"cannot connect to the database {url.redacted()}: {_reason(exc, url)}",
                 hint="is PostgreSQL running and the URL right? check host, port, user and "
                 "database name",
             ) from exc
-        return cls(url, conns)
+        return cls(url, pool)
 
     async def close(self) -> None:
-        for c in self._all:
-            await c.close()
+        await self._pool.close()
+
+    def _unavailable(self, exc: BaseException, waited: float = 0.0) -> StoreUnavailableError:
+        if isinstance(exc, PoolTimeout):
+            reason = (
+                f"no connection became free within {waited:g} s (the pool has "
+                f"{self._pool.size}; the server may be down or restarting)"
+            )
+        else:
+            reason = _reason(exc, None, self._password)
+        return StoreUnavailableError(
+            f"the database {self.url_redacted} is unavailable: {reason}",
+            hint="PostgreSQL may be restarting or out of reach; runs are handed back and "
+            "retried when it is back. If this lasts, check that the server is up and reachable",
+        )
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        conn = await self._free.get()
+        """A pooled connection; connection-level failures become StoreUnavailableError.
+
+        The pool takes the connection back in every case: one that a failure left broken
+        or inside a transaction is discarded and replaced."""
+        # While the server is known to be away, callers wait less for a connection: the API
+        # answers 503 at once, a worker hands its run back sooner.
+        timeout = min(self._pool.timeout, _DOWN_TIMEOUT) if self._down else self._pool.timeout
+        try:
+            conn = await self._pool.acquire(timeout)
+        except PoolTimeout as exc:
+            self._down = True
+            raise self._unavailable(exc, timeout) from exc
+        self._down = False
         try:
             yield conn
+        except (psycopg.Error, OSError) as exc:
+            if connection_lost(exc, conn):
+                self._down = True
+                self._pool.check_soon()
+                raise self._unavailable(exc) from exc
+            if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+                raise self._unavailable(exc) from exc  # transient, e.g. a deadlock
+            raise
         finally:
-            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                await conn.rollback()
-            self._free.put_nowait(conn)
+            self._pool.release(conn)
 
     @asynccontextmanager
     async def wakeups(self) -> AsyncIterator[asyncio.Event | None]:
@@ -125,16 +230,16 @@ class PostgresStore(Store):
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[Tx]:
         async with self._conn() as conn, conn.transaction():
-            yield _PgTx(conn)
+            yield own_sql(_PgTx(conn))
 
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         async with self._conn() as conn:
-            cur = await conn.execute(sql, tuple(params))
+            cur = await conn.execute(sql, tuple(params) or None)
             return list(await cur.fetchall()) if cur.description else []
 
     async def _rowcount(self, sql: str, params: Sequence[Any] = ()) -> int:
         async with self._conn() as conn:
-            cur = await conn.execute(sql, tuple(params))
+            cur = await conn.execute(sql, tuple(params) or None)
             return cur.rowcount
 
     # -- runs ------------------------------------------------------------------------------
@@ -226,12 +331,8 @@ class PostgresStore(Store):
         return [q.claim_from_row(r) for r in rows]
 
     async def append(self, run_id: str, token: int, record: JournalRecord) -> None:
-        try:
-            n = await self._rowcount(_APPEND, (*q.journal_params(record), run_id, token))
-        except pg_errors.UniqueViolation as exc:
-            raise FencedError(run_id) from exc
-        if n != 1:
-            raise FencedError(run_id)
+        async with self._conn() as conn:
+            await _append_row(conn, run_id, token, record)
 
     async def finish(
         self,
@@ -249,8 +350,8 @@ class PostgresStore(Store):
             )
             if cur.rowcount != 1:
                 raise FencedError(run_id)
-            await conn.execute(_APPEND, (*q.journal_params(record), run_id, token))
-            await _audit.record_finish(_PgTx(conn), record, status, now)
+            await _append_row(conn, run_id, token, record)
+            await _audit.record_finish(own_sql(_PgTx(conn)), record, status, now)
 
     async def suspend(
         self,
@@ -303,9 +404,7 @@ class PostgresStore(Store):
                 return None
             await conn.execute(_pg(q.CONSUME_SIGNAL), (seq, found[0]))
             record = build(found[1])
-            cur = await conn.execute(_APPEND, (*q.journal_params(record), run_id, token))
-            if cur.rowcount != 1:
-                raise FencedError(run_id)
+            await _append_row(conn, run_id, token, record)
             return record
 
     async def transaction(
@@ -315,16 +414,22 @@ class PostgresStore(Store):
         body: Callable[[Tx], Awaitable[Any]],
         build: Callable[[Any], JournalRecord],
     ) -> tuple[Any, JournalRecord]:
+        failed: Exception | None = None
         try:
             async with self._conn() as conn, conn.transaction():
-                result = await body(_PgTx(conn))
+                try:
+                    result = await body(_PgTx(conn))
+                except Exception as exc:
+                    if connection_lost(exc, conn):
+                        raise  # the store's failure, not the body's: StoreUnavailableError
+                    raise _BodyFailed(exc) from exc
                 record = build(result)
-                cur = await conn.execute(_APPEND, (*q.journal_params(record), run_id, token))
-                if cur.rowcount != 1:
-                    raise FencedError(run_id)
+                await _append_row(conn, run_id, token, record)
                 return result, record
-        except pg_errors.UniqueViolation as exc:
-            raise FencedError(run_id) from exc
+        except _BodyFailed as carrier:
+            failed = carrier.error
+        assert failed is not None
+        raise failed  # the body's own error, unchanged (raised here: no added context)
 
     # -- operators -------------------------------------------------------------------------
     async def retry_run(
@@ -367,3 +472,13 @@ class PostgresStore(Store):
 
     async def execute_raw(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return await self._fetchall(_pg(sql), params)
+
+
+def _reason(exc: BaseException, url: DatabaseURL | None, password: str | None = None) -> str:
+    """The first line of a driver error, with the password (if any) blanked out."""
+    text = str(exc).strip()
+    reason = text.splitlines()[0] if text else type(exc).__name__
+    secret = password if password is not None else (url.sqlalchemy_url.password if url else None)
+    if secret:
+        reason = reason.replace(str(secret), "***")
+    return reason

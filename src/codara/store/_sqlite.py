@@ -26,7 +26,7 @@ from typing import Any, NoReturn, TypeVar
 from codara.errors import DatabaseUnreachableError, StoreUnavailableError
 from codara.store import _audit
 from codara.store import _base as q
-from codara.store._base import FencedError, RowBuilder, Store, Tx
+from codara.store._base import FencedError, RowBuilder, Store, Tx, own_sql
 from codara.store._types import RUN_COLUMNS, Claim, JournalRecord, RunRecord
 from codara.store._url import DatabaseURL
 
@@ -104,15 +104,16 @@ class _SQLiteTx(Tx):
         self._writing = False
         self._locked = False
 
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        args = tuple(params)
+    # The base class binds the parameters (``:name`` compiled to ``?``); the SQL goes as is.
+    async def _execute(self, sql: str, params: Any) -> int:
+        args = params or ()
         if not self._writing and _is_read(sql):
             return len(await self._read(sql, args))
         await self._start_writing()
         return self._store._statement(sql, args).rowcount
 
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        args = tuple(params)
+    async def _fetchall(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
+        args = params or ()
         if not self._writing and _is_read(sql):
             return await self._read(sql, args)
         await self._start_writing()
@@ -180,11 +181,11 @@ class _BodyTx(Tx):
     def __init__(self, store: SQLiteStore) -> None:
         self._store = store
 
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        return self._store._statement(sql, tuple(params)).rowcount
+    async def _execute(self, sql: str, params: Any) -> int:
+        return self._store._statement(sql, params or ()).rowcount
 
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return list(self._store._statement(sql, tuple(params)).fetchall())
+    async def _fetchall(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
+        return list(self._store._statement(sql, params or ()).fetchall())
 
 
 class SQLiteStore(Store):
@@ -369,7 +370,7 @@ class SQLiteStore(Store):
     async def tx(self) -> AsyncIterator[Tx]:
         tx = _SQLiteTx(self)
         try:
-            yield tx
+            yield own_sql(tx)
             await tx.commit()
         finally:
             tx.close()
@@ -501,7 +502,7 @@ class SQLiteStore(Store):
             if cur.rowcount != 1:
                 raise FencedError(run_id)
             self._journal(run_id, token, record)
-            await _audit.record_finish(_BodyTx(self), record, status, now)
+            await _audit.record_finish(own_sql(_BodyTx(self)), record, status, now)
 
     def _journal(self, run_id: str, token: int, record: JournalRecord) -> None:
         """Append a journal row inside an open write transaction."""
@@ -609,7 +610,7 @@ class SQLiteStore(Store):
 
     async def cancel(self, run_id: str, now: float) -> bool:
         async with self._transaction():
-            tx = _BodyTx(self)
+            tx = own_sql(_BodyTx(self))
             if await tx.execute(q.CANCEL_RUN, (now, now, run_id)) != 1:
                 return False
             await _audit.record_cancel(tx, run_id, now)  # the chain ends here: audit evidence
