@@ -197,7 +197,7 @@ class ReviewGate:
 
 async def _read_decision(tx: Tx, review_id: str) -> dict[str, Any] | None:
     """The decided review's result, or None while it is not decided."""
-    r = await repo.get_review(tx, review_id)
+    r = await repo.get_review(own_sql(tx), review_id)  # Codara's own SQL in the step's tx
     if r is None or r.status != "decided" or r.result is None:
         return None
     result: dict[str, Any] = json.loads(r.result)
