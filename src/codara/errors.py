@@ -10,6 +10,7 @@ agree. The tree is split by who has to act, as pydantic-ai does::
     │   ├── InputError             a malformed input file, JSON or argument
     │   ├── UnknownWorkflowError   no workflow of that name is registered
     │   ├── NotFoundError          no run / review / user with that id
+    │   ├── NotOpenError           an App or Client used outside `async with`
     │   └── ForbiddenError         the caller may not do this (a role, four-eyes)
     │       └── ReservedSignalError  a signal name only Codara itself sends (review:)
     ├── StoreError                 our own database
@@ -20,11 +21,13 @@ agree. The tree is split by who has to act, as pydantic-ai does::
     │   ├── NonDeterminismError    a replay took another path than the journal
     │   └── WorkflowVersionError   the journal was written by a version this worker lacks
     ├── ConflictError              the state changed under you (HTTP 409)
+    │   └── FencedError            (codara.store) this worker no longer owns the run
     └── RunError                   a run failed while doing its work
         ├── StepFailedError        a step raised (after its retries)
         ├── WaitTimeoutError       a durable wait reached its timeout
         ├── StepTimeoutError       a step ran longer than its timeout
         ├── PoisonRunError         a run crashed its worker too many times in a row
+        ├── RunWaitTimeoutError    wait_run gave up before the run finished
         └── ModelCallError         a model provider failed
 
 Errors that must not be retried carry ``non_retryable = True`` (as temporalio does).
@@ -44,9 +47,11 @@ __all__ = [
     "ModelCallError",
     "NonDeterminismError",
     "NotFoundError",
+    "NotOpenError",
     "PoisonRunError",
     "ReservedSignalError",
     "RunError",
+    "RunWaitTimeoutError",
     "SchemaOutOfDateError",
     "StepFailedError",
     "StepTimeoutError",
@@ -229,3 +234,16 @@ class ReservedSignalError(ForbiddenError):
     inside the transaction that records what they announce (a review decision)."""
 
     code = "reserved_signal"
+
+
+class NotOpenError(UserError):
+    """An App or Client used before ``async with`` (or ``await open()``) or after closing."""
+
+    code = "not_open"
+
+
+class RunWaitTimeoutError(RunError, TimeoutError):
+    """``wait_run`` gave up: the run is not finished yet (it goes on; wait again later)."""
+
+    code = "run_wait_timeout"
+    non_retryable = True

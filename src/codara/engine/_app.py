@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from codara.config import Settings, load_settings
 from codara.engine._client import register_workflows
-from codara.engine._codec import decode, dumps, input_adapter, validate_input
+from codara.engine._codec import decode_stored, dumps, input_adapter, validate_input
 from codara.engine._executor import Outcome, Workflow, WorkflowFn, execute
 from codara.engine._journal import (
     choose_fork_point,
@@ -28,8 +28,11 @@ from codara.errors import (
     ConflictError,
     InputError,
     NotFoundError,
+    NotOpenError,
     RunError,
+    RunWaitTimeoutError,
     UnknownWorkflowError,
+    WorkflowCodeError,
     WorkflowVersionError,
 )
 from codara.store import JournalRecord, RunRecord, Store, open_store
@@ -94,10 +97,17 @@ class App:
 
         def register(fn: F) -> F:
             if not asyncio.iscoroutinefunction(fn):
-                raise TypeError(f"workflow {name!r} must be an async function")
+                raise WorkflowCodeError(
+                    f"workflow {name!r} must be an async function",
+                    hint="declare it `async def`",
+                )
             versions = self._workflows.setdefault(name, {})
             if version in versions:
-                raise ValueError(f"workflow {name!r} version {version!r} is registered twice")
+                raise WorkflowCodeError(
+                    f"workflow {name!r} version {version!r} is registered twice",
+                    hint="give the new code a new version, with compatible_with if it "
+                    "replays the old journals",
+                )
             versions[version] = Workflow(
                 name, version, fn, tuple(str(v) for v in compatible_with), input_adapter(fn)
             )
@@ -137,7 +147,10 @@ class App:
     @property
     def store(self) -> Store:
         if self._store is None:
-            raise RuntimeError("the app is not open: use `async with app:` first")
+            raise NotOpenError(
+                "the app is not open",
+                hint="use `async with app:` (or `await app.open()`) first",
+            )
         return self._store
 
     async def open(self) -> App:
@@ -358,7 +371,7 @@ class App:
         return await self.store.journal(run_id)
 
     async def output(self, run_id: str) -> Any:
-        return decode((await self.get_run(run_id)).output)
+        return decode_stored((await self.get_run(run_id)).output, f"the output of run {run_id}")
 
     async def wait_run(
         self, run_id: str, *, timeout: float = 60.0, poll: float = 0.05
@@ -370,7 +383,10 @@ class App:
             if record.status in ("completed", "failed", "cancelled"):
                 return record
             if time.monotonic() > deadline:
-                raise TimeoutError(f"run {run_id} is still {record.status} after {timeout} s")
+                raise RunWaitTimeoutError(
+                    f"run {run_id} is still {record.status} after {timeout} s",
+                    hint=f"it goes on; wait again, or see `codara runs show {run_id}`",
+                )
             await asyncio.sleep(poll)
 
     async def verify(

@@ -22,10 +22,17 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from codara.config import Settings, load_settings
-from codara.engine._codec import decode, dumps
+from codara.engine._codec import decode, decode_stored, dumps
 from codara.engine._executor import Workflow
 from codara.engine._jsonschema import schema_problems
-from codara.errors import ConflictError, InputError, NotFoundError, UnknownWorkflowError
+from codara.errors import (
+    ConflictError,
+    InputError,
+    NotFoundError,
+    NotOpenError,
+    RunWaitTimeoutError,
+    UnknownWorkflowError,
+)
 from codara.store import (
     JournalRecord,
     ReviewRecord,
@@ -135,7 +142,10 @@ class Client:
     @property
     def store(self) -> Store:
         if self._store is None:
-            raise RuntimeError("the client is not open: use `async with client:` first")
+            raise NotOpenError(
+                "the client is not open",
+                hint="use `async with client:` (or `await client.open()`) first",
+            )
         return self._store
 
     async def open(self) -> Client:
@@ -293,7 +303,7 @@ class Client:
         return await self.store.journal(run_id)
 
     async def output(self, run_id: str) -> Any:
-        return decode((await self.get_run(run_id)).output)
+        return decode_stored((await self.get_run(run_id)).output, f"the output of run {run_id}")
 
     async def reviews(
         self, *, run_id: str | None = None, status: str = "open", limit: int = 100
@@ -321,7 +331,10 @@ class Client:
             if record.status in _FINISHED:
                 return record
             if time.monotonic() > deadline:
-                raise TimeoutError(f"run {run_id} is still {record.status} after {timeout} s")
+                raise RunWaitTimeoutError(
+                    f"run {run_id} is still {record.status} after {timeout} s",
+                    hint=f"it goes on; wait again, or see `codara runs show {run_id}`",
+                )
             await asyncio.sleep(poll)
 
     async def verify(self, run_id: str | None = None) -> AuditReport:

@@ -13,11 +13,12 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from codara.errors import InputError
+from codara.errors import InputError, StoreError
 
 __all__ = [
     "PASS_THROUGH",
     "decode",
+    "decode_stored",
     "dump_error",
     "dumps",
     "dumps_lenient",
@@ -55,6 +56,18 @@ def dumps_lenient(value: Any) -> str:
 
 def decode(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
+
+
+def decode_stored(text: str | None, what: str) -> Any:
+    """``decode`` for a value read back from the store for a caller: a value that is not
+    JSON (edited outside Codara) is a StoreError naming it, not a bare JSONDecodeError."""
+    try:
+        return decode(text)
+    except orjson.JSONDecodeError as exc:
+        raise StoreError(
+            f"{what} in the store is not valid JSON: {exc}",
+            hint="it was changed outside Codara; `codara audit verify` shows what else was",
+        ) from exc
 
 
 def dump_error(exc: BaseException) -> str:

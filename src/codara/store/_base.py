@@ -36,8 +36,18 @@ Params = Sequence[Any] | Mapping[str, Any]
 driver's positional ones."""
 
 
-class FencedError(Exception):
+class FencedError(ConflictError):
     """This worker no longer owns the run (its lease was taken over or the run cancelled)."""
+
+    code = "fenced"
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(
+            f"run {run_id}: this worker no longer owns it (its lease was taken over or the "
+            "run was cancelled); nothing more was written",
+            hint="nothing to do: the run's new owner carries on from its journal",
+        )
+        self.run_id = run_id
 
 
 class Tx(abc.ABC):
