@@ -1,12 +1,22 @@
 """A worker program the crash and concurrency tests start as real processes and SIGKILL.
 
     python tests/engine/crash_worker.py DATABASE_URL [--lease S] [--poll S] [--concurrency N]
+                                        [--kill-at POINT:STEP --kill-marker FILE]
 
 It registers every test workflow below (all of them: the runs in the database say which
 they need) and runs ``app.work()`` until it is killed. It prints
 nothing; the engine's own warnings go to stderr (the tests send that to a file). With
 ``--fork-server`` it imports once and forks such workers on request (see ``fork_server``):
 the tests use that to replace killed workers at once, without paying the import each time.
+
+Aimed kills: with ``--kill-at POINT:STEP`` the worker SIGKILLs itself when it reaches
+``POINT`` of the step (or transaction) named ``STEP``, once: only if ``--kill-marker FILE``
+does not exist yet, and it creates that file (naming the point, the step and its pid) just
+before the kill, since nothing runs after SIGKILL. The points are the engine's fault hooks
+(``codara.engine._context.set_fault_hook``): ``step.executed`` (the step's function
+returned, its journal row is not written) and ``step.journaled`` (the row is durable, the
+workflow has not seen the result); and ``tx.body``, inside the ``ledger`` workflow's
+transaction body, after its INSERT and before the transaction commits.
 
 The tests import this file too (by path), for the workflow names, the side tables and
 ``register``: a run can only be enqueued by an app that knows its workflow.
@@ -43,6 +53,7 @@ from typing import Any
 
 import codara
 from codara.config import Settings, StoreSettings, WorkerSettings
+from codara.engine._context import set_fault_hook
 from codara.store import Tx, parse_url
 
 LEDGER_DDL = "CREATE TABLE ledger (run_id TEXT, step INTEGER, worker TEXT)"
@@ -58,6 +69,21 @@ STEP_LOG_DDL = (
 SIDE_TABLES = (LEDGER_DDL, EFFECTS_DDL, EFFECT_ATTEMPTS_DDL, STEP_LOG_DDL)
 
 WORKER = str(os.getpid())
+KILL: tuple[str, str, Path] | None = None  # (point, step, marker file), from --kill-at
+
+
+def kill_here(point: str, step: str, note: str = "") -> None:
+    """SIGKILL this process if ``--kill-at`` aims at ``point`` of ``step`` and its marker
+    file does not exist yet (creating it first: the kill happens once per marker)."""
+    if KILL is None or (point, step) != KILL[:2]:
+        return
+    try:
+        fd = os.open(KILL[2], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return  # killed here once already: this is the replacement worker
+    os.write(fd, f"{point} {step} pid={os.getpid()} {note}".strip().encode())
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class SideDB:
@@ -97,6 +123,12 @@ def register(app: codara.App, side: SideDB | None = None) -> None:
             "INSERT INTO ledger (run_id, step, worker) VALUES (:run_id, :step, :worker)",
             {"run_id": run_id, "step": step, "worker": WORKER},
         )
+        if KILL is not None and KILL[0] == "tx.body":
+            rows = await tx.fetchall(
+                "SELECT COUNT(*) FROM ledger WHERE run_id = :run_id AND step = :step",
+                {"run_id": run_id, "step": step},
+            )
+            kill_here("tx.body", f"s{step}", f"rows_in_tx={rows[0][0]}")
         return step
 
     @app.workflow(name="ledger")
@@ -156,11 +188,35 @@ def _options(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--durability", choices=("fsync", "os"), default="os")
     parser.add_argument(
+        "--kill-at",
+        metavar="POINT:STEP",
+        help="SIGKILL this worker at POINT (step.executed, step.journaled, tx.body) of STEP",
+    )
+    parser.add_argument("--kill-marker", type=Path, help="with --kill-at: kill only once")
+    parser.add_argument(
         "--fork-server",
         action="store_true",
         help="serve the test: fork a worker per `spawn LOGFILE` line on stdin",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.kill_at is not None:
+        point, _, step = args.kill_at.partition(":")
+        if point not in ("step.executed", "step.journaled", "tx.body") or not step:
+            parser.error(f"--kill-at {args.kill_at!r}: expected POINT:STEP")
+        if args.kill_marker is None:
+            parser.error("--kill-at needs --kill-marker")
+    return args
+
+
+def _aim(args: argparse.Namespace) -> None:
+    """Install the ``--kill-at`` kill in this worker process."""
+    global KILL
+    if args.kill_at is None:
+        return
+    point, _, step = args.kill_at.partition(":")
+    KILL = (point, step, args.kill_marker)
+    if point.startswith("step."):
+        set_fault_hook(kill_here)
 
 
 async def work(args: argparse.Namespace) -> None:
@@ -173,6 +229,7 @@ async def work(args: argparse.Namespace) -> None:
     )
     app = codara.App(settings=settings, migrate="check")
     register(app, SideDB(args.url))
+    _aim(args)
     async with app:
         await app.work(concurrency=args.concurrency)
 

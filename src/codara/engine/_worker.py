@@ -19,6 +19,7 @@ import random
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any
 
 from codara.engine._context import Context
@@ -81,8 +82,11 @@ class Leases:
     def watch(self, run_id: str, task: asyncio.Future[Any]) -> None:
         self.tasks[run_id] = task
 
-    def forget(self, run_id: str) -> None:
-        self.tasks.pop(run_id, None)
+    def forget(self, run_id: str, task: asyncio.Future[Any] | None = None) -> None:
+        """Stop renewing ``run_id``'s lease; with ``task``, only if that task is the one
+        watched (a newer attempt of the run may have replaced it)."""
+        if task is None or self.tasks.get(run_id) is task:
+            self.tasks.pop(run_id, None)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Leases]:
@@ -100,7 +104,8 @@ class Leases:
         while True:
             await asyncio.sleep(delay)
             delay = interval
-            running = [run_id for run_id, task in self.tasks.items() if not task.done()]
+            watched = [(run_id, task) for run_id, task in self.tasks.items() if not task.done()]
+            running = [run_id for run_id, _ in watched]
             if not running:
                 continue
             try:
@@ -115,9 +120,8 @@ class Leases:
                 )
                 continue
             backoff.reset()
-            for run_id in running:
-                task = self.tasks.get(run_id)
-                if task is not None and run_id not in owned and not task.done():
+            for run_id, task in watched:  # the attempts that were renewed, not newer ones
+                if run_id not in owned and not task.done():
                     log.warning("run %s: lease lost (taken over or cancelled); stopping it", run_id)
                     self.lost.add(run_id)
                     task.cancel()
@@ -131,6 +135,14 @@ class Worker:
     stopped here at once; the store refuses its writes anyway (fencing token). A run claimed
     more than ``max_claims`` times in a row with its lease lapsing each time fails with
     ``PoisonRunError`` instead of being executed again.
+
+    If this worker's own lease on a run lapses while it still executes it (the event loop
+    stalled, or heartbeats failed for longer than the lease), its next claim may take the
+    same run again under a new token. The old attempt is fenced by then: it is cancelled,
+    and the new attempt starts once the old one has ended, so one worker never executes two
+    attempts of a run at once. Everything the worker keeps about a run (``active``,
+    ``claims``, ``contexts``, the heartbeat) belongs to its latest claim; an attempt that
+    ends removes only its own entries.
     """
 
     def __init__(
@@ -274,18 +286,32 @@ class Worker:
             await asyncio.wait([stopper], timeout=delay)
 
     def _spawn(self, claim: Claim) -> None:
-        task = asyncio.create_task(self._execute(claim), name=f"run {claim.id}")
+        previous = self.active.get(claim.id)
+        if previous is not None:
+            log.warning(
+                "run %s: claimed again while its previous attempt still runs here (its lease "
+                "lapsed); stopping that attempt, the new one starts when it has ended",
+                claim.id,
+            )
+            previous.cancel()
+        task = asyncio.create_task(self._execute(claim, previous), name=f"run {claim.id}")
         self.active[claim.id] = task
         self.claims[claim.id] = claim
+        self.leases.lost.discard(claim.id)  # a loss of an earlier claim is not this one's
         self.leases.watch(claim.id, task)
 
-    def _on_context(self, ctx: Context) -> None:
+    def _on_context(self, claim: Claim, ctx: Context) -> None:
+        if self.claims.get(claim.id) is not claim:
+            return  # an attempt superseded by a newer claim of its run
         self.contexts[ctx.run_id] = ctx
         if self.stopping:
             ctx.closing = True
 
-    async def _execute(self, claim: Claim) -> None:
+    async def _execute(self, claim: Claim, previous: asyncio.Task[None] | None = None) -> None:
+        task = asyncio.current_task()
         try:
+            if previous is not None:  # fenced already by this claim; cancelled in _spawn
+                await asyncio.gather(previous, return_exceptions=True)
             if claim.streak > self.max_claims:
                 await fail_poisoned(self.store, claim, self.clock, self.max_claims)
                 return
@@ -293,7 +319,7 @@ class Worker:
             started = self.clock()
             outcome = await execute(
                 self.store, wf, claim, clock=self.clock, retry=self.retry,
-                on_context=self._on_context,
+                on_context=partial(self._on_context, claim),
             )  # fmt: skip
             log.info(
                 "run %s (%s@%s): %s after %.3f s",
@@ -318,10 +344,11 @@ class Worker:
             await self._hand_back(claim, self.clock() + self.lease)
         finally:
             self.executed += 1
-            self.active.pop(claim.id, None)
-            self.claims.pop(claim.id, None)
-            self.contexts.pop(claim.id, None)
-            self.leases.forget(claim.id)
+            if self.active.get(claim.id) is task:  # else a newer claim of the run owns them
+                del self.active[claim.id]
+                self.claims.pop(claim.id, None)
+                self.contexts.pop(claim.id, None)
+            self.leases.forget(claim.id, task)
             self._freed.set()
 
     async def _hand_back(self, claim: Claim, ready_at: float) -> None:

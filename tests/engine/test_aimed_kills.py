@@ -1,0 +1,215 @@
+"""Aimed crash tests: a real worker process SIGKILLs itself at one exact point of one step.
+
+The random kills of ``test_crash.py`` land wherever they land; these land where a durable
+engine is most likely to lose or repeat work. ``tests/engine/crash_worker.py --kill-at
+POINT:STEP`` kills its worker at the engine's fault hooks (``step.executed``: the step's
+function returned, its journal row is not written; ``step.journaled``: the row is durable,
+the workflow has not seen the result) or inside a ``ctx.transaction`` body (``tx.body``:
+its INSERT is made, the transaction has not committed). It does so once, creating a marker
+file just before the kill. Each test checks the state the kill left (it hit the aimed
+point), then lets a fresh worker resume the run and checks what was executed, journaled and
+written: on SQLite and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import codara
+
+HERE = Path(__file__).resolve().parent
+WORKER_SCRIPT = HERE / "crash_worker.py"
+DEADLINE = 90.0  # the most a worker may take to reach the point, or a run to complete
+STEPS = 3
+
+pytestmark = [pytest.mark.crash, pytest.mark.timeout(300)]
+
+
+def _load_worker_module() -> Any:
+    spec = importlib.util.spec_from_file_location("codara_aimed_crash_worker", WORKER_SCRIPT)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+crash_worker = _load_worker_module()
+
+
+@dataclass
+class AtDeath:
+    """What the store and the side tables held when the aimed worker had died."""
+
+    victim: int
+    marker: str
+    journal: list[str]  # names of the run's journal rows
+    attempts: Counter[str]  # effect_attempts by key
+    ledger: Counter[int]  # ledger rows by step
+
+
+async def _side_state(app: codara.App, run_id: str) -> tuple[Counter[str], Counter[int]]:
+    attempts = Counter(
+        str(k) for (k,) in await app.store.execute_raw("SELECT key FROM effect_attempts")
+    )
+    ledger = Counter(
+        int(step)
+        for (step,) in await app.store.execute_raw(
+            "SELECT step FROM ledger WHERE run_id = ?", (run_id,)
+        )
+    )
+    return attempts, ledger
+
+
+async def _kill_then_resume(
+    app: codara.App, tmp_path: Path, run_id: str, kill_at: str
+) -> tuple[AtDeath, Any]:
+    """One worker dies at ``kill_at``; then a fresh one resumes the run to its end."""
+    marker = tmp_path / "killed"
+    fleet = crash_worker.Fleet(
+        app.settings.store.url, tmp_path, "--lease", "1.0", "--poll", "0.05",
+        "--kill-at", kill_at, "--kill-marker", str(marker),
+    )  # fmt: skip
+    try:
+        victim = fleet.start()
+        t0 = time.monotonic()
+        while not fleet.exited:
+            assert time.monotonic() - t0 < DEADLINE, f"no kill at {kill_at}:\n{fleet.tail()}"
+            await asyncio.sleep(0.05)
+            fleet.check()
+        assert fleet.exited == [(victim, -9)], f"not SIGKILLed:\n{fleet.tail()}"
+        attempts, ledger = await _side_state(app, run_id)
+        at_death = AtDeath(
+            victim,
+            marker.read_text(),
+            [r.name for r in await app.journal(run_id)],
+            attempts,
+            ledger,
+        )
+        assert (await app.get_run(run_id)).status == "running"  # its lease has to lapse
+
+        fleet.start()  # the marker exists: this one runs to the end
+        t0 = time.monotonic()
+        while (await app.get_run(run_id)).status != "completed":
+            assert time.monotonic() - t0 < DEADLINE, f"not resumed:\n{fleet.tail()}"
+            await asyncio.sleep(0.05)
+        fleet.check()
+        assert fleet.exited == [(victim, -9)], "the resuming worker exited"
+        assert "Traceback" not in fleet.log_text(), fleet.tail()
+    finally:
+        fleet.close()
+    return at_death, fleet
+
+
+async def _open_app(url: str) -> codara.App:
+    app = codara.App(url, durability="os")
+    crash_worker.register(app)
+    await app.open()
+    for ddl in crash_worker.SIDE_TABLES:
+        await app.store.execute_raw(ddl)
+    return app
+
+
+async def _assert_resumed_cleanly(app: codara.App, run_id: str, kind: str) -> None:
+    """Completed with the right output, once, after exactly two claims; journal and audit
+    chain intact: one row per operation."""
+    run = await app.get_run(run_id)
+    assert run.status == "completed"
+    assert run.attempts == 2
+    assert await app.output(run_id) == STEPS
+    journal = [(r.op, r.kind, r.name, r.status) for r in await app.journal(run_id)]
+    assert journal == [
+        *((i, kind, f"s{i}", "ok") for i in range(STEPS)),
+        (-1, "result", "completed", "completed"),
+    ]
+    report = await app.verify()
+    assert report.ok, report.problems
+    assert report.runs_checked == 1
+
+
+async def _effect_writers(app: codara.App, key: str) -> list[int]:
+    rows = await app.store.execute_raw("SELECT worker FROM effect_attempts WHERE key = ?", (key,))
+    return sorted(int(w) for (w,) in rows)
+
+
+async def test_a_kill_after_a_step_ran_and_before_its_row_runs_it_again_once(
+    db_url: str, tmp_path: Path
+) -> None:
+    app = await _open_app(db_url)
+    try:
+        run_id = await app.start_run("idem", STEPS)
+        at_death, fleet = await _kill_then_resume(app, tmp_path, run_id, "step.executed:s1")
+        key = f"{run_id}:1"
+        # the aimed point: s1's effect happened, its journal row did not
+        assert at_death.marker.startswith(f"step.executed s1 pid={at_death.victim}")
+        assert at_death.journal == ["s0"]
+        assert at_death.attempts == {f"{run_id}:0": 1, key: 1}
+
+        await _assert_resumed_cleanly(app, run_id, "step")
+        attempts, _ = await _side_state(app, run_id)
+        # s1 ran twice (at least once: the dead worker's execution, then the replay's),
+        # every other step once; the keyed effect took effect once
+        assert attempts == {f"{run_id}:0": 1, key: 2, f"{run_id}:2": 1}
+        writers = await _effect_writers(app, key)
+        assert len(set(writers)) == 2
+        assert at_death.victim in writers
+        effects = [str(k) for (k,) in await app.store.execute_raw("SELECT key FROM effects")]
+        assert sorted(effects) == sorted(f"{run_id}:{i}" for i in range(STEPS))
+        assert fleet.started == 2
+    finally:
+        await app.close()
+
+
+async def test_a_kill_after_a_steps_row_is_durable_never_runs_it_again(
+    db_url: str, tmp_path: Path
+) -> None:
+    app = await _open_app(db_url)
+    try:
+        run_id = await app.start_run("idem", STEPS)
+        at_death, _ = await _kill_then_resume(app, tmp_path, run_id, "step.journaled:s1")
+        key = f"{run_id}:1"
+        # the aimed point: s1's row is durable, s2 never started
+        assert at_death.marker.startswith(f"step.journaled s1 pid={at_death.victim}")
+        assert at_death.journal == ["s0", "s1"]
+        assert at_death.attempts == {f"{run_id}:0": 1, key: 1}
+
+        await _assert_resumed_cleanly(app, run_id, "step")
+        attempts, _ = await _side_state(app, run_id)
+        # s1 executed exactly once in all: the replay took its result from the journal
+        assert attempts == {f"{run_id}:0": 1, key: 1, f"{run_id}:2": 1}
+        assert await _effect_writers(app, key) == [at_death.victim]
+    finally:
+        await app.close()
+
+
+async def test_a_kill_inside_a_transaction_body_leaves_its_writes_exactly_once(
+    db_url: str, tmp_path: Path
+) -> None:
+    app = await _open_app(db_url)
+    try:
+        run_id = await app.start_run("ledger", STEPS)
+        at_death, _ = await _kill_then_resume(app, tmp_path, run_id, "tx.body:s1")
+        # the aimed point: s1's INSERT was made inside its transaction (the body saw its own
+        # row), then the process died before the commit: neither the row nor the journal
+        # row survived
+        assert at_death.marker == f"tx.body s1 pid={at_death.victim} rows_in_tx=1"
+        assert at_death.journal == ["s0"]
+        assert at_death.ledger == {0: 1}
+
+        await _assert_resumed_cleanly(app, run_id, "transaction")
+        _, ledger = await _side_state(app, run_id)
+        assert ledger == {i: 1 for i in range(STEPS)}  # each step's write exactly once
+        rows = await app.store.execute_raw(
+            "SELECT worker FROM ledger WHERE run_id = ? AND step = 1", (run_id,)
+        )
+        assert [int(w) for (w,) in rows] != [at_death.victim]  # written by the replacement
+    finally:
+        await app.close()
