@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import inspect
 import typing
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -101,10 +102,28 @@ def _unwrap(fn: Any) -> Any:
 _NO_HINT = object()
 
 
+_hints: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
 def _return_hint(fn: Any) -> Any:
     """The declared return type of ``fn`` (through partials and callable objects), or
-    ``_NO_HINT`` when there is none."""
+    ``_NO_HINT`` when there is none. Cached per underlying function."""
     target = _unwrap(fn)
+    key = getattr(target, "__func__", target)  # a bound method: its function
+    try:
+        return _hints[key]
+    except (KeyError, TypeError):
+        pass
+    tp = _compute_hint(target)
+    try:
+        if len(_hints) < 4096:
+            _hints[key] = tp
+    except TypeError:  # unhashable
+        pass
+    return tp
+
+
+def _compute_hint(target: Any) -> Any:
     try:
         hints = typing.get_type_hints(target)
     except Exception:
@@ -128,7 +147,26 @@ def result_adapter(fn: Any, result_type: Any = None) -> TypeAdapter[Any] | None:
     ``result_type``, else into ``fn``'s declared return type. ``None`` when neither is known
     (the caller then insists on a plain JSON result); a pass-through adapter when the type is
     plain JSON already."""
-    tp = result_type if result_type is not None else _return_hint(fn)
+    if result_type is None:
+        try:
+            return _by_fn[fn]  # the hot path: the same function, step after step
+        except (KeyError, TypeError):
+            pass
+        adapter = _result_adapter(_return_hint(fn))
+        try:
+            if len(_by_fn) < 4096:
+                _by_fn[fn] = adapter
+        except TypeError:
+            pass
+        return adapter
+    return _result_adapter(result_type)
+
+
+# Weak: a closure or partial made per run must not be kept alive by the cache.
+_by_fn: weakref.WeakKeyDictionary[Any, TypeAdapter[Any] | None] = weakref.WeakKeyDictionary()
+
+
+def _result_adapter(tp: Any) -> TypeAdapter[Any] | None:
     if tp is _NO_HINT:
         return None
     try:

@@ -115,6 +115,17 @@ class Step:
     result_type: Any = None
 
 
+_PLAIN_STEPS: dict[str, Step] = {}
+
+
+def _plain_step(name: str) -> Step:
+    """``Step(name)`` with no options, made once per name (names repeat across runs)."""
+    step = Step(name)
+    if len(_PLAIN_STEPS) < 10_000:
+        _PLAIN_STEPS[name] = step
+    return step
+
+
 def _run_start_time(run_id: str) -> float:
     """The run's creation time, from its id (``new_run_id``: 12 hex digits of milliseconds),
     so that ``ctx.now()`` before any operation is the same on every replay."""
@@ -279,12 +290,18 @@ class Context:
                 raise
 
     async def _append(self, make: Callable[[], JournalRecord]) -> JournalRecord:
-        async def write() -> JournalRecord:
+        # ``_write`` inlined: this is the hot path, one journal row per step.
+        async with self._wlock:
+            seq, prev = self._seq, self._prev
             record = make()
-            await self._store.append(self.run_id, self._token, record)
+            try:
+                await self._store.append(self.run_id, self._token, record)
+            except BaseException as exc:
+                self._seq, self._prev = seq, prev
+                if isinstance(exc, FencedError | StoreError):
+                    raise self._lost(exc) from None
+                raise
             return record
-
-        return await self._write(write)
 
     # The run is quiet (and may be parked) when no operation is executing, some branch is
     # parked, and nothing moved for a few loop turns: no operation started, no branch task
@@ -357,7 +374,10 @@ class Context:
         effects an idempotency key (``ctx.run_id`` plus the step name), or use
         :meth:`transaction` for writes to the store's own database.
         """
-        opts = name if isinstance(name, Step) else Step(name)
+        opts = _PLAIN_STEPS.get(name) if type(name) is str else name
+        if opts is None:
+            opts = _plain_step(name)  # type: ignore[arg-type]
+        assert isinstance(opts, Step)
         adapter = result_adapter(fn, opts.result_type)
         branch, op, rows = self._take_op(f"step {opts.name!r}")
         if rows is not None:
@@ -371,7 +391,14 @@ class Context:
             while True:
                 try:
                     with outside_branches():
-                        result = await _call(opts.name, fn, args, kwargs, timeout)
+                        if timeout is None:  # _call inlined: the common case
+                            result = fn(*args, **kwargs)
+                            if type(result) is CoroutineType or (
+                                type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result)
+                            ):
+                                result = await result
+                        else:
+                            result = await _call(opts.name, fn, args, kwargs, timeout)
                     if adapter is None and type(result) not in _PLAIN_RESULTS:
                         raise _untyped_result(opts.name, result)
                     break
