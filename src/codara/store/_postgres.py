@@ -90,8 +90,8 @@ _CLAIM_ONE = _pg(
     "WHERE id = ? AND ready_at IS NOT NULL AND ready_at <= ? AND workflow_key = ANY(?) "
     f"RETURNING {q.CLAIM_RETURNING}"
 )
-_HEARTBEAT = _pg(q.HEARTBEAT.format(ids="SELECT unnest(?::text[])"))
-_OWNED = _pg(q.OWNED.format(ids="SELECT unnest(?::text[])"))
+_HEARTBEAT = _pg(q.HEARTBEAT.format(ids="id IN (SELECT unnest(?::text[]))"))
+_OWNED = _pg(q.OWNED.format(ids="id IN (SELECT unnest(?::text[]))"))
 
 
 class _PgTx(Tx):
