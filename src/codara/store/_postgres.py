@@ -1,5 +1,8 @@
 """PostgreSQL backend: psycopg 3 with native async, prepared statements and a pool.
 
+The store's logic is :class:`~codara.store._sql.SQLStore`'s; this module is the driver's
+part of it: the pool, the SQL flavour below, the error mapping and the hot-path ``append``.
+
 Claims use ``FOR UPDATE SKIP LOCKED`` so that many workers on many machines take disjoint
 runs without waiting for each other. A journal append locks the run row ``FOR SHARE``: a
 claim by another worker (which updates that row) is then ordered strictly before or after

@@ -1,5 +1,9 @@
 """SQLite backend: the standard ``sqlite3`` module called on the event loop.
 
+The store's logic is :class:`~codara.store._sql.SQLStore`'s; this module is the driver's
+part of it: the connections, the lock handling, the error mapping, the hot-path ``append``
+and the lazy-write ``store.tx()``.
+
 A SQLite write takes microseconds, less than a hop to a thread would cost, so statements run
 directly on the loop. The write connection is in autocommit mode: a single-statement write is
 its own transaction, and multi-statement writes use ``BEGIN IMMEDIATE`` so that concurrent
