@@ -228,9 +228,9 @@ CANCEL_RUN = (
 )
 HEARTBEAT = (
     "UPDATE codara_runs SET ready_at = ?, updated_at = ? "
-    "WHERE owner = ? AND status = 'running' AND id IN ({ids})"
+    "WHERE owner = ? AND status = 'running' AND {ids}"
 )
-OWNED = "SELECT id FROM codara_runs WHERE owner = ? AND status = 'running' AND id IN ({ids})"
+OWNED = "SELECT id FROM codara_runs WHERE owner = ? AND status = 'running' AND {ids}"
 
 
 def journal_params(r: JournalRecord) -> tuple[Any, ...]:

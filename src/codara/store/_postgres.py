@@ -1,5 +1,8 @@
 """PostgreSQL backend: psycopg 3 with native async, prepared statements and a pool.
 
+The store's logic is :class:`~codara.store._sql.SQLStore`'s; this module is the driver's
+part of it: the pool, the SQL flavour below, the error mapping and the hot-path ``append``.
+
 Claims use ``FOR UPDATE SKIP LOCKED`` so that many workers on many machines take disjoint
 runs without waiting for each other. A journal append locks the run row ``FOR SHARE``: a
 claim by another worker (which updates that row) is then ordered strictly before or after
@@ -21,8 +24,9 @@ database error of a transaction body is the body's error and propagates unchange
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -30,12 +34,12 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from codara.errors import DatabaseUnreachableError, StoreUnavailableError
-from codara.store import _audit
 from codara.store import _base as q
-from codara.store._base import FencedError, RowBuilder, Store, Tx, own_sql
+from codara.store._base import FencedError, Tx, own_sql
 from codara.store._notify_pg import WAKE_SQL, WakeListener
 from codara.store._pgpool import ConnectionPool, PoolTimeout
-from codara.store._types import RUN_COLUMNS, Claim, JournalRecord, RunRecord
+from codara.store._sql import SQLStore, WriteParams
+from codara.store._types import JournalRecord
 from codara.store._url import DatabaseURL
 
 __all__ = ["PostgresStore"]
@@ -53,7 +57,9 @@ _DOWN_TIMEOUT = 1.0
 """The longest a call waits for a connection while the last attempt found the server away."""
 
 
+@functools.lru_cache(maxsize=512)
 def _pg(sql: str) -> str:
+    """Codara's own ``?`` SQL in psycopg's ``%s`` style."""
     return sql.replace("?", "%s")
 
 
@@ -73,25 +79,24 @@ def _journal_key(exc: pg_errors.UniqueViolation) -> bool:
     return exc.diag.constraint_name == JOURNAL_KEY
 
 
-_APPEND = _pg(
+_APPEND = (
     "INSERT INTO codara_journal (run_id, seq, op, kind, name, status, input, output, error, "
     "started_at, finished_at, attempts, prev_hash, hash, branch) "
     "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
     "WHERE EXISTS (SELECT 1 FROM codara_runs WHERE id = ? AND token = ? FOR SHARE)"
 )
-_CLAIM = _pg(
+_APPEND_PG = _pg(_APPEND)
+_CLAIM = (
     f"UPDATE codara_runs r SET {q.CLAIM_SET} FROM ("
-    "SELECT id FROM codara_runs WHERE ready_at <= ? AND workflow_key = ANY(?) "
+    "SELECT id FROM codara_runs WHERE ready_at <= ? AND {keys} "
     "ORDER BY ready_at LIMIT ? FOR UPDATE SKIP LOCKED) c WHERE r.id = c.id "
     "RETURNING r.id, r.workflow, r.version, r.input, r.token, r.signal_version, r.claim_streak"
 )
-_CLAIM_ONE = _pg(
+_CLAIM_ONE = (
     f"UPDATE codara_runs SET {q.CLAIM_SET} "
-    "WHERE id = ? AND ready_at IS NOT NULL AND ready_at <= ? AND workflow_key = ANY(?) "
+    "WHERE id = ? AND ready_at IS NOT NULL AND ready_at <= ? AND {keys} "
     f"RETURNING {q.CLAIM_RETURNING}"
 )
-_HEARTBEAT = _pg(q.HEARTBEAT.format(ids="SELECT unnest(?::text[])"))
-_OWNED = _pg(q.OWNED.format(ids="SELECT unnest(?::text[])"))
 
 
 class _PgTx(Tx):
@@ -112,29 +117,13 @@ class _PgTx(Tx):
         return _pg(sql)
 
 
-class _BodyFailed(Exception):
-    """Carries an error of a transaction body past the connection's error translation."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(repr(error))
-        self.error = error
-
-
-async def _append_row(
-    conn: psycopg.AsyncConnection[Any], run_id: str, token: int, record: JournalRecord
-) -> None:
-    try:
-        cur = await conn.execute(_APPEND, (*q.journal_params(record), run_id, token))
-    except pg_errors.UniqueViolation as exc:
-        if _journal_key(exc):  # another owner wrote this seq already
-            raise FencedError(run_id) from exc
-        raise
-    if cur.rowcount != 1:
-        raise FencedError(run_id)
-
-
-class PostgresStore(Store):
+class PostgresStore(SQLStore):
     dialect = "postgresql"
+    APPEND = _APPEND
+    CLAIM = _CLAIM
+    CLAIM_ONE = _CLAIM_ONE
+    LOCK_ROWS = " FOR UPDATE"
+    WAKE = WAKE_SQL
 
     def __init__(self, url: DatabaseURL, pool: ConnectionPool) -> None:
         self.url_redacted = url.redacted()
@@ -228,250 +217,54 @@ class PostgresStore(Store):
             yield event
 
     @asynccontextmanager
-    async def tx(self) -> AsyncIterator[Tx]:
+    async def _write_tx(self) -> AsyncIterator[Tx]:
         async with self._conn() as conn, conn.transaction():
-            yield own_sql(_PgTx(conn))
+            yield _PgTx(conn)
 
-    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    @asynccontextmanager
+    async def tx(self) -> AsyncIterator[Tx]:
+        async with self._write_tx() as tx:
+            yield own_sql(tx)
+
+    async def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         async with self._conn() as conn:
-            cur = await conn.execute(sql, tuple(params) or None)
+            cur = await conn.execute(_pg(sql), params or None)
             return list(await cur.fetchall()) if cur.description else []
 
-    async def _rowcount(self, sql: str, params: Sequence[Any] = ()) -> int:
+    async def _write(self, sql: str, params: WriteParams = ()) -> int:
+        args = params if isinstance(params, tuple) else params(0)
         async with self._conn() as conn:
-            cur = await conn.execute(sql, tuple(params) or None)
+            cur = await conn.execute(_pg(sql), args or None)
             return cur.rowcount
 
-    # -- runs ------------------------------------------------------------------------------
-    async def create_runs(self, rows: Sequence[q.NewRun], now: float) -> list[str]:
-        insert = (
-            _pg(q.INSERT_RUN) + " ON CONFLICT (workflow, idempotency_key) DO NOTHING RETURNING id"
-        )
-        ids: list[str] = []
-        async with self._conn() as conn, conn.transaction():
-            for run_id, workflow, version, input_json, key, genesis, started_by in rows:
-                cur = await conn.execute(
-                    insert,
-                    (
-                        run_id,
-                        workflow,
-                        version,
-                        f"{workflow}@{version}",
-                        input_json,
-                        now,
-                        key,
-                        genesis,
-                        now,
-                        now,
-                        started_by,
-                    ),
-                )
-                got = await cur.fetchone()
-                if got is None:
-                    assert key is not None
-                    cur = await conn.execute(_pg(q.SELECT_RUN_BY_KEY), (workflow, key))
-                    found = await cur.fetchone()
-                    assert found is not None
-                    if not q.same_input(found[1], input_json):
-                        raise q.key_conflict(workflow, key, found[0])
-                    got = found
-                ids.append(got[0])
-            await conn.execute(WAKE_SQL)  # delivered on commit: idle workers claim at once
-        return ids
+    async def _write_rows(self, sql: str, params: WriteParams = ()) -> list[Any]:
+        args = params if isinstance(params, tuple) else params(0)
+        return await self._read(sql, args)
 
-    async def get_run(self, run_id: str) -> RunRecord | None:
-        rows = await self._fetchall(_pg(q.SELECT_RUN), (run_id,))
-        return q.run_from_row(rows[0]) if rows else None
+    def _members(self, column: str, values: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
+        return f"{column} = ANY(?)", (list(values),)
 
-    async def list_runs(
-        self,
-        *,
-        status: str | None = None,
-        workflow: str | None = None,
-        limit: int = 50,
-        before: float | None = None,
-    ) -> list[RunRecord]:
-        where, params = q.filters(status, workflow, before)
-        sql = f"SELECT {RUN_COLUMNS} FROM codara_runs{where} ORDER BY created_at DESC LIMIT ?"
-        return [q.run_from_row(r) for r in await self._fetchall(_pg(sql), (*params, limit))]
+    def _journal_key_taken(self, exc: Exception) -> bool:
+        return isinstance(exc, pg_errors.UniqueViolation) and _journal_key(exc)
 
-    async def count_runs(self, *, workflow: str | None = None) -> dict[str, int]:
-        where, params = q.filters(None, workflow, None)
-        sql = f"SELECT status, COUNT(*) FROM codara_runs{where} GROUP BY status"
-        return {s: int(n) for s, n in await self._fetchall(_pg(sql), params)}
+    def _store_failed(self, tx: Tx, exc: Exception) -> bool:
+        assert isinstance(tx, _PgTx)
+        return connection_lost(exc, tx._conn)
 
-    async def journal(self, run_id: str) -> list[JournalRecord]:
-        rows = await self._fetchall(_pg(q.SELECT_JOURNAL), (run_id,))
-        return [q.journal_from_row(r) for r in rows]
-
-    async def run_ids(self, *, after: str | None, limit: int) -> list[str]:
-        rows = await self._fetchall(
-            _pg("SELECT id FROM codara_runs WHERE id > ? ORDER BY id LIMIT ?"),
-            (after or "", limit),
-        )
-        return [r[0] for r in rows]
-
-    # -- hot path --------------------------------------------------------------------------
-    async def claim(
-        self,
-        owner: str,
-        workflow_keys: Sequence[str],
-        limit: int,
-        now: float,
-        lease_until: float,
-        run_id: str | None = None,
-    ) -> list[Claim]:
-        if not workflow_keys:
-            return []
-        keys = list(workflow_keys)
-        if run_id is not None:
-            rows = await self._fetchall(_CLAIM_ONE, (owner, lease_until, now, run_id, now, keys))
-        else:
-            rows = await self._fetchall(_CLAIM, (owner, lease_until, now, now, keys, limit))
-        return [q.claim_from_row(r) for r in rows]
-
+    # -- the hot path ----------------------------------------------------------------------
     async def append(self, run_id: str, token: int, record: JournalRecord) -> None:
         async with self._conn() as conn:
-            await _append_row(conn, run_id, token, record)
-
-    async def finish(
-        self,
-        run_id: str,
-        token: int,
-        status: str,
-        output: str | None,
-        error: str | None,
-        record: JournalRecord,
-        now: float,
-    ) -> None:
-        async with self._conn() as conn, conn.transaction():
-            cur = await conn.execute(
-                _pg(q.FINISH_RUN), (status, output, error, now, now, run_id, token)
-            )
+            try:
+                cur = await conn.execute(_APPEND_PG, (*q.journal_params(record), run_id, token))
+            except pg_errors.UniqueViolation as exc:
+                if _journal_key(exc):  # another owner wrote this seq already
+                    raise FencedError(run_id) from exc
+                raise
             if cur.rowcount != 1:
                 raise FencedError(run_id)
-            await _append_row(conn, run_id, token, record)
-            await _audit.record_finish(own_sql(_PgTx(conn)), record, status, now)
-
-    async def suspend(
-        self,
-        run_id: str,
-        token: int,
-        status: str,
-        ready_at: float | None,
-        waiting_for: str | None,
-        signal_version: int,
-        now: float,
-    ) -> int | None:
-        n = await self._rowcount(
-            _pg(q.SUSPEND_RUN),
-            (status, ready_at, waiting_for, now, run_id, token, signal_version),
-        )
-        if n == 1:
-            return None
-        rows = await self._fetchall(
-            _pg("SELECT token, signal_version FROM codara_runs WHERE id = ?"), (run_id,)
-        )
-        if not rows or rows[0][0] != token:
-            raise FencedError(run_id)
-        return int(rows[0][1])
-
-    async def release(
-        self, run_id: str, token: int, ready_at: float, note: str | None, now: float
-    ) -> None:
-        n = await self._rowcount(_pg(q.RELEASE_RUN), (ready_at, note, now, run_id, token))
-        if n and ready_at <= now:  # handed back ready now (e.g. a worker shutting down)
-            await self._rowcount(WAKE_SQL)
-
-    async def heartbeat(
-        self, owner: str, run_ids: Sequence[str], lease_until: float, now: float
-    ) -> set[str]:
-        if not run_ids:
-            return set()
-        ids = list(run_ids)
-        async with self._conn() as conn:
-            await conn.execute(_HEARTBEAT, (lease_until, now, owner, ids))
-            cur = await conn.execute(_OWNED, (owner, ids))
-            return {r[0] for r in await cur.fetchall()}
-
-    async def consume_signal(
-        self, run_id: str, token: int, name: str, seq: int, build: RowBuilder
-    ) -> JournalRecord | None:
-        async with self._conn() as conn, conn.transaction():
-            cur = await conn.execute(_pg(q.FIND_SIGNAL) + " FOR UPDATE", (run_id, name))
-            found = await cur.fetchone()
-            if found is None:
-                return None
-            await conn.execute(_pg(q.CONSUME_SIGNAL), (seq, found[0]))
-            record = build(found[1])
-            await _append_row(conn, run_id, token, record)
-            return record
-
-    async def transaction(
-        self,
-        run_id: str,
-        token: int,
-        body: Callable[[Tx], Awaitable[Any]],
-        build: Callable[[Any], JournalRecord],
-    ) -> tuple[Any, JournalRecord]:
-        failed: Exception | None = None
-        try:
-            async with self._conn() as conn, conn.transaction():
-                try:
-                    result = await body(_PgTx(conn))
-                except Exception as exc:
-                    if connection_lost(exc, conn):
-                        raise  # the store's failure, not the body's: StoreUnavailableError
-                    raise _BodyFailed(exc) from exc
-                record = build(result)
-                await _append_row(conn, run_id, token, record)
-                return result, record
-        except _BodyFailed as carrier:
-            failed = carrier.error
-        assert failed is not None
-        raise failed  # the body's own error, unchanged (raised here: no added context)
-
-    # -- operators -------------------------------------------------------------------------
-    async def retry_run(
-        self, run_id: str, build: q.HeadBuilder, now: float
-    ) -> JournalRecord | None:
-        async with self._conn() as conn, conn.transaction():
-            cur = await conn.execute(_pg(q.RETRY_RUN), (now, now, run_id))  # locks the run row
-            if cur.rowcount != 1:
-                return None
-            cur = await conn.execute(_pg(q.JOURNAL_HEAD), (run_id,))
-            head = await cur.fetchone()
-            record = build(q.journal_from_row(head) if head else None)
-            await conn.execute(_pg(q.INSERT_JOURNAL), q.journal_params(record))
-            await conn.execute(WAKE_SQL)
-            return record
-
-    async def fork_run(self, run: q.NewRun, rows: Sequence[JournalRecord], now: float) -> None:
-        run_id, workflow, version, input_json, key, genesis, started_by = run
-        async with self._conn() as conn, conn.transaction():
-            await conn.execute(
-                _pg(q.INSERT_RUN),
-                (run_id, workflow, version, f"{workflow}@{version}", input_json, now, key,
-                 genesis, now, now, started_by),
-            )  # fmt: skip
-            async with conn.cursor() as cur:
-                await cur.executemany(_pg(q.INSERT_JOURNAL), [q.journal_params(r) for r in rows])
-            await conn.execute(WAKE_SQL)
-
-    # -- from outside ----------------------------------------------------------------------
-    async def send_signal(self, run_id: str, name: str, payload: str | None, now: float) -> bool:
-        async with self.tx() as tx:
-            return await q.signal_run(tx, run_id, name, payload, now)
-
-    async def cancel(self, run_id: str, now: float) -> bool:
-        async with self.tx() as tx:
-            if await tx.execute(q.CANCEL_RUN, (now, now, run_id)) != 1:
-                return False
-            await _audit.record_cancel(tx, run_id, now)  # the chain ends here: audit evidence
-            return True
 
     async def execute_raw(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return await self._fetchall(_pg(sql), params)
+        return await self._read(sql, tuple(params))
 
 
 def _reason(exc: BaseException, url: DatabaseURL | None, password: str | None = None) -> str:

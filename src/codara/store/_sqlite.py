@@ -1,5 +1,9 @@
 """SQLite backend: the standard ``sqlite3`` module called on the event loop.
 
+The store's logic is :class:`~codara.store._sql.SQLStore`'s; this module is the driver's
+part of it: the connections, the lock handling, the error mapping, the hot-path ``append``
+and the lazy-write ``store.tx()``.
+
 A SQLite write takes microseconds, less than a hop to a thread would cost, so statements run
 directly on the loop. The write connection is in autocommit mode: a single-statement write is
 its own transaction, and multi-statement writes use ``BEGIN IMMEDIATE`` so that concurrent
@@ -19,15 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 from codara.errors import DatabaseUnreachableError, StoreUnavailableError
-from codara.store import _audit
 from codara.store import _base as q
-from codara.store._base import FencedError, RowBuilder, Store, Tx, own_sql
-from codara.store._types import RUN_COLUMNS, Claim, JournalRecord, RunRecord
+from codara.store._base import FencedError, Tx, own_sql
+from codara.store._sql import SQLStore, WriteParams
+from codara.store._types import JournalRecord
 from codara.store._url import DatabaseURL
 
 __all__ = ["SQLiteStore"]
@@ -56,12 +60,12 @@ _APPEND = (
 )
 _CLAIM = (
     f"UPDATE codara_runs SET {q.CLAIM_SET} WHERE id IN ("
-    "SELECT id FROM codara_runs WHERE ready_at <= ? AND workflow_key IN ({keys}) "
+    "SELECT id FROM codara_runs WHERE ready_at <= ? AND {keys} "
     f"ORDER BY ready_at LIMIT ?) RETURNING {q.CLAIM_RETURNING}"
 )
 _CLAIM_ONE = (
     f"UPDATE codara_runs SET {q.CLAIM_SET} "
-    "WHERE id = ? AND ready_at IS NOT NULL AND ready_at <= ? AND workflow_key IN ({keys}) "
+    "WHERE id = ? AND ready_at IS NOT NULL AND ready_at <= ? AND {keys} "
     f"RETURNING {q.CLAIM_RETURNING}"
 )
 
@@ -76,12 +80,6 @@ def _busy(exc: sqlite3.Error) -> bool:
 
 def _is_read(sql: str) -> bool:
     return sql.lstrip()[:6].upper() == "SELECT"
-
-
-def _append_failed(run_id: str, exc: sqlite3.IntegrityError) -> NoReturn:
-    if _JOURNAL_KEY in str(exc):
-        raise FencedError(run_id) from exc
-    raise exc
 
 
 class _SQLiteTx(Tx):
@@ -188,8 +186,11 @@ class _BodyTx(Tx):
         return list(self._store._statement(sql, params or ()).fetchall())
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLStore):
     dialect = "sqlite"
+    APPEND = _APPEND
+    CLAIM = _CLAIM
+    CLAIM_ONE = _CLAIM_ONE
 
     def __init__(
         self, url: DatabaseURL, *, durability: str = "fsync", lock_budget: float = 30.0
@@ -213,7 +214,6 @@ class SQLiteStore(Store):
         self._reads = reads  # single-statement reads (autocommit: the latest commit)
         self._readers: list[sqlite3.Connection] = []  # idle connections for tx() snapshots
         self._lock = asyncio.Lock()  # held while a transaction or a waiting write uses _conn
-        self._claim_sql: dict[int, str] = {}
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
@@ -294,19 +294,31 @@ class SQLiteStore(Store):
             self._raise_transient(exc)
             raise exc
 
-    async def _write(self, sql: str, params: Params | Callable[[float], Params]) -> sqlite3.Cursor:
+    def _write_now(self, sql: str, params: WriteParams) -> sqlite3.Cursor | None:
+        """The hot path: the write at once, no await, no lock; None if it must wait."""
+        if self._lock.locked():
+            return None
+        try:
+            return self._conn.execute(sql, params if isinstance(params, tuple) else params(0))
+        except sqlite3.Error as exc:
+            self._raise_unless_busy(exc)
+            return None
+
+    async def _write(self, sql: str, params: WriteParams = ()) -> int:
         """One statement on the write connection, its own transaction. ``params`` may be a
         function of the seconds spent waiting for the lock (a lease counts from the write)."""
-        if not self._lock.locked():  # the hot path: no await, no lock
-            try:
-                return self._conn.execute(sql, params if isinstance(params, tuple) else params(0))
-            except sqlite3.Error as exc:
-                self._raise_unless_busy(exc)
-        return await self._write_waiting(sql, params)
+        cur = self._write_now(sql, params)
+        if cur is None:
+            cur = await self._write_waiting(sql, params)
+        return cur.rowcount
 
-    async def _write_waiting(
-        self, sql: str, params: Params | Callable[[float], Params]
-    ) -> sqlite3.Cursor:
+    async def _write_rows(self, sql: str, params: WriteParams = ()) -> list[Any]:
+        cur = self._write_now(sql, params)
+        if cur is None:
+            cur = await self._write_waiting(sql, params)
+        return cur.fetchall()
+
+    async def _write_waiting(self, sql: str, params: WriteParams) -> sqlite3.Cursor:
         start = asyncio.get_running_loop().time()
 
         def attempt(waited: float) -> sqlite3.Cursor:
@@ -323,7 +335,7 @@ class SQLiteStore(Store):
             self._raise_transient(exc)
             raise
 
-    async def _read(self, sql: str, params: Params = ()) -> list[Any]:
+    async def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         """A single-statement read of the latest commit; never waits for a writer."""
         return await self._attempt(
             self._reads, lambda _: self._reads.execute(sql, params).fetchall()
@@ -376,101 +388,23 @@ class SQLiteStore(Store):
             tx.close()
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[None]:
+    async def _write_tx(self) -> AsyncIterator[Tx]:
         """BEGIN IMMEDIATE ... COMMIT on the write connection, under _lock."""
         async with self._lock:
             await self._begin()
             try:
-                yield
+                yield _BodyTx(self)
                 await self._commit()
             finally:
                 self._rollback()  # only if still open: the body or the COMMIT failed
 
-    # -- runs ------------------------------------------------------------------------------
-    async def create_runs(self, rows: Sequence[q.NewRun], now: float) -> list[str]:
-        ids: list[str] = []
-        async with self._transaction():
-            for run_id, workflow, version, input_json, key, genesis, started_by in rows:
-                if key is not None:
-                    found = self._statement(q.SELECT_RUN_BY_KEY, (workflow, key)).fetchone()
-                    if found:
-                        if not q.same_input(found[1], input_json):
-                            raise q.key_conflict(workflow, key, found[0])
-                        ids.append(found[0])
-                        continue
-                self._statement(
-                    q.INSERT_RUN,
-                    (
-                        run_id,
-                        workflow,
-                        version,
-                        f"{workflow}@{version}",
-                        input_json,
-                        now,
-                        key,
-                        genesis,
-                        now,
-                        now,
-                        started_by,
-                    ),
-                )
-                ids.append(run_id)
-        return ids
+    def _members(self, column: str, values: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
+        return f"{column} IN ({', '.join('?' * len(values))})", tuple(values)
 
-    async def get_run(self, run_id: str) -> RunRecord | None:
-        rows = await self._read(q.SELECT_RUN, (run_id,))
-        return q.run_from_row(rows[0]) if rows else None
+    def _journal_key_taken(self, exc: Exception) -> bool:
+        return isinstance(exc, sqlite3.IntegrityError) and _JOURNAL_KEY in str(exc)
 
-    async def list_runs(
-        self,
-        *,
-        status: str | None = None,
-        workflow: str | None = None,
-        limit: int = 50,
-        before: float | None = None,
-    ) -> list[RunRecord]:
-        where, params = q.filters(status, workflow, before)
-        sql = f"SELECT {RUN_COLUMNS} FROM codara_runs{where} ORDER BY created_at DESC LIMIT ?"
-        return [q.run_from_row(r) for r in await self._read(sql, (*params, limit))]
-
-    async def count_runs(self, *, workflow: str | None = None) -> dict[str, int]:
-        where, params = q.filters(None, workflow, None)
-        sql = f"SELECT status, COUNT(*) FROM codara_runs{where} GROUP BY status"
-        return {s: n for s, n in await self._read(sql, params)}
-
-    async def journal(self, run_id: str) -> list[JournalRecord]:
-        return [q.journal_from_row(r) for r in await self._read(q.SELECT_JOURNAL, (run_id,))]
-
-    async def run_ids(self, *, after: str | None, limit: int) -> list[str]:
-        rows = await self._read(
-            "SELECT id FROM codara_runs WHERE id > ? ORDER BY id LIMIT ?", (after or "", limit)
-        )
-        return [r[0] for r in rows]
-
-    # -- hot path --------------------------------------------------------------------------
-    async def claim(
-        self,
-        owner: str,
-        workflow_keys: Sequence[str],
-        limit: int,
-        now: float,
-        lease_until: float,
-        run_id: str | None = None,
-    ) -> list[Claim]:
-        if not workflow_keys:
-            return []
-        # A claim that waited for the lock keeps the "now" it was asked with: measured from
-        # when it was issued, a lease still running then may have lapsed only because its
-        # heartbeat waits behind this claim for the same lock.
-        marks = ", ".join("?" * len(workflow_keys))
-        if run_id is not None:
-            sql = _CLAIM_ONE.format(keys=marks)
-            params: Params = (owner, lease_until, now, run_id, now, *workflow_keys)
-        else:
-            sql = _CLAIM.format(keys=marks)
-            params = (owner, lease_until, now, now, *workflow_keys, limit)
-        return [q.claim_from_row(r) for r in (await self._write(sql, params)).fetchall()]
-
+    # -- the hot path ----------------------------------------------------------------------
     async def append(self, run_id: str, token: int, record: JournalRecord) -> None:
         args = (*q.journal_params(record), run_id, token)
         try:  # _write's hot path inlined: one coroutine less per step
@@ -483,140 +417,13 @@ class SQLiteStore(Store):
                     self._raise_unless_busy(exc)
                     cur = await self._write_waiting(_APPEND, args)
         except sqlite3.IntegrityError as exc:
-            _append_failed(run_id, exc)
+            if self._journal_key_taken(exc):
+                raise FencedError(run_id) from exc
+            raise
         if cur.rowcount != 1:
             raise FencedError(run_id)
-
-    async def finish(
-        self,
-        run_id: str,
-        token: int,
-        status: str,
-        output: str | None,
-        error: str | None,
-        record: JournalRecord,
-        now: float,
-    ) -> None:
-        async with self._transaction():
-            cur = self._statement(q.FINISH_RUN, (status, output, error, now, now, run_id, token))
-            if cur.rowcount != 1:
-                raise FencedError(run_id)
-            self._journal(run_id, token, record)
-            await _audit.record_finish(own_sql(_BodyTx(self)), record, status, now)
-
-    def _journal(self, run_id: str, token: int, record: JournalRecord) -> None:
-        """Append a journal row inside an open write transaction."""
-        try:
-            cur = self._statement(_APPEND, (*q.journal_params(record), run_id, token))
-        except sqlite3.IntegrityError as exc:
-            _append_failed(run_id, exc)
-        if cur.rowcount != 1:
-            raise FencedError(run_id)
-
-    async def suspend(
-        self,
-        run_id: str,
-        token: int,
-        status: str,
-        ready_at: float | None,
-        waiting_for: str | None,
-        signal_version: int,
-        now: float,
-    ) -> int | None:
-        cur = await self._write(
-            q.SUSPEND_RUN, (status, ready_at, waiting_for, now, run_id, token, signal_version)
-        )
-        if cur.rowcount == 1:
-            return None
-        rows = await self._read(
-            "SELECT token, signal_version FROM codara_runs WHERE id = ?", (run_id,)
-        )
-        if not rows or rows[0][0] != token:
-            raise FencedError(run_id)
-        return int(rows[0][1])
-
-    async def release(
-        self, run_id: str, token: int, ready_at: float, note: str | None, now: float
-    ) -> None:
-        await self._write(q.RELEASE_RUN, (ready_at, note, now, run_id, token))
-
-    async def heartbeat(
-        self, owner: str, run_ids: Sequence[str], lease_until: float, now: float
-    ) -> set[str]:
-        if not run_ids:
-            return set()
-        ids = ", ".join("?" * len(run_ids))
-        runs = tuple(run_ids)
-
-        def params(waited: float) -> Params:  # a heartbeat that waited extends from landing
-            return (lease_until + waited, now + waited, owner, *runs)
-
-        await self._write(q.HEARTBEAT.format(ids=ids), params)
-        rows = await self._read(q.OWNED.format(ids=ids), (owner, *runs))
-        return {r[0] for r in rows}
-
-    async def consume_signal(
-        self, run_id: str, token: int, name: str, seq: int, build: RowBuilder
-    ) -> JournalRecord | None:
-        async with self._transaction():
-            found = self._statement(q.FIND_SIGNAL, (run_id, name)).fetchone()
-            if found is None:
-                return None  # nothing written: the COMMIT is empty
-            self._statement(q.CONSUME_SIGNAL, (seq, found[0]))
-            record = build(found[1])
-            self._journal(run_id, token, record)
-            return record
-
-    async def transaction(
-        self,
-        run_id: str,
-        token: int,
-        body: Callable[[Tx], Awaitable[Any]],
-        build: Callable[[Any], JournalRecord],
-    ) -> tuple[Any, JournalRecord]:
-        async with self._transaction():
-            result = await body(_BodyTx(self))  # its errors (a user's constraint) propagate
-            record = build(result)
-            self._journal(run_id, token, record)
-            return result, record
-
-    # -- operators -------------------------------------------------------------------------
-    async def retry_run(
-        self, run_id: str, build: q.HeadBuilder, now: float
-    ) -> JournalRecord | None:
-        async with self._transaction():
-            if self._statement(q.RETRY_RUN, (now, now, run_id)).rowcount != 1:
-                return None
-            head = self._statement(q.JOURNAL_HEAD, (run_id,)).fetchone()
-            record = build(q.journal_from_row(head) if head else None)
-            self._statement(q.INSERT_JOURNAL, q.journal_params(record))
-            return record
-
-    async def fork_run(self, run: q.NewRun, rows: Sequence[JournalRecord], now: float) -> None:
-        run_id, workflow, version, input_json, key, genesis, started_by = run
-        async with self._transaction():
-            self._statement(
-                q.INSERT_RUN,
-                (run_id, workflow, version, f"{workflow}@{version}", input_json, now, key,
-                 genesis, now, now, started_by),
-            )  # fmt: skip
-            for r in rows:
-                self._statement(q.INSERT_JOURNAL, q.journal_params(r))
-
-    # -- from outside ----------------------------------------------------------------------
-    async def send_signal(self, run_id: str, name: str, payload: str | None, now: float) -> bool:
-        async with self.tx() as tx:
-            return await q.signal_run(tx, run_id, name, payload, now)
-
-    async def cancel(self, run_id: str, now: float) -> bool:
-        async with self._transaction():
-            tx = own_sql(_BodyTx(self))
-            if await tx.execute(q.CANCEL_RUN, (now, now, run_id)) != 1:
-                return False
-            await _audit.record_cancel(tx, run_id, now)  # the chain ends here: audit evidence
-            return True
 
     async def execute_raw(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         if _is_read(sql):
             return list(await self._read(sql, tuple(params)))
-        return list((await self._write(sql, tuple(params))).fetchall())
+        return list(await self._write_rows(sql, tuple(params)))
