@@ -436,3 +436,19 @@ def test_the_validator_agrees_with_pydantic(tp: Any, value: Any) -> None:
     except ValidationError:
         return
     assert problems == []
+
+
+async def test_client_refuses_reserved_signal_names(sqlite_url: str) -> None:
+    """A Client is a way in too: it may not decide a review by sending its signal."""
+    app = codara.App(sqlite_url)
+
+    @app.workflow(name="waits")
+    async def waits(ctx: codara.Context, _: None) -> None:
+        await ctx.wait_for("go")
+
+    async with app:
+        run_id = await app.start_run("waits")
+        async with codara.Client(sqlite_url) as client:
+            with pytest.raises(codara.errors.ReservedSignalError):
+                await client.send_signal(run_id, "review:abc", {"outcome": "approved"})
+            assert [s for s in await app.store.execute_raw("SELECT name FROM codara_signals")] == []

@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from codara.config import Settings, load_settings
-from codara.engine._client import register_workflows
-from codara.engine._codec import decode_stored, dumps, input_adapter, validate_input
+from codara.engine._client import Client, register_workflows
+from codara.engine._codec import dumps, input_adapter, validate_input
 from codara.engine._executor import Outcome, Workflow, WorkflowFn, execute
 from codara.engine._journal import (
     choose_fork_point,
@@ -22,15 +22,12 @@ from codara.engine._journal import (
     retry_run,
 )
 from codara.engine._retry import RetryPolicy
-from codara.engine._signals import check_signal_name
 from codara.engine._worker import Leases, Worker
 from codara.errors import (
     ConflictError,
     InputError,
-    NotFoundError,
     NotOpenError,
     RunError,
-    RunWaitTimeoutError,
     UnknownWorkflowError,
     WorkflowCodeError,
     WorkflowVersionError,
@@ -334,60 +331,32 @@ class App:
         return await self.worker(concurrency=concurrency).run(until_idle=until_idle, stop=stop)
 
     # -- signals, cancel, inspection -------------------------------------------------------
-    async def send_signal(self, run_id: str, name: str, payload: Any = None) -> None:
-        """Send signal ``name`` to a run; a run waiting for it is queued for a worker.
+    # Starting, signalling and reading runs are the Client's: the App has one over its store.
+    def _client(self) -> Client:
+        return Client(settings=self.settings, clock=self.clock, store=self.store)
 
-        Names under a reserved prefix (``review:``) raise
-        :class:`~codara.errors.ReservedSignalError`: a review is decided through the review
-        service, which signals the run itself in the transaction that records the decision.
-        """
-        check_signal_name(name)
-        try:
-            text = dumps(payload)
-        except TypeError as exc:
-            raise InputError(f"signal payload is not JSON: {exc}") from exc
-        if not await self.store.send_signal(run_id, name, text, self.clock()):
-            record = await self.get_run(run_id)
-            raise ConflictError(
-                f"run {run_id} is {record.status}; it takes no more signals",
-                hint="signals go to runs that are not finished",
-            )
+    async def send_signal(self, run_id: str, name: str, payload: Any = None) -> None:
+        """Send signal ``name`` to a run (see :meth:`Client.send_signal`: names under a
+        reserved prefix such as ``review:`` are refused)."""
+        await self._client().send_signal(run_id, name, payload)
 
     async def cancel(self, run_id: str) -> None:
-        if not await self.store.cancel(run_id, self.clock()):
-            record = await self.get_run(run_id)
-            raise ConflictError(f"run {run_id} is already {record.status}")
+        await self._client().cancel(run_id)
 
     async def get_run(self, run_id: str) -> RunRecord:
-        record = await self.store.get_run(run_id)
-        if record is None:
-            raise NotFoundError(
-                f"no run with id {run_id!r}", hint="list runs with `codara runs list`"
-            )
-        return record
+        return await self._client().get_run(run_id)
 
     async def journal(self, run_id: str) -> list[JournalRecord]:
-        await self.get_run(run_id)
-        return await self.store.journal(run_id)
+        return await self._client().journal(run_id)
 
     async def output(self, run_id: str) -> Any:
-        return decode_stored((await self.get_run(run_id)).output, f"the output of run {run_id}")
+        return await self._client().output(run_id)
 
     async def wait_run(
         self, run_id: str, *, timeout: float = 60.0, poll: float = 0.05
     ) -> RunRecord:
         """Poll until the run is finished (for scripts and tests)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            record = await self.get_run(run_id)
-            if record.status in ("completed", "failed", "cancelled"):
-                return record
-            if time.monotonic() > deadline:
-                raise RunWaitTimeoutError(
-                    f"run {run_id} is still {record.status} after {timeout} s",
-                    hint=f"it goes on; wait again, or see `codara runs show {run_id}`",
-                )
-            await asyncio.sleep(poll)
+        return await self._client().wait_run(run_id, timeout=timeout, poll=poll)
 
     async def verify(
         self,

@@ -25,6 +25,7 @@ from codara.config import Settings, load_settings
 from codara.engine._codec import decode, decode_stored, dumps
 from codara.engine._executor import Workflow
 from codara.engine._jsonschema import schema_problems
+from codara.engine._signals import check_signal_name
 from codara.errors import (
     ConflictError,
     InputError,
@@ -257,7 +258,13 @@ class Client:
 
     # -- signals and cancel ----------------------------------------------------------------
     async def send_signal(self, run_id: str, name: str, payload: Any = None) -> None:
-        """Send signal ``name`` to a run; a run waiting for it becomes ready at once."""
+        """Send signal ``name`` to a run; a run waiting for it becomes ready at once.
+
+        Names under a reserved prefix (``review:``) raise
+        :class:`~codara.errors.ReservedSignalError`: a review is decided through the review
+        service, which signals the run itself in the transaction that records the decision.
+        """
+        check_signal_name(name)
         try:
             text = dumps(payload)
         except TypeError as exc:
