@@ -90,10 +90,10 @@ class WorkerSettings(_Section):
 class ServerSettings(_Section):
     """The web server (``codara serve``): limits on what a request may carry."""
 
-    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1, le=1024 * 1024 * 1024)
     """Largest request body accepted, in bytes; a bigger one is refused with 413 before it is
     read whole (by its Content-Length, or by counting a chunked body as it arrives)."""
-    max_signal_payload_bytes: int = Field(default=64 * 1024, ge=16, le=1024 * 1024 * 1024)
+    max_signal_payload_bytes: int = Field(default=64 * 1024, ge=1, le=1024 * 1024 * 1024)
     """Largest signal payload (``POST /api/runs/ID/signals/NAME``), in bytes of its JSON."""
 
 
