@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_CONFIG_FILE",
     "DEFAULT_DATABASE_URL",
     "REFERENCE_PATH",
+    "ServerSettings",
     "Settings",
     "StoreSettings",
     "WorkerSettings",
@@ -47,6 +48,7 @@ _ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "CODARA_POLL_INTERVAL": ("worker", "poll_interval"),
     "CODARA_SHUTDOWN_GRACE_SECONDS": ("worker", "shutdown_grace_seconds"),
     "CODARA_MAX_CLAIMS": ("worker", "max_claims"),
+    "CODARA_MAX_BODY_BYTES": ("server", "max_body_bytes"),
 }
 
 
@@ -85,6 +87,16 @@ class WorkerSettings(_Section):
     killed or stalled) fails with ``PoisonRunError`` at the next claim instead of looping."""
 
 
+class ServerSettings(_Section):
+    """The web server (``codara serve``): limits on what a request may carry."""
+
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1, le=1024 * 1024 * 1024)
+    """Largest request body accepted, in bytes; a bigger one is refused with 413 before it is
+    read whole (by its Content-Length, or by counting a chunked body as it arrives)."""
+    max_signal_payload_bytes: int = Field(default=64 * 1024, ge=1, le=1024 * 1024 * 1024)
+    """Largest signal payload (``POST /api/runs/ID/signals/NAME``), in bytes of its JSON."""
+
+
 class Settings(_Section):
     model_config = ConfigDict(extra="allow", frozen=True, use_attribute_docstrings=True)
 
@@ -92,6 +104,8 @@ class Settings(_Section):
     """``[store]``: the database."""
     worker: WorkerSettings = WorkerSettings()
     """``[worker]``: the worker processes."""
+    server: ServerSettings = ServerSettings()
+    """``[server]``: the web server's request limits."""
     source_file: str | None = None
     """The file the settings came from, if any (for error messages)."""
 

@@ -48,6 +48,7 @@ __all__ = [
     "NonDeterminismError",
     "NotFoundError",
     "NotOpenError",
+    "PayloadTooLargeError",
     "PoisonRunError",
     "ReservedSignalError",
     "RunError",
@@ -247,3 +248,10 @@ class RunWaitTimeoutError(RunError, TimeoutError):
 
     code = "run_wait_timeout"
     non_retryable = True
+
+
+class PayloadTooLargeError(InputError):
+    """A request body (or a part of it, such as a signal's payload) over its size limit."""
+
+    code = "payload_too_large"
+    http_status = 413

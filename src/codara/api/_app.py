@@ -14,16 +14,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from codara import console
 from codara.api._auth import AuthMiddleware, codara_app, error_body, is_api_path
-from codara.api._routes import router
+from codara.api._routes import check_json_body, router
 from codara.engine import App, Client
-from codara.errors import CodaraError, InputError, StoreError
+from codara.errors import CodaraError, InputError, PayloadTooLargeError, StoreError
 
 __all__ = ["create_app"]
 
@@ -32,11 +32,28 @@ log = logging.getLogger("codara.api")
 _HTTP_CODES = {401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "not_allowed"}
 
 
+def _safe(text: object) -> str:
+    """``text`` as a string JSON and HTML can carry (lone surrogates escaped)."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _detail(errors: list[Any]) -> list[dict[str, Any]]:
+    """Validation errors without the raw input (it may be what cannot be encoded)."""
+    return [
+        {
+            "type": _safe(e.get("type", "invalid")),
+            "loc": [p if isinstance(p, int) else _safe(p) for p in e.get("loc", ())],
+            "msg": _safe(e.get("msg", "invalid")),
+        }
+        for e in errors
+    ]
+
+
 def _problems(errors: list[Any]) -> str:
     parts = []
     for e in errors[:5]:
-        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "request"
-        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+        where = ".".join(str(p) for p in e["loc"] if p != "body") or "request"
+        parts.append(f"{where}: {e['msg']}")
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
     return "; ".join(parts) + more
 
@@ -45,26 +62,28 @@ async def _codara_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CodaraError)
     if exc.http_status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc)
+    message, hint = _safe(exc.message), None if exc.hint is None else _safe(exc.hint)
     if not is_api_path(request.url.path):
-        return console.error_page(request, exc.http_status, exc.message, exc.hint)
-    return JSONResponse(error_body(exc), status_code=exc.http_status)
+        return console.error_page(request, exc.http_status, message, hint)
+    body = {"error": {"code": exc.code, "message": message, "hint": hint}}
+    return JSONResponse(body, status_code=exc.http_status)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = list(exc.errors())
+    errors = _detail(list(exc.errors()))
     error = InputError(
         f"invalid request: {_problems(errors)}", hint="see the API's schema at /openapi.json"
     )
     if not is_api_path(request.url.path):
         return console.error_page(request, 422, error.message, None)
-    body = {**error_body(error), "detail": jsonable_encoder(errors)}
+    body = {**error_body(error), "detail": errors}
     return JSONResponse(body, status_code=422)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    message = str(exc.detail) if exc.detail else "request refused"
+    message = _safe(exc.detail) if exc.detail else "request refused"
     if not is_api_path(request.url.path):
         response: Response = console.error_page(request, exc.status_code, message, None)
     else:
@@ -74,6 +93,82 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     for name, value in (exc.headers or {}).items():
         response.headers[name] = value
     return response
+
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _is_json(content_type: str) -> bool:
+    """FastAPI reads a body as JSON without a content type, or with a JSON one."""
+    main = content_type.split(";", 1)[0].strip().lower()
+    return not main or main == "application/json" or main.endswith("+json")
+
+
+class BodyLimitMiddleware:
+    """Refuses a request body over ``max_body_bytes`` with 413 (by its Content-Length, or by
+    counting a chunked body as it arrives, without reading the rest), and a JSON body that is
+    not strict UTF-8 JSON (lone surrogates, non-finite numbers, deep nesting) with 422, before
+    any route runs, so such a request writes nothing."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        limit = self.max_body_bytes
+        length = headers.get("content-length", "")
+        if length.strip().isdigit() and int(length) > limit:
+            await self._refuse(scope, receive, send, self._too_large(int(length)))
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await self._refuse(scope, receive, send, self._too_large(None))
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        if body and _is_json(headers.get("content-type", "")):
+            try:
+                check_json_body(body)
+            except InputError as exc:
+                await self._refuse(scope, receive, send, exc)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    def _too_large(self, length: int | None) -> PayloadTooLargeError:
+        size = f"{length} bytes" if length is not None else "more than the limit"
+        return PayloadTooLargeError(
+            f"the request body is {size}; the limit is {self.max_body_bytes} bytes",
+            hint="send less (a reference instead of the data), or raise [server] max_body_bytes",
+        )
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, exc: CodaraError) -> None:
+        request = Request(scope, receive)
+        response = await _codara_error(request, exc)
+        response.headers["connection"] = "close"  # the rest of the body is not read
+        await response(scope, receive, send)
 
 
 async def _openapi(request: Request) -> JSONResponse:
@@ -93,8 +188,11 @@ async def _healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-def create_app(app: App | Client) -> FastAPI:
+def create_app(app: App | Client, *, max_body_bytes: int | None = None) -> FastAPI:
     """The web application serving ``app``'s store: REST API under /api, console at /.
+
+    ``max_body_bytes`` (default: ``[server] max_body_bytes`` of the app's settings) caps a
+    request body; a bigger one is answered 413.
 
     The routes use only what :class:`~codara.engine.Client` offers (the store, the clock,
     start_run, get_run, journal, cancel, send_signal), so a Client is enough: ``codara
@@ -120,6 +218,8 @@ def create_app(app: App | Client) -> FastAPI:
     )
     api.state.codara = app
     api.add_middleware(AuthMiddleware)
+    limit = max_body_bytes if max_body_bytes is not None else app.settings.server.max_body_bytes
+    api.add_middleware(BodyLimitMiddleware, max_body_bytes=limit)
     api.add_exception_handler(CodaraError, _codara_error)
     api.add_exception_handler(RequestValidationError, _validation_error)
     api.add_exception_handler(StarletteHTTPException, _http_error)

@@ -9,6 +9,7 @@ what each one may see and do, the run routes need role ``operator`` or ``admin``
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Path, Query
@@ -17,11 +18,11 @@ from pydantic import BaseModel, Field
 from codara.api._auth import OPERATOR, codara_app, current_identity, current_principal
 from codara.auth._web import WebIdentity
 from codara.engine import App, check_signal_name
-from codara.errors import InputError
+from codara.errors import InputError, PayloadTooLargeError
 from codara.review import Principal, ReviewItem, Reviews
 from codara.store import JournalRecord, RunRecord
 
-__all__ = ["ErrorOut", "router"]
+__all__ = ["MAX_DEPTH", "ErrorOut", "check_json_body", "router"]
 
 _ID = r"^[A-Za-z0-9_-]{1,64}$"
 _WORD = r"^[A-Za-z0-9_.:@-]{1,200}$"
@@ -173,6 +174,107 @@ class BulkApproveIn(BaseModel):
     ids: list[Annotated[str, Field(pattern=_ID)]] = Field(min_length=1, max_length=100)
 
 
+# -- hostile input -----------------------------------------------------------------------------
+MAX_DEPTH = 100
+"""Deepest nesting of lists and objects a JSON body may have."""
+_HINT = "send UTF-8 JSON with finite numbers and whole characters (no lone surrogates)"
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFinite(text)
+    return value
+
+
+def _no_constant(text: str) -> float:
+    raise _NonFinite(text)
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _where(path: list[str | int]) -> str:
+    return ".".join(str(p) for p in path) or "body"
+
+
+def check_json_body(data: bytes) -> None:
+    """Refuse (InputError, 422) a JSON body that is not strict UTF-8 JSON: invalid UTF-8, lone
+    surrogates (in strings or keys), non-finite numbers (``NaN``, ``Infinity``, ``1e999``),
+    nesting deeper than MAX_DEPTH. The message names the field. Nothing is echoed raw."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"the body is not valid UTF-8 (byte {exc.start})", hint=_HINT) from None
+    if not text.strip():
+        return
+    try:
+        value = json.loads(text, parse_float=_finite, parse_constant=_no_constant)
+    except _NonFinite:
+        value = json.loads(text)  # the same text parses: find the field for the message
+        where = _find(value, lambda v: isinstance(v, float) and not math.isfinite(v))
+        raise InputError(
+            f"{_where(where or [])}: a non-finite number (NaN or infinity) is not allowed",
+            hint=_HINT,
+        ) from None
+    except RecursionError:
+        raise InputError(f"the body is nested deeper than {MAX_DEPTH} levels", hint=_HINT) from None
+    except ValueError:
+        return  # not JSON at all: FastAPI answers 422 for it
+    _check_value(value)
+
+
+def _find(value: Any, bad: Any) -> list[str | int] | None:
+    """The path to the first value (or key) for which ``bad`` is true, iteratively."""
+    stack: list[tuple[Any, list[str | int]]] = [(value, [])]
+    while stack:
+        v, path = stack.pop()
+        if bad(v):
+            return path
+        if isinstance(v, dict):
+            for k, item in v.items():
+                if bad(k):
+                    return [*path, k.encode("utf-8", "backslashreplace").decode()]
+                stack.append((item, [*path, k]))
+        elif isinstance(v, list):
+            stack.extend((item, [*path, i]) for i, item in enumerate(v))
+    return None
+
+
+def _check_value(value: Any) -> None:
+    stack: list[tuple[Any, list[str | int]]] = [(value, [])]
+    while stack:
+        v, path = stack.pop()
+        if len(path) > MAX_DEPTH:
+            raise InputError(f"the body is nested deeper than {MAX_DEPTH} levels", hint=_HINT)
+        if isinstance(v, str):
+            if _has_surrogate(v):
+                raise InputError(
+                    f"{_where(path)}: a lone surrogate (half a UTF-16 pair) is not a character",
+                    hint=_HINT,
+                )
+        elif isinstance(v, dict):
+            for k, item in v.items():
+                if _has_surrogate(k):
+                    shown = k.encode("utf-8", "backslashreplace").decode()
+                    raise InputError(
+                        f"{_where([*path, shown])}: a lone surrogate in a key is not allowed",
+                        hint=_HINT,
+                    )
+                stack.append((item, [*path, k]))
+        elif isinstance(v, list):
+            stack.extend((item, [*path, i]) for i, item in enumerate(v))
+
+
 # -- helpers -----------------------------------------------------------------------------------
 def _decoded(text: str | None) -> Any:
     if text is None:
@@ -293,7 +395,16 @@ async def send_signal(
 ) -> SignalOut:
     """Send a signal to a run; a run waiting for it is queued for a worker."""
     check_signal_name(name)  # review:<id> and other reserved names: 403 reserved_signal
-    await app.send_signal(run_id, name, body.payload if body else None)
+    payload = body.payload if body else None
+    limit = app.settings.server.max_signal_payload_bytes
+    size = len(json.dumps(payload, ensure_ascii=False).encode("utf-8"))
+    if size > limit:
+        raise PayloadTooLargeError(
+            f"the signal payload is {size} bytes; the limit is {limit}",
+            hint="send a reference (an id, a URL) instead of the data, or raise "
+            "[server] max_signal_payload_bytes",
+        )
+    await app.send_signal(run_id, name, payload)
     record = await app.get_run(run_id)
     return SignalOut(run_id=run_id, signal=name, status=record.status)
 

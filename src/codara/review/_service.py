@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from codara.engine import REVIEW_SIGNAL_PREFIX
-from codara.errors import ConflictError, ForbiddenError, InputError, NotFoundError
+from codara.errors import ConflictError, ForbiddenError, InputError, NotFoundError, StoreError
 from codara.review._items import Principal, ReviewItem, ReviewResult, diff, validate_edit
 from codara.store import ReviewRecord, Store, Tx
 from codara.store import reviews as repo
 
 __all__ = ["ForbiddenError", "Reviews", "review_signal"]
+
+log = logging.getLogger("codara.review")
 
 SYSTEM = "system:deadline"
 CLOSER = "system:run"
@@ -44,6 +47,25 @@ class _RunFinished(Exception):
     def __init__(self, run_status: str) -> None:
         super().__init__(run_status)
         self.run_status = run_status
+
+
+def _storable(field: str, value: Any) -> None:
+    """Refuse (InputError) a value the store cannot keep as strict JSON: lone surrogates in a
+    string or key, non-finite numbers. Checked before anything is written."""
+    try:
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(
+            f"{field}: a lone surrogate (half a UTF-16 pair) is not a character",
+            hint="send whole characters only",
+        ) from None
+    except ValueError:
+        raise InputError(
+            f"{field}: a non-finite number (NaN or infinity) is not allowed",
+            hint="send finite numbers only",
+        ) from None
+    except TypeError as exc:
+        raise InputError(f"{field}: not JSON data ({exc})", hint="send JSON values") from None
 
 
 def _closed(review_id: str, run_id: str, run_status: str | None) -> ConflictError:
@@ -83,7 +105,16 @@ class Reviews:
             records = await repo.list_reviews(
                 tx, roles=roles, statuses=statuses, run_id=run_id, limit=limit
             )
-            return [await self._item(tx, r) for r in records]
+            items = []
+            for r in records:
+                try:
+                    items.append(await self._item(tx, r))
+                except StoreError:
+                    raise
+                except Exception as exc:  # one unreadable row must not hide the queue
+                    log.error("review %s cannot be read, left out of the queue: %s",
+                              r.id, type(exc).__name__)  # fmt: skip
+            return items
 
     async def get(self, who: Principal, review_id: str) -> ReviewItem:
         async with self.store.tx() as tx:
@@ -222,6 +253,9 @@ class Reviews:
         proposal: Any = None,
         reason_code: str | None = None,
     ) -> ReviewItem:
+        _storable("comment", comment)
+        if action == "edit":
+            _storable("proposal", proposal)
         now = self.clock()
         async with self._acting(review_id) as tx:
             r = await self._open(tx, who, review_id, decide=True)
@@ -331,6 +365,12 @@ class Reviews:
                 item = await self._expire(review_id, now)
             except ConflictError:
                 continue  # decided meanwhile
+            except StoreError:
+                raise  # the store, not the row: the ticker tries again later
+            except Exception as exc:  # one bad row must not hold up the other due items
+                log.error("deadline of review %s not applied, skipped: %s",
+                          review_id, type(exc).__name__)  # fmt: skip
+                continue
             handled += 1
             if item is not None and self.notify is not None:
                 await self.notify("escalated" if item.status != "decided" else "expired", item)
@@ -369,7 +409,13 @@ class Reviews:
             stale = await repo.open_reviews_of_finished_runs(tx)
         closed = 0
         for review_id, run_status in stale:
-            closed += await self._close(review_id, run_status)
+            try:
+                closed += await self._close(review_id, run_status)
+            except StoreError:
+                raise
+            except Exception as exc:  # one bad row must not hold up the others
+                log.error("review %s of a finished run not closed, skipped: %s",
+                          review_id, type(exc).__name__)  # fmt: skip
         return closed
 
     async def _close(self, review_id: str, run_status: str) -> int:
