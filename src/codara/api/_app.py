@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from codara import console
 from codara.api._auth import AuthMiddleware, codara_app, error_body, is_api_path
+from codara.api._headers import SecurityHeadersMiddleware
 from codara.api._routes import router
 from codara.engine import App, Client
 from codara.errors import CodaraError, InputError, StoreError
@@ -120,6 +121,7 @@ def create_app(app: App | Client) -> FastAPI:
     )
     api.state.codara = app
     api.add_middleware(AuthMiddleware)
+    api.add_middleware(SecurityHeadersMiddleware)  # outermost: on every response
     api.add_exception_handler(CodaraError, _codara_error)
     api.add_exception_handler(RequestValidationError, _validation_error)
     api.add_exception_handler(StarletteHTTPException, _http_error)
