@@ -76,3 +76,29 @@ async def test_console_pages_with_case_data_are_not_cached(sqlite_env: Env) -> N
             assert "refund as asked" in page.text
             assert page.headers.get("cache-control") == "no-store", path
             assert page.headers.get("x-frame-options") == "DENY", path
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/api/runs", "GET, POST"),  # two routes on one path: both methods
+        ("DELETE", "/api/me", "GET"),
+        ("GET", "/api/reviews/r1/approve", "POST"),
+    ],
+)
+async def test_a_405_names_every_allowed_method(
+    sqlite_env: Env, method: str, path: str, allow: str
+) -> None:
+    async with sqlite_env.client("root") as client:
+        response = await client.request(method, path)
+    assert response.status_code == 405
+    assert response.headers.get("allow") == allow
+    assert response.json()["error"]["code"] == "not_allowed"
+
+
+async def test_a_405_on_a_literal_path_names_its_own_methods(sqlite_env: Env) -> None:
+    """/api/reviews/bulk-approve also fits /api/reviews/{review_id}; its own route decides."""
+    async with sqlite_env.client("root") as client:
+        response = await client.request("OPTIONS", "/api/reviews/bulk-approve")
+    assert response.status_code == 405
+    assert response.headers.get("allow") == "POST"

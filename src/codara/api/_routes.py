@@ -210,6 +210,7 @@ TheApp = Annotated[App, Depends(codara_app)]
 TheReviews = Annotated[Reviews, Depends(_reviews)]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "The body is not parseable (not JSON)."},
     401: {"model": ErrorOut, "description": "No valid token or session."},
     403: {"model": ErrorOut, "description": "Not allowed for your roles."},
     422: {"model": ValidationErrorOut, "description": "Malformed or invalid input."},
