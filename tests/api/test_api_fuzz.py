@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from hypothesis.stateful import run_state_machine_as_test
 from schemathesis.checks import CHECKS, load_all_checks
 from schemathesis.config import SchemathesisConfig
 from schemathesis.generation import GenerationMode
@@ -32,7 +33,9 @@ if TYPE_CHECKING:
     from conftest import Seeded  # tests/api/conftest.py
 
 SEEDED_RUNS = 16
-# Examples, coverage (boundary and negative cases of every parameter and body) and fuzzing.
+# Examples, coverage (boundary and negative cases of every parameter and body) and fuzzing for
+# each route; stateful: sequences along the links schemathesis infers (a run's id from
+# POST /api/runs into GET /api/runs/{run_id}, ...), in test_call_sequences_keep_the_contract.
 # Routes whose 422 is a rule no schema can state (a delegate who exists and holds the role, an
 # input the workflow's own type accepts, a reason the policy lists, an edit of the original's
 # shape, low-risk items only): for them a schema-valid request may get 422 (documented).
@@ -46,7 +49,7 @@ BUSINESS_RULES = [
 ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "422", "429"]
 CONFIG = SchemathesisConfig.from_dict(
     {
-        "phases": {"coverage": {"enabled": True}, "stateful": {"enabled": False}},
+        "phases": {"coverage": {"enabled": True}, "stateful": {"enabled": True}},
         "operations": [
             {
                 "include-name": name,
@@ -138,3 +141,28 @@ def test_no_input_makes_the_api_fail(
     if case.path_parameters and _positive(case):
         ids.swap(case.path_parameters)  # a negative case's invalid id stays invalid
     case.call_and_validate(headers=headers, checks=ALL_CHECKS)
+
+
+def test_call_sequences_keep_the_contract(
+    fuzz_env: tuple[Any, dict[str, str], RealIds],
+) -> None:
+    """Schemathesis's stateful phase: chains of calls along the inferred links, all checks."""
+    schema, headers, _ = fuzz_env
+    machine = schema.as_state_machine()
+    assert schema.statistic.transitions.selected > 0  # links were inferred: sequences happen
+
+    def with_token(self: Any, case: Any) -> dict[str, Any]:
+        return {"headers": headers}
+
+    signed_in = type("SignedInMachine", (machine,), {"get_call_kwargs": with_token})
+    run_state_machine_as_test(
+        signed_in,
+        settings=settings(
+            max_examples=20,
+            stateful_step_count=5,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        ),
+    )
