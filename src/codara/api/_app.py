@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from codara import console
 from codara.api._auth import AuthMiddleware, codara_app, error_body, is_api_path
+from codara.api._headers import SecurityHeadersMiddleware
 from codara.api._routes import check_json_body, router
 from codara.engine import App, Client
 from codara.errors import CodaraError, InputError, PayloadTooLargeError, StoreError
@@ -220,6 +221,7 @@ def create_app(app: App | Client, *, max_body_bytes: int | None = None) -> FastA
     api.add_middleware(AuthMiddleware)
     limit = max_body_bytes if max_body_bytes is not None else app.settings.server.max_body_bytes
     api.add_middleware(BodyLimitMiddleware, max_body_bytes=limit)
+    api.add_middleware(SecurityHeadersMiddleware)  # outermost: on every response
     api.add_exception_handler(CodaraError, _codara_error)
     api.add_exception_handler(RequestValidationError, _validation_error)
     api.add_exception_handler(StarletteHTTPException, _http_error)

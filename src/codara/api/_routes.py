@@ -2,8 +2,9 @@
 
 Every route takes the caller as a :class:`~codara.review.Principal`; the review service decides
 what each one may see and do, the run routes need role ``operator`` or ``admin``. Errors are
-``{"error": {"code", "message", "hint"}}`` with the status of the Codara error: 401, 403, 404,
-409 (the state changed: decided, claimed, finished), 422 (bad input).
+``{"error": {"code", "message", "hint"}}`` with the status of the Codara error: 400 (a body that
+is not JSON), 401, 403, 404, 409 (the state changed: decided, claimed, finished), 422 (bad
+input, or a rule no schema can state: each route's ``responses=`` says which).
 """
 
 from __future__ import annotations
@@ -312,6 +313,7 @@ TheApp = Annotated[App, Depends(codara_app)]
 TheReviews = Annotated[Reviews, Depends(_reviews)]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "The body is not parseable (not JSON)."},
     401: {"model": ErrorOut, "description": "No valid token or session."},
     403: {"model": ErrorOut, "description": "Not allowed for your roles."},
     422: {"model": ValidationErrorOut, "description": "Malformed or invalid input."},
@@ -324,6 +326,14 @@ _409: dict[int | str, dict[str, Any]] = {
         "description": "The state changed (decided, claimed, closed, finished).",
     },
 }
+
+
+def _rule(why: str) -> dict[int | str, dict[str, Any]]:
+    """A 422 for a schema-valid request that breaks a rule no schema can state."""
+    return {
+        422: {"model": ValidationErrorOut, "description": f"Malformed or invalid input, or {why}."}
+    }
+
 
 router = APIRouter(prefix="/api", responses=_ERRORS)
 
@@ -356,7 +366,12 @@ async def list_runs(
     return RunListOut(runs=[run_out(r) for r in records])
 
 
-@router.post("/runs", status_code=201, tags=["runs"], responses=_404)
+@router.post(
+    "/runs",
+    status_code=201,
+    tags=["runs"],
+    responses={**_404, **_rule("the input does not fit the workflow's input type")},
+)
 async def start_run(who: Operator, app: TheApp, body: StartRunIn) -> RunOut:
     """Start a run of the latest version of a workflow (you are its initiator)."""
     run_id = await app.start_run(body.workflow, body.input, key=body.key, started_by=who.username)
@@ -430,7 +445,11 @@ async def review_counts(who: Who, reviews: TheReviews) -> CountsOut:
     return CountsOut(queues=[QueueCountOut(**c) for c in await reviews.counts(who)])
 
 
-@router.post("/reviews/bulk-approve", tags=["reviews"], responses=_409)
+@router.post(
+    "/reviews/bulk-approve",
+    tags=["reviews"],
+    responses={**_409, **_rule("an item is not marked low-risk")},
+)
 async def bulk_approve(who: Who, reviews: TheReviews, body: BulkApproveIn) -> ReviewListOut:
     """Approve several items a policy marked low-risk (all are checked before any is decided)."""
     ids = list(dict.fromkeys(body.ids))
@@ -475,7 +494,11 @@ async def unclaim(who: Who, reviews: TheReviews, review_id: ReviewId) -> ReviewI
     return await reviews.unclaim(who, review_id)
 
 
-@router.post("/reviews/{review_id}/delegate", tags=["reviews"], responses=_409)
+@router.post(
+    "/reviews/{review_id}/delegate",
+    tags=["reviews"],
+    responses={**_409, **_rule("`to` is not an active user with the item's role")},
+)
 async def delegate(
     who: Who, reviews: TheReviews, review_id: ReviewId, body: DelegateIn
 ) -> ReviewItem:
@@ -495,7 +518,11 @@ async def approve(
     return await reviews.approve(who, review_id, comment=b.comment, version=b.version)
 
 
-@router.post("/reviews/{review_id}/edit", tags=["reviews"], responses=_409)
+@router.post(
+    "/reviews/{review_id}/edit",
+    tags=["reviews"],
+    responses={**_409, **_rule("the proposal does not fit the original's schema")},
+)
 async def edit(who: Who, reviews: TheReviews, review_id: ReviewId, body: EditIn) -> ReviewItem:
     """Approve a corrected proposal (checked against the original's schema)."""
     return await reviews.edit(
@@ -503,7 +530,11 @@ async def edit(who: Who, reviews: TheReviews, review_id: ReviewId, body: EditIn)
     )
 
 
-@router.post("/reviews/{review_id}/reject", tags=["reviews"], responses=_409)
+@router.post(
+    "/reviews/{review_id}/reject",
+    tags=["reviews"],
+    responses={**_409, **_rule("the reason is not one the policy lists")},
+)
 async def reject(who: Who, reviews: TheReviews, review_id: ReviewId, body: RejectIn) -> ReviewItem:
     """Reject the proposal with a coded reason and an optional comment."""
     return await reviews.reject(
