@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from conftest import Env  # tests/api/conftest.py
+if TYPE_CHECKING:
+    from conftest import Env  # tests/api/conftest.py
+
 
 LIMIT = 1024 * 1024  # the default [server] max_body_bytes
 FORM = "application/x-www-form-urlencoded"
