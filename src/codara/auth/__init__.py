@@ -7,6 +7,7 @@ queues), and the reviewer roles that policies name (``fraud``, ``support``, ...)
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -18,11 +19,29 @@ from codara.review import Principal
 from codara.store import Store, TokenRecord
 from codara.store import reviews as repo
 
-__all__ = ["AuthError", "Users", "hash_password", "verify_password"]
+__all__ = [
+    "SCRYPT_COST",
+    "AuthError",
+    "Users",
+    "hash_password",
+    "needs_rehash",
+    "verify_password",
+]
 
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,100}$")
 _ROLE = re.compile(r"^[a-z0-9_-]{1,50}$")
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+# OWASP's recommendation for scrypt: N = 2^17, r = 8, p = 1 (128 MiB, so maxmem must allow it).
+SCRYPT_COST = (2**17, 8, 1)
+# Hashes written before the cost was stored in the string ("scrypt$salt$digest") used this.
+_LEGACY_COST = (2**14, 8, 1)
+_MAX_N = 2**20
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    """The key derivation every hash and check goes through (CPU- and memory-hard)."""
+    return hashlib.scrypt(
+        password.encode(), salt=salt, n=n, r=r, p=p, dklen=32, maxmem=129 * r * n + 2**20
+    )
 
 
 class AuthError(UserError):
@@ -31,18 +50,52 @@ class AuthError(UserError):
     exit_code = 15
 
 
-def hash_password(password: str) -> str:
+def hash_password(password: str, cost: tuple[int, int, int] = SCRYPT_COST) -> str:
+    """``scrypt$N$r$p$salt$digest``: the cost travels with the hash, so it can be raised."""
+    n, r, p = cost
     salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
-    return f"scrypt${salt.hex()}${digest.hex()}"
+    digest = _scrypt(password, salt, n, r, p)
+    return f"scrypt${n}${r}${p}${salt.hex()}${digest.hex()}"
+
+
+def _parse(stored: str) -> tuple[tuple[int, int, int], bytes, str] | None:
+    parts = stored.split("$")
+    try:
+        if len(parts) == 3 and parts[0] == "scrypt":
+            return _LEGACY_COST, bytes.fromhex(parts[1]), parts[2]
+        if len(parts) == 6 and parts[0] == "scrypt":
+            n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
+            if 2 <= n <= _MAX_N and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16:
+                return (n, r, p), bytes.fromhex(parts[4]), parts[5]
+    except ValueError:
+        return None
+    return None
 
 
 def verify_password(password: str, stored: str | None) -> bool:
-    if not stored or not stored.startswith("scrypt$"):
+    """True if ``password`` matches ``stored`` (either format). An unusable ``stored`` is
+    checked against a dummy hash, so that the answer takes as long either way."""
+    parsed = _parse(stored) if stored else None
+    if parsed is None:
+        _dummy_check(password)
         return False
-    _, salt, digest = stored.split("$")
-    got = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), dklen=32, **_SCRYPT)
+    (n, r, p), salt, digest = parsed
+    got = _scrypt(password, salt, n, r, p)
     return hmac.compare_digest(got.hex(), digest)
+
+
+def needs_rehash(stored: str | None) -> bool:
+    """True for a hash made with another cost than :data:`SCRYPT_COST`."""
+    parsed = _parse(stored) if stored else None
+    return parsed is not None and parsed[0] != SCRYPT_COST
+
+
+_DUMMY_SALT = secrets.token_bytes(16)
+
+
+def _dummy_check(password: str) -> None:
+    """Spend what checking a real password spends (for unknown or disabled users)."""
+    _scrypt(password, _DUMMY_SALT, *SCRYPT_COST)
 
 
 def _token_hash(token: str) -> str:
@@ -69,7 +122,7 @@ class Users:
             )
         if password is not None and len(password) < 8:
             raise InputError("the password must have at least 8 characters")
-        hashed = hash_password(password) if password is not None else None
+        hashed = await asyncio.to_thread(hash_password, password) if password else None
         async with self.store.tx() as tx:
             await repo.upsert_user(tx, username, hashed, ",".join(sorted(set(roles))), self.clock())
 
@@ -88,12 +141,25 @@ class Users:
         return Principal(user.username, frozenset(user.roles.split(",")))
 
     async def login(self, username: str, password: str) -> Principal:
+        """Check a password. Unknown, disabled and password-less users cost the same scrypt
+        as real ones (no timing oracle); the check runs in a thread, off the event loop; a
+        hash of an older cost is replaced by one of :data:`SCRYPT_COST` on success."""
         if not _NAME.match(username):
             raise AuthError("wrong user name or password")
         async with self.store.tx() as tx:
             user = await repo.get_user(tx, username)
-        if user is None or user.disabled or not verify_password(password, user.password_hash):
+        stored = None if user is None or user.disabled else user.password_hash
+        ok = await asyncio.to_thread(verify_password, password, stored)
+        if user is None or not ok:
             raise AuthError("wrong user name or password")
+        if needs_rehash(stored):
+            fresh = await asyncio.to_thread(hash_password, password)
+            async with self.store.tx() as tx:
+                await tx.execute(
+                    "UPDATE codara_users SET password_hash = ? WHERE username = ? "
+                    "AND password_hash = ?",
+                    (fresh, user.username, stored),
+                )
         return Principal(user.username, frozenset(user.roles.split(",")))
 
     async def create_token(

