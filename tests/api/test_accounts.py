@@ -88,3 +88,35 @@ async def test_an_old_cost_hash_still_verifies_and_is_rehashed_on_login(sqlite_e
     )
     assert str(rows[0][0]).startswith(f"scrypt${2**17}$8$1$")
     assert (await users.login("old", "legacy password")).username == "old"
+
+
+async def test_login_refuses_origin_null(sqlite_env: Env) -> None:
+    """A sandboxed iframe on another site sends ``Origin: null``: it must not log in."""
+    form = {"username": "alice", "password": sqlite_env.password}
+    async with sqlite_env.client() as browser:
+        r = await browser.post("/login", data=form, headers={"Origin": "null"})
+        assert r.status_code == 403, r.text
+        assert "codara_session" not in r.headers.get("set-cookie", "")
+        r = await browser.post("/login", data=form, headers={"Origin": "http://testserver"})
+        assert r.status_code == 303
+
+
+async def test_the_runs_starter_may_not_claim_or_delegate_its_review(sqlite_env: Env) -> None:
+    from codara.review import ForbiddenError, Principal, Reviews
+
+    env = sqlite_env
+    users = Users(env.app.store, env.app.clock)
+    await users.add("alice", ["support"])  # alice starts the run and reviews support items
+    run_id = await env.app.start_run(
+        "refunds", {"amount": 50.0, "confidence": 0.1}, started_by="alice"
+    )
+    await env.app.work(until_idle=True)
+    review_id = await env.review_of(run_id)
+    reviews = Reviews(env.app.store, env.app.clock)
+    alice = Principal("alice", frozenset({"support"}))
+    with pytest.raises(ForbiddenError, match="started this run"):
+        await reviews.claim(alice, review_id)
+    with pytest.raises(ForbiddenError, match="started this run"):
+        await reviews.delegate(alice, review_id, "dan")
+    dan = Principal("dan", frozenset({"support"}))
+    assert (await reviews.claim(dan, review_id)).assignee == "dan"

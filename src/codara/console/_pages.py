@@ -123,7 +123,9 @@ async def login(
     next: Annotated[str, Form(max_length=2000)] = "/queue",
 ) -> Response:
     origin = request.headers.get("origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
+    # "null" is what a sandboxed iframe (or a redirect chain) sends: another site could log
+    # the victim in as the attacker through it, so it is refused like any foreign origin.
+    if origin and (origin == "null" or urlsplit(origin).netloc != request.headers.get("host")):
         raise ForbiddenError("a login from another site is refused")
     app = _app(request)
     try:
