@@ -120,3 +120,42 @@ async def test_the_runs_starter_may_not_claim_or_delegate_its_review(sqlite_env:
         await reviews.delegate(alice, review_id, "dan")
     dan = Principal("dan", frozenset({"support"}))
     assert (await reviews.claim(dan, review_id)).assignee == "dan"
+
+
+async def test_login_is_throttled_per_user_with_lockout_journaled(env: Env) -> None:
+    """5 wrong passwords in 15 minutes lock the user for 15 minutes (429 + Retry-After), even
+    with the right password, in the database (a second App sees it), and every attempt is a
+    row of codara_login_events."""
+    wrong = {"username": "carol", "password": "wrong password"}
+    right = {"username": "carol", "password": env.password}
+    async with env.client() as browser:
+        for _ in range(5):
+            env.clock.advance(10)
+            assert (await browser.post("/login", data=wrong)).status_code == 401
+        r = await browser.post("/login", data=right)
+        assert r.status_code == 429, r.text
+        assert 800 <= int(r.headers["retry-after"]) <= 900
+    other = Users(env.app.store, env.app.clock)  # another process would see the same rows
+    from codara.auth import LoginThrottledError
+
+    with pytest.raises(LoginThrottledError):
+        await other.login("carol", env.password)
+    env.clock.advance(901)
+    assert (await other.login("carol", env.password)).username == "carol"
+    rows = await env.app.store.execute_raw(
+        "SELECT outcome, COUNT(*) FROM codara_login_events WHERE username = 'carol' "
+        "GROUP BY outcome ORDER BY outcome"
+    )
+    assert [(str(o), int(n)) for o, n in rows] == [("failure", 5), ("locked", 2), ("success", 1)]
+
+
+async def test_login_is_throttled_per_address(sqlite_env: Env) -> None:
+    from codara.auth import LoginLimits, LoginThrottledError
+
+    users = Users(sqlite_env.app.store, sqlite_env.app.clock, limits=LoginLimits(per_address=3))
+    for name in ("u1", "u2", "u3"):  # one failure each: no user lock, but the address is
+        with pytest.raises(AuthError):
+            await users.login(name, "wrong password", address="203.0.113.9")
+    with pytest.raises(LoginThrottledError):
+        await users.login("alice", sqlite_env.password, address="203.0.113.9")
+    assert (await users.login("alice", sqlite_env.password, address="198.51.100.1")).username

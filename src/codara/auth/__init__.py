@@ -13,15 +13,18 @@ import hmac
 import re
 import secrets
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from codara.errors import InputError, UserError
 from codara.review import Principal
-from codara.store import Store, TokenRecord
+from codara.store import Store, TokenRecord, Tx
 from codara.store import reviews as repo
 
 __all__ = [
     "SCRYPT_COST",
     "AuthError",
+    "LoginLimits",
+    "LoginThrottledError",
     "Users",
     "hash_password",
     "needs_rehash",
@@ -48,6 +51,29 @@ class AuthError(UserError):
     code = "unauthenticated"
     http_status = 401
     exit_code = 15
+
+
+class LoginThrottledError(UserError):
+    """Too many failed logins for this user or from this address: wait ``retry_after``."""
+
+    code = "login_throttled"
+    http_status = 429
+    exit_code = 15
+
+    def __init__(self, message: str, *, retry_after: float, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class LoginLimits:
+    """``per_user`` failures (since the user's last success) or ``per_address`` failures
+    within ``window`` seconds lock logins for ``lockout`` seconds after the last of them."""
+
+    per_user: int = 5
+    per_address: int = 50
+    window: float = 900.0
+    lockout: float = 900.0
 
 
 def hash_password(password: str, cost: tuple[int, int, int] = SCRYPT_COST) -> str:
@@ -98,14 +124,24 @@ def _dummy_check(password: str) -> None:
     _scrypt(password, _DUMMY_SALT, *SCRYPT_COST)
 
 
+async def _login_event(tx: Tx, at: float, username: str, address: str, outcome: str) -> None:
+    await tx.execute(
+        "INSERT INTO codara_login_events (at, username, address, outcome) VALUES (?, ?, ?, ?)",
+        (at, username, address, outcome),
+    )
+
+
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
 class Users:
-    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, store: Store, clock: Callable[[], float], *, limits: LoginLimits | None = None
+    ) -> None:
         self.store = store
         self.clock = clock
+        self.limits = limits or LoginLimits()
 
     async def add(self, username: str, roles: Sequence[str], password: str | None = None) -> None:
         """Create or update a user (roles replace the old ones)."""
@@ -140,16 +176,36 @@ class Users:
             raise AuthError(f"no active user {username!r}")
         return Principal(user.username, frozenset(user.roles.split(",")))
 
-    async def login(self, username: str, password: str) -> Principal:
+    async def login(self, username: str, password: str, *, address: str = "") -> Principal:
         """Check a password. Unknown, disabled and password-less users cost the same scrypt
         as real ones (no timing oracle); the check runs in a thread, off the event loop; a
-        hash of an older cost is replaced by one of :data:`SCRYPT_COST` on success."""
+        hash of an older cost is replaced by one of :data:`SCRYPT_COST` on success. Every
+        attempt is a row of ``codara_login_events``; too many failures lock (see
+        :class:`LoginLimits`) and raise :class:`LoginThrottledError`."""
         if not _NAME.match(username):
             raise AuthError("wrong user name or password")
+        address = address[:100]
+        now = self.clock()
         async with self.store.tx() as tx:
+            wait = await self._locked(tx, username, address, now)
+            if wait > 0:
+                await _login_event(tx, now, username, address, "locked")
             user = await repo.get_user(tx, username)
+        if wait > 0:
+            raise LoginThrottledError(
+                "too many failed logins: try again later",
+                retry_after=wait,
+                hint=f"wait {int(wait) + 1} s, or ask an admin to check codara_login_events",
+            )
         stored = None if user is None or user.disabled else user.password_hash
         ok = await asyncio.to_thread(verify_password, password, stored)
+        async with self.store.tx() as tx:
+            await _login_event(tx, now, username, address, "success" if ok else "failure")
+            await tx.execute(  # expired and revoked sessions are of no use: drop them
+                "DELETE FROM codara_tokens WHERE kind = 'session' AND (revoked = 1 OR "
+                "(expires_at IS NOT NULL AND expires_at <= ?))",
+                (now,),
+            )
         if user is None or not ok:
             raise AuthError("wrong user name or password")
         if needs_rehash(stored):
@@ -161,6 +217,31 @@ class Users:
                     (fresh, user.username, stored),
                 )
         return Principal(user.username, frozenset(user.roles.split(",")))
+
+    async def _locked(self, tx: Tx, username: str, address: str, now: float) -> float:
+        """Seconds until a login for ``username`` from ``address`` is allowed (0: now)."""
+        lim = self.limits
+        since = now - lim.window - lim.lockout
+        last_ok = await tx.fetchall(
+            "SELECT MAX(at) FROM codara_login_events WHERE username = ? AND outcome = 'success'",
+            (username,),
+        )
+        if last_ok and last_ok[0][0] is not None:
+            since = max(since, float(last_ok[0][0]))
+        wait = 0.0
+        checks = [("username", username, lim.per_user, since)]
+        if address:
+            checks.append(("address", address, lim.per_address, now - lim.window - lim.lockout))
+        for column, value, limit, start in checks:
+            rows = await tx.fetchall(
+                f"SELECT at FROM codara_login_events WHERE {column} = ? AND "
+                "outcome = 'failure' AND at > ? ORDER BY at DESC LIMIT ?",
+                (value, start, limit),
+            )
+            ats = [float(r[0]) for r in rows]
+            if len(ats) >= limit and ats[0] - ats[-1] <= lim.window:
+                wait = max(wait, ats[0] + lim.lockout - now)
+        return wait
 
     async def create_token(
         self, username: str, name: str, *, kind: str = "api", ttl: float | None = None

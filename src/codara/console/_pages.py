@@ -8,6 +8,7 @@ GET ever records a decision. After a decision the reviewer lands on the next ope
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path as FilePath
@@ -18,7 +19,7 @@ from fastapi import APIRouter, Depends, Form, Path, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from codara.auth import AuthError, Users
+from codara.auth import AuthError, LoginThrottledError, Users
 from codara.auth._web import (
     CSRF_FIELD,
     CSRF_HEADER,
@@ -129,7 +130,17 @@ async def login(
         raise ForbiddenError("a login from another site is refused")
     app = _app(request)
     try:
-        _, token = await start_session(Users(app.store, app.clock), username, password)
+        address = request.client.host if request.client else ""
+        _, token = await start_session(
+            Users(app.store, app.clock), username, password, address=address
+        )
+    except LoginThrottledError as exc:
+        response = _render(
+            request, "login.html", 429, identity=None, next=safe_next(next),
+            username=username, error=exc.message,
+        )  # fmt: skip
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        return response
     except AuthError as exc:
         return _render(
             request, "login.html", 401, identity=None, next=safe_next(next),
