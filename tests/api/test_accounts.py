@@ -159,3 +159,24 @@ async def test_login_is_throttled_per_address(sqlite_env: Env) -> None:
     with pytest.raises(LoginThrottledError):
         await users.login("alice", sqlite_env.password, address="203.0.113.9")
     assert (await users.login("alice", sqlite_env.password, address="198.51.100.1")).username
+
+
+async def test_a_password_change_or_disable_ends_sessions_and_tokens(sqlite_env: Env) -> None:
+    env = sqlite_env
+    users = Users(env.app.store, env.app.clock)
+    await users.add("pat", ["support"], password="first password")
+    api = await users.create_token("pat", "ci")
+    async with env.client() as browser:
+        r = await browser.post("/login", data={"username": "pat", "password": "first password"})
+        assert r.status_code == 303
+        browser.cookies.set("codara_session", r.cookies["codara_session"])
+        assert (await browser.get("/queue")).status_code == 200
+        await users.add("pat", ["support"], password="second password")
+        assert (await browser.get("/queue")).status_code == 303  # back to the login form
+    with pytest.raises(AuthError):
+        await users.authenticate(api)
+    api = await users.create_token("pat", "ci")
+    await users.disable("pat")
+    await users.enable("pat")
+    with pytest.raises(AuthError):
+        await users.authenticate(api)

@@ -38,6 +38,7 @@ SCRYPT_COST = (2**17, 8, 1)
 # Hashes written before the cost was stored in the string ("scrypt$salt$digest") used this.
 _LEGACY_COST = (2**14, 8, 1)
 _MAX_N = 2**20
+_ID_LEN = 16  # a token's id: the first hex digits of its SHA-256
 
 
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
@@ -161,6 +162,59 @@ class Users:
         hashed = await asyncio.to_thread(hash_password, password) if password else None
         async with self.store.tx() as tx:
             await repo.upsert_user(tx, username, hashed, ",".join(sorted(set(roles))), self.clock())
+            if hashed is not None:  # a new password ends every session and token it had
+                await repo.revoke_tokens(tx, username=username)
+
+    async def disable(self, username: str) -> None:
+        """Refuse the user from now on and revoke all its sessions and API tokens."""
+        async with self.store.tx() as tx:
+            await self._set_disabled(tx, username, 1)
+            await repo.revoke_tokens(tx, username=username)
+
+    async def enable(self, username: str) -> None:
+        """Let a disabled user in again (its old tokens stay revoked)."""
+        async with self.store.tx() as tx:
+            await self._set_disabled(tx, username, 0)
+
+    @staticmethod
+    async def _set_disabled(tx: Tx, username: str, disabled: int) -> None:
+        if await repo.get_user(tx, username) is None:
+            raise InputError(f"no user {username[:100]!r}", hint="list them: codara users list")
+        await tx.execute(
+            "UPDATE codara_users SET disabled = ? WHERE username = ?", (disabled, username)
+        )
+
+    async def tokens(self) -> list[dict[str, object]]:
+        """Every API token and live session, by id (a prefix of its hash, never the secret)."""
+        async with self.store.tx() as tx:
+            rows = await tx.fetchall(
+                "SELECT token_hash, username, name, kind, created_at, expires_at, revoked "
+                "FROM codara_tokens ORDER BY username, created_at"
+            )
+        keys = ("username", "name", "kind", "created_at", "expires_at", "revoked")
+        return [
+            {"id": str(r[0])[:_ID_LEN], **dict(zip(keys, r[1:], strict=True))}
+            | {"revoked": bool(r[6])}
+            for r in rows
+        ]
+
+    async def revoke_id(self, token_id: str) -> None:
+        """Revoke the one token whose id (as ``tokens()`` shows it) is ``token_id``."""
+        if not re.fullmatch(f"[0-9a-f]{{{_ID_LEN}}}", token_id):
+            raise InputError(
+                f"invalid token id {token_id[:80]!r}", hint="see the ids: codara tokens list"
+            )
+        async with self.store.tx() as tx:
+            rows = await tx.fetchall(
+                "SELECT token_hash FROM codara_tokens WHERE token_hash LIKE ?", (token_id + "%",)
+            )
+            if len(rows) != 1:
+                raise InputError(
+                    f"no token with id {token_id}", hint="see the ids: codara tokens list"
+                )
+            await tx.execute(
+                "UPDATE codara_tokens SET revoked = 1 WHERE token_hash = ?", (rows[0][0],)
+            )
 
     async def list(self) -> list[tuple[str, list[str], bool]]:
         async with self.store.tx() as tx:
