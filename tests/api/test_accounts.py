@@ -180,3 +180,16 @@ async def test_a_password_change_or_disable_ends_sessions_and_tokens(sqlite_env:
     await users.enable("pat")
     with pytest.raises(AuthError):
         await users.authenticate(api)
+
+
+def test_login_limits_from_the_environment() -> None:
+    from codara.auth import LoginLimits
+    from codara.errors import InputError
+
+    assert LoginLimits.from_env({}) == LoginLimits()
+    got = LoginLimits.from_env(
+        {"CODARA_LOGIN_MAX_FAILURES_PER_USER": "3", "CODARA_LOGIN_LOCKOUT_SECONDS": "60"}
+    )
+    assert (got.per_user, got.lockout, got.per_address) == (3, 60.0, 50)
+    with pytest.raises(InputError, match="CODARA_LOGIN_WINDOW_SECONDS"):
+        LoginLimits.from_env({"CODARA_LOGIN_WINDOW_SECONDS": "soon"})

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import os
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from codara.errors import InputError, UserError
@@ -75,6 +76,40 @@ class LoginLimits:
     per_address: int = 50
     window: float = 900.0
     lockout: float = 900.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LoginLimits:
+        """The defaults, each overridden by its ``CODARA_LOGIN_*`` variable if set."""
+        env = os.environ if env is None else env
+        values: dict[str, float] = {}
+        for field, var in _LIMIT_VARS.items():
+            raw = env.get(var)
+            if raw is None or not raw.strip():
+                continue
+            try:
+                value = float(raw)
+            except ValueError:
+                value = -1.0
+            if value < 1:
+                raise InputError(
+                    f"{var}={raw[:50]!r} is not a number of at least 1",
+                    hint=f"unset it for the default, or give e.g. {var}=10",
+                )
+            values[field] = value
+        return cls(
+            per_user=int(values.get("per_user", cls.per_user)),
+            per_address=int(values.get("per_address", cls.per_address)),
+            window=values.get("window", cls.window),
+            lockout=values.get("lockout", cls.lockout),
+        )
+
+
+_LIMIT_VARS = {
+    "per_user": "CODARA_LOGIN_MAX_FAILURES_PER_USER",
+    "per_address": "CODARA_LOGIN_MAX_FAILURES_PER_ADDRESS",
+    "window": "CODARA_LOGIN_WINDOW_SECONDS",
+    "lockout": "CODARA_LOGIN_LOCKOUT_SECONDS",
+}
 
 
 def hash_password(password: str, cost: tuple[int, int, int] = SCRYPT_COST) -> str:
@@ -142,7 +177,7 @@ class Users:
     ) -> None:
         self.store = store
         self.clock = clock
-        self.limits = limits or LoginLimits()
+        self.limits = limits or LoginLimits.from_env()
 
     async def add(self, username: str, roles: Sequence[str], password: str | None = None) -> None:
         """Create or update a user (roles replace the old ones)."""
