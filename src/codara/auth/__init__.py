@@ -7,22 +7,46 @@ queues), and the reviewer roles that policies name (``fraud``, ``support``, ...)
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import os
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from codara.errors import InputError, UserError
 from codara.review import Principal
-from codara.store import Store, TokenRecord
+from codara.store import Store, TokenRecord, Tx
 from codara.store import reviews as repo
 
-__all__ = ["AuthError", "Users", "hash_password", "verify_password"]
+__all__ = [
+    "SCRYPT_COST",
+    "AuthError",
+    "LoginLimits",
+    "LoginThrottledError",
+    "Users",
+    "hash_password",
+    "needs_rehash",
+    "verify_password",
+]
 
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,100}$")
 _ROLE = re.compile(r"^[a-z0-9_-]{1,50}$")
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+# OWASP's recommendation for scrypt: N = 2^17, r = 8, p = 1 (128 MiB, so maxmem must allow it).
+SCRYPT_COST = (2**17, 8, 1)
+# Hashes written before the cost was stored in the string ("scrypt$salt$digest") used this.
+_LEGACY_COST = (2**14, 8, 1)
+_MAX_N = 2**20
+_ID_LEN = 16  # a token's id: the first hex digits of its SHA-256
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    """The key derivation every hash and check goes through (CPU- and memory-hard)."""
+    return hashlib.scrypt(
+        password.encode(), salt=salt, n=n, r=r, p=p, dklen=32, maxmem=129 * r * n + 2**20
+    )
 
 
 class AuthError(UserError):
@@ -31,18 +55,116 @@ class AuthError(UserError):
     exit_code = 15
 
 
-def hash_password(password: str) -> str:
+class LoginThrottledError(UserError):
+    """Too many failed logins for this user or from this address: wait ``retry_after``."""
+
+    code = "login_throttled"
+    http_status = 429
+    exit_code = 15
+
+    def __init__(self, message: str, *, retry_after: float, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class LoginLimits:
+    """``per_user`` failures (since the user's last success) or ``per_address`` failures
+    within ``window`` seconds lock logins for ``lockout`` seconds after the last of them."""
+
+    per_user: int = 5
+    per_address: int = 50
+    window: float = 900.0
+    lockout: float = 900.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LoginLimits:
+        """The defaults, each overridden by its ``CODARA_LOGIN_*`` variable if set."""
+        env = os.environ if env is None else env
+        values: dict[str, float] = {}
+        for field, var in _LIMIT_VARS.items():
+            raw = env.get(var)
+            if raw is None or not raw.strip():
+                continue
+            try:
+                value = float(raw)
+            except ValueError:
+                value = -1.0
+            if value < 1:
+                raise InputError(
+                    f"{var}={raw[:50]!r} is not a number of at least 1",
+                    hint=f"unset it for the default, or give e.g. {var}=10",
+                )
+            values[field] = value
+        return cls(
+            per_user=int(values.get("per_user", cls.per_user)),
+            per_address=int(values.get("per_address", cls.per_address)),
+            window=values.get("window", cls.window),
+            lockout=values.get("lockout", cls.lockout),
+        )
+
+
+_LIMIT_VARS = {
+    "per_user": "CODARA_LOGIN_MAX_FAILURES_PER_USER",
+    "per_address": "CODARA_LOGIN_MAX_FAILURES_PER_ADDRESS",
+    "window": "CODARA_LOGIN_WINDOW_SECONDS",
+    "lockout": "CODARA_LOGIN_LOCKOUT_SECONDS",
+}
+
+
+def hash_password(password: str, cost: tuple[int, int, int] = SCRYPT_COST) -> str:
+    """``scrypt$N$r$p$salt$digest``: the cost travels with the hash, so it can be raised."""
+    n, r, p = cost
     salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
-    return f"scrypt${salt.hex()}${digest.hex()}"
+    digest = _scrypt(password, salt, n, r, p)
+    return f"scrypt${n}${r}${p}${salt.hex()}${digest.hex()}"
+
+
+def _parse(stored: str) -> tuple[tuple[int, int, int], bytes, str] | None:
+    parts = stored.split("$")
+    try:
+        if len(parts) == 3 and parts[0] == "scrypt":
+            return _LEGACY_COST, bytes.fromhex(parts[1]), parts[2]
+        if len(parts) == 6 and parts[0] == "scrypt":
+            n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
+            if 2 <= n <= _MAX_N and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16:
+                return (n, r, p), bytes.fromhex(parts[4]), parts[5]
+    except ValueError:
+        return None
+    return None
 
 
 def verify_password(password: str, stored: str | None) -> bool:
-    if not stored or not stored.startswith("scrypt$"):
+    """True if ``password`` matches ``stored`` (either format). An unusable ``stored`` is
+    checked against a dummy hash, so that the answer takes as long either way."""
+    parsed = _parse(stored) if stored else None
+    if parsed is None:
+        _dummy_check(password)
         return False
-    _, salt, digest = stored.split("$")
-    got = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), dklen=32, **_SCRYPT)
+    (n, r, p), salt, digest = parsed
+    got = _scrypt(password, salt, n, r, p)
     return hmac.compare_digest(got.hex(), digest)
+
+
+def needs_rehash(stored: str | None) -> bool:
+    """True for a hash made with another cost than :data:`SCRYPT_COST`."""
+    parsed = _parse(stored) if stored else None
+    return parsed is not None and parsed[0] != SCRYPT_COST
+
+
+_DUMMY_SALT = secrets.token_bytes(16)
+
+
+def _dummy_check(password: str) -> None:
+    """Spend what checking a real password spends (for unknown or disabled users)."""
+    _scrypt(password, _DUMMY_SALT, *SCRYPT_COST)
+
+
+async def _login_event(tx: Tx, at: float, username: str, address: str, outcome: str) -> None:
+    await tx.execute(
+        "INSERT INTO codara_login_events (at, username, address, outcome) VALUES (?, ?, ?, ?)",
+        (at, username, address, outcome),
+    )
 
 
 def _token_hash(token: str) -> str:
@@ -50,9 +172,12 @@ def _token_hash(token: str) -> str:
 
 
 class Users:
-    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, store: Store, clock: Callable[[], float], *, limits: LoginLimits | None = None
+    ) -> None:
         self.store = store
         self.clock = clock
+        self.limits = limits or LoginLimits.from_env()
 
     async def add(self, username: str, roles: Sequence[str], password: str | None = None) -> None:
         """Create or update a user (roles replace the old ones)."""
@@ -69,9 +194,62 @@ class Users:
             )
         if password is not None and len(password) < 8:
             raise InputError("the password must have at least 8 characters")
-        hashed = hash_password(password) if password is not None else None
+        hashed = await asyncio.to_thread(hash_password, password) if password else None
         async with self.store.tx() as tx:
             await repo.upsert_user(tx, username, hashed, ",".join(sorted(set(roles))), self.clock())
+            if hashed is not None:  # a new password ends every session and token it had
+                await repo.revoke_tokens(tx, username=username)
+
+    async def disable(self, username: str) -> None:
+        """Refuse the user from now on and revoke all its sessions and API tokens."""
+        async with self.store.tx() as tx:
+            await self._set_disabled(tx, username, 1)
+            await repo.revoke_tokens(tx, username=username)
+
+    async def enable(self, username: str) -> None:
+        """Let a disabled user in again (its old tokens stay revoked)."""
+        async with self.store.tx() as tx:
+            await self._set_disabled(tx, username, 0)
+
+    @staticmethod
+    async def _set_disabled(tx: Tx, username: str, disabled: int) -> None:
+        if await repo.get_user(tx, username) is None:
+            raise InputError(f"no user {username[:100]!r}", hint="list them: codara users list")
+        await tx.execute(
+            "UPDATE codara_users SET disabled = ? WHERE username = ?", (disabled, username)
+        )
+
+    async def tokens(self) -> list[dict[str, object]]:
+        """Every API token and live session, by id (a prefix of its hash, never the secret)."""
+        async with self.store.tx() as tx:
+            rows = await tx.fetchall(
+                "SELECT token_hash, username, name, kind, created_at, expires_at, revoked "
+                "FROM codara_tokens ORDER BY username, created_at"
+            )
+        keys = ("username", "name", "kind", "created_at", "expires_at", "revoked")
+        return [
+            {"id": str(r[0])[:_ID_LEN], **dict(zip(keys, r[1:], strict=True))}
+            | {"revoked": bool(r[6])}
+            for r in rows
+        ]
+
+    async def revoke_id(self, token_id: str) -> None:
+        """Revoke the one token whose id (as ``tokens()`` shows it) is ``token_id``."""
+        if not re.fullmatch(f"[0-9a-f]{{{_ID_LEN}}}", token_id):
+            raise InputError(
+                f"invalid token id {token_id[:80]!r}", hint="see the ids: codara tokens list"
+            )
+        async with self.store.tx() as tx:
+            rows = await tx.fetchall(
+                "SELECT token_hash FROM codara_tokens WHERE token_hash LIKE ?", (token_id + "%",)
+            )
+            if len(rows) != 1:
+                raise InputError(
+                    f"no token with id {token_id}", hint="see the ids: codara tokens list"
+                )
+            await tx.execute(
+                "UPDATE codara_tokens SET revoked = 1 WHERE token_hash = ?", (rows[0][0],)
+            )
 
     async def list(self) -> list[tuple[str, list[str], bool]]:
         async with self.store.tx() as tx:
@@ -87,14 +265,72 @@ class Users:
             raise AuthError(f"no active user {username!r}")
         return Principal(user.username, frozenset(user.roles.split(",")))
 
-    async def login(self, username: str, password: str) -> Principal:
+    async def login(self, username: str, password: str, *, address: str = "") -> Principal:
+        """Check a password. Unknown, disabled and password-less users cost the same scrypt
+        as real ones (no timing oracle); the check runs in a thread, off the event loop; a
+        hash of an older cost is replaced by one of :data:`SCRYPT_COST` on success. Every
+        attempt is a row of ``codara_login_events``; too many failures lock (see
+        :class:`LoginLimits`) and raise :class:`LoginThrottledError`."""
         if not _NAME.match(username):
             raise AuthError("wrong user name or password")
+        address = address[:100]
+        now = self.clock()
         async with self.store.tx() as tx:
+            wait = await self._locked(tx, username, address, now)
+            if wait > 0:
+                await _login_event(tx, now, username, address, "locked")
             user = await repo.get_user(tx, username)
-        if user is None or user.disabled or not verify_password(password, user.password_hash):
+        if wait > 0:
+            raise LoginThrottledError(
+                "too many failed logins: try again later",
+                retry_after=wait,
+                hint=f"wait {int(wait) + 1} s, or ask an admin to check codara_login_events",
+            )
+        stored = None if user is None or user.disabled else user.password_hash
+        ok = await asyncio.to_thread(verify_password, password, stored)
+        async with self.store.tx() as tx:
+            await _login_event(tx, now, username, address, "success" if ok else "failure")
+            await tx.execute(  # expired and revoked sessions are of no use: drop them
+                "DELETE FROM codara_tokens WHERE kind = 'session' AND (revoked = 1 OR "
+                "(expires_at IS NOT NULL AND expires_at <= ?))",
+                (now,),
+            )
+        if user is None or not ok:
             raise AuthError("wrong user name or password")
+        if needs_rehash(stored):
+            fresh = await asyncio.to_thread(hash_password, password)
+            async with self.store.tx() as tx:
+                await tx.execute(
+                    "UPDATE codara_users SET password_hash = ? WHERE username = ? "
+                    "AND password_hash = ?",
+                    (fresh, user.username, stored),
+                )
         return Principal(user.username, frozenset(user.roles.split(",")))
+
+    async def _locked(self, tx: Tx, username: str, address: str, now: float) -> float:
+        """Seconds until a login for ``username`` from ``address`` is allowed (0: now)."""
+        lim = self.limits
+        since = now - lim.window - lim.lockout
+        last_ok = await tx.fetchall(
+            "SELECT MAX(at) FROM codara_login_events WHERE username = ? AND outcome = 'success'",
+            (username,),
+        )
+        if last_ok and last_ok[0][0] is not None:
+            since = max(since, float(last_ok[0][0]))
+        wait = 0.0
+        checks = [("username", username, lim.per_user, since)]
+        if address:
+            checks.append(("address", address, lim.per_address, now - lim.window - lim.lockout))
+        for column, value, limit, start in checks:
+            rows = await tx.fetchall(
+                f"SELECT at FROM codara_login_events WHERE {column} = ? AND "
+                "outcome = 'failure' AND at > ? ORDER BY at DESC LIMIT ?",
+                (value, start, limit),
+            )
+            ats = [float(r[0]) for r in rows]
+            if len(ats) >= limit and ats[0] - ats[-1] <= lim.window:
+                wait = max(wait, ats[0] + lim.lockout - now)
+        return wait
 
     async def create_token(
         self, username: str, name: str, *, kind: str = "api", ttl: float | None = None

@@ -123,11 +123,14 @@ async def identify(users: Users, *, authorization: str | None, cookie: str | Non
     return WebIdentity(await users.authenticate(token), token, via)
 
 
-async def start_session(users: Users, username: str, password: str) -> tuple[Principal, str]:
-    """Check a user name and password; return the principal and a new session token."""
+async def start_session(
+    users: Users, username: str, password: str, *, address: str = ""
+) -> tuple[Principal, str]:
+    """Check a user name and password (throttled per user and per ``address``); return the
+    principal and a new session token."""
     if not _USERNAME.match(username) or not password or len(password) > 1000:
         raise AuthError("wrong user name or password")
-    principal = await users.login(username, password)
+    principal = await users.login(username, password, address=address)
     token = await users.create_token(
         principal.username, "console session", kind="session", ttl=SESSION_TTL
     )

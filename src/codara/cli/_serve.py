@@ -161,6 +161,38 @@ def users_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     out_console().print(table)
 
 
+def _set_disabled(ctx: typer.Context, name: str, disabled: bool, json_out: bool) -> None:
+    opts = options(ctx, json_out)
+
+    async def body() -> None:
+        async with open_app(opts, workflows=False) as app:
+            users = Users(app.store, app.clock)
+            await (users.disable(name) if disabled else users.enable(name))
+
+    guard(opts.json, lambda: asyncio.run(body()))
+    if opts.json:
+        print_json({"username": name, "disabled": disabled})
+    elif disabled:
+        err_console().print(f"user {name} disabled; its sessions and tokens are revoked")
+    else:
+        err_console().print(f"user {name} enabled (create new tokens: codara tokens create)")
+
+
+UserArg = Annotated[str, typer.Argument(help="The user name.")]
+
+
+@users_app.command("disable")
+def users_disable(ctx: typer.Context, name: UserArg, json_out: JsonOpt = False) -> None:
+    """Refuse user NAME from now on and revoke all its sessions and API tokens."""
+    _set_disabled(ctx, name, True, json_out)
+
+
+@users_app.command("enable")
+def users_enable(ctx: typer.Context, name: UserArg, json_out: JsonOpt = False) -> None:
+    """Let a disabled user in again (its revoked tokens stay revoked)."""
+    _set_disabled(ctx, name, False, json_out)
+
+
 # -- codara tokens -----------------------------------------------------------------------------
 @tokens_app.command("create")
 def tokens_create(
@@ -192,10 +224,35 @@ def tokens_create(
     )
 
 
+@tokens_app.command("list")
+def tokens_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+    """List API tokens and console sessions by id (their secrets are never stored)."""
+    opts = options(ctx, json_out)
+
+    async def body() -> list[dict[str, object]]:
+        async with open_app(opts, workflows=False) as app:
+            return await Users(app.store, app.clock).tokens()
+
+    tokens = guard(opts.json, lambda: asyncio.run(body()))
+    if opts.json:
+        print_json({"tokens": tokens})
+        return
+    table = Table(header_style="bold")
+    for column in ("id", "user", "name", "kind", "state"):
+        table.add_column(column)
+    for t in tokens:
+        state = Text("revoked", style="red") if t["revoked"] else Text("active", style="green")
+        table.add_row(str(t["id"]), str(t["username"]), str(t["name"]), str(t["kind"]), state)
+    out_console().print(table)
+
+
 @tokens_app.command("revoke")
 def tokens_revoke(
     ctx: typer.Context,
-    token: Annotated[str, typer.Argument(help="The token to revoke (as printed at creation).")],
+    token: Annotated[
+        str,
+        typer.Argument(help="The id `codara tokens list` shows (or the token itself)."),
+    ],
     json_out: JsonOpt = False,
 ) -> None:
     """Revoke a token (an API token or a console session) at once."""
@@ -203,7 +260,9 @@ def tokens_revoke(
 
     async def body() -> None:
         async with open_app(opts, workflows=False) as app:
-            await Users(app.store, app.clock).revoke(token.strip())
+            users = Users(app.store, app.clock)
+            value = token.strip()
+            await (users.revoke(value) if value.startswith("cdr_") else users.revoke_id(value))
 
     guard(opts.json, lambda: asyncio.run(body()))
     if opts.json:

@@ -8,6 +8,7 @@ GET ever records a decision. After a decision the reviewer lands on the next ope
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path as FilePath
@@ -18,7 +19,7 @@ from fastapi import APIRouter, Depends, Form, Path, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from codara.auth import AuthError, Users
+from codara.auth import AuthError, LoginThrottledError, Users
 from codara.auth._web import (
     CSRF_FIELD,
     CSRF_HEADER,
@@ -123,11 +124,23 @@ async def login(
     next: Annotated[str, Form(max_length=2000)] = "/queue",
 ) -> Response:
     origin = request.headers.get("origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
+    # "null" is what a sandboxed iframe (or a redirect chain) sends: another site could log
+    # the victim in as the attacker through it, so it is refused like any foreign origin.
+    if origin and (origin == "null" or urlsplit(origin).netloc != request.headers.get("host")):
         raise ForbiddenError("a login from another site is refused")
     app = _app(request)
     try:
-        _, token = await start_session(Users(app.store, app.clock), username, password)
+        address = request.client.host if request.client else ""
+        _, token = await start_session(
+            Users(app.store, app.clock), username, password, address=address
+        )
+    except LoginThrottledError as exc:
+        response = _render(
+            request, "login.html", 429, identity=None, next=safe_next(next),
+            username=username, error=exc.message,
+        )  # fmt: skip
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        return response
     except AuthError as exc:
         return _render(
             request, "login.html", 401, identity=None, next=safe_next(next),

@@ -149,6 +149,11 @@ class Reviews:
         now = self.clock()
         async with self._acting(review_id) as tx:
             r = await self._open(tx, who, review_id, decide=True)
+            if r.initiator is not None and r.initiator == who.username:  # four-eyes
+                raise ForbiddenError(
+                    f"{who.username} started this run and may not claim or delegate its review",
+                    hint="four-eyes: another reviewer of the role must take it",
+                )
             holder = self._holder(r, now)
             if holder not in (None, who.username):
                 raise ConflictError(
@@ -177,6 +182,11 @@ class Reviews:
         now = self.clock()
         async with self._acting(review_id) as tx:
             r = await self._open(tx, who, review_id, decide=True)
+            if r.initiator is not None and r.initiator == who.username:  # four-eyes
+                raise ForbiddenError(
+                    f"{who.username} started this run and may not claim or delegate its review",
+                    hint="four-eyes: another reviewer of the role must take it",
+                )
             holder = self._holder(r, now)
             if holder not in (None, who.username) and not who.is_admin:
                 raise ConflictError(

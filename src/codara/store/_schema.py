@@ -31,6 +31,7 @@ __all__ = [
     "TERMINAL_STATUSES",
     "chain_heads",
     "journal",
+    "login_events",
     "metadata",
     "review_events",
     "reviews",
@@ -221,6 +222,21 @@ tokens = Table(
     Column("expires_at", _Time),
     Column("revoked", Integer, nullable=False, server_default=text("0")),
     Index("ix_codara_tokens_user", "username"),
+)
+
+# Login attempts (schema 0003, accounts): every failure, success and refused-while-locked
+# attempt, by user name and address. Throttling counts these rows, so a lockout holds across
+# processes and restarts; the table is the audit record of failures and lockouts.
+login_events = Table(
+    "codara_login_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", _Time, nullable=False),
+    Column("username", String(200), nullable=False),
+    Column("address", String(100), nullable=False),
+    Column("outcome", String(20), nullable=False),  # failure | success | locked
+    Index("ix_codara_login_events_user", "username", "at"),
+    Index("ix_codara_login_events_address", "address", "at"),
 )
 
 # The workflow registry (schema 0003): every name@version some App has code for, with the JSON

@@ -68,6 +68,21 @@ def upgrade() -> None:
         batch.create_unique_constraint(_KEY_PER_WORKFLOW, ["workflow", "idempotency_key"])
 
     _upgrade_audit()
+    _upgrade_accounts()
+
+
+# -- accounts (h3/accounts): login attempts, for throttling and as the audit of failures
+def _upgrade_accounts() -> None:
+    op.create_table(
+        "codara_login_events",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("at", sa.Float(precision=53), nullable=False),
+        sa.Column("username", sa.String(200), nullable=False),
+        sa.Column("address", sa.String(100), nullable=False),
+        sa.Column("outcome", sa.String(20), nullable=False),
+    )
+    op.create_index("ix_codara_login_events_user", "codara_login_events", ["username", "at"])
+    op.create_index("ix_codara_login_events_address", "codara_login_events", ["address", "at"])
 
 
 # -- audit trail: review events are chained; a global chained sequence of chain heads.
@@ -168,6 +183,7 @@ def _downgrade_audit() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("codara_login_events")  # accounts (h3/accounts)
     _downgrade_audit()
     # -- operations (h/ops)
     with op.batch_alter_table("codara_runs", naming_convention=_OPS_NAMES) as batch:

@@ -1,0 +1,40 @@
+"""``codara users disable|enable|list`` and ``codara tokens list|revoke ID``: a disabled user's
+tokens are revoked, and a token is revoked by the id `tokens list` shows (never its secret)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from conftest import CliFn, Project  # tests/cli/conftest.py
+
+
+def test_tokens_list_revoke_by_id_and_users_disable_enable(cli: CliFn, project: Project) -> None:
+    assert cli(project, "db", "upgrade").exit_code == 0
+    assert cli(project, "users", "add", "ann", "--role", "support").exit_code == 0
+    first = cli(project, "tokens", "create", "ann", "--name", "ci", "--json")
+    second = cli(project, "tokens", "create", "ann", "--name", "laptop", "--json")
+    secrets = [json.loads(r.stdout)["token"] for r in (first, second)]
+    listed = cli(project, "tokens", "list", "--json")
+    assert listed.exit_code == 0, listed.output
+    tokens = json.loads(listed.stdout)["tokens"]
+    assert sorted(t["name"] for t in tokens) == ["ci", "laptop"]
+    assert not any(s in listed.stdout for s in secrets), "a listing never shows secrets"
+    ci = next(t for t in tokens if t["name"] == "ci")
+    r = cli(project, "tokens", "revoke", ci["id"])
+    assert r.exit_code == 0, r.output
+    state = dict(project.sql("SELECT name, revoked FROM codara_tokens"))
+    assert state == {"ci": 1, "laptop": 0}
+    assert cli(project, "tokens", "revoke", "0" * 16).exit_code != 0  # no such token
+
+    assert cli(project, "users", "disable", "ann").exit_code == 0
+    assert dict(project.sql("SELECT name, revoked FROM codara_tokens")) == {"ci": 1, "laptop": 1}
+    users = json.loads(cli(project, "users", "list", "--json").stdout)["users"]
+    assert [(u["username"], u["disabled"]) for u in users] == [("ann", True)]
+    assert cli(project, "users", "enable", "ann").exit_code == 0
+    users = json.loads(cli(project, "users", "list", "--json").stdout)["users"]
+    assert [(u["username"], u["disabled"]) for u in users] == [("ann", False)]
+    # enabling does not bring the revoked tokens back
+    assert dict(project.sql("SELECT name, revoked FROM codara_tokens")) == {"ci": 1, "laptop": 1}
+    assert cli(project, "users", "disable", "nobody").exit_code != 0
