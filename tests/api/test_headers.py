@@ -56,7 +56,7 @@ async def test_every_response_carries_the_security_headers(
         assert "'unsafe-eval'" not in values
     assert h.get("x-frame-options") == "DENY"
     assert h.get("x-content-type-options") == "nosniff"
-    assert h.get("referrer-policy") == "no-referrer"
+    assert h.get("referrer-policy") == "same-origin"
     if not path.startswith("/static/"):
         assert h.get("cache-control") == "no-store", f"{method} {path} may be cached"
 

@@ -6,7 +6,9 @@
   other origin (another port on the same host included) can frame the console and trick a
   signed-in reviewer into a click.
 * ``X-Frame-Options: DENY`` for browsers that predate ``frame-ancestors``.
-* ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: no-referrer`` (ids in URLs stay here).
+* ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: same-origin``: ids in URLs never
+  leave the site, and same-origin form posts keep their Origin, which the login check
+  needs (with ``no-referrer`` browsers send ``Origin: null``).
 * ``Allow`` on a 405 under the API: every method its OpenAPI document lists for the path.
 * ``Cache-Control: no-store`` on every response but the static files: API bodies and console
   pages carry case data (proposals, customers, decisions) that must not stay in a browser's or
@@ -39,7 +41,7 @@ _ALWAYS = (
     ("Content-Security-Policy", CSP),
     ("X-Frame-Options", "DENY"),
     ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "no-referrer"),
+    ("Referrer-Policy", "same-origin"),
 )
 _CACHEABLE_PREFIXES = ("/static/",)
 
