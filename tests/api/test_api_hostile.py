@@ -4,7 +4,7 @@ UTF-8, wrong content types and huge bodies get a 4xx (never a 5xx) and write not
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -127,11 +127,12 @@ async def test_a_chunked_body_over_the_limit_is_413_without_reading_it_all(
     assert sent < 50 * 16  # refused before the end of the stream
 
 
-async def test_the_body_limit_is_configurable(seeded_sqlite: Any) -> None:
+async def test_the_body_limit_is_configurable(
+    seeded_sqlite: Any, app_factory: Callable[..., Any]
+) -> None:
     from codara.api import create_app
-    from conftest import build_app
 
-    app = build_app(seeded_sqlite.url)
+    app = app_factory(seeded_sqlite.url)
     api = create_app(app, max_body_bytes=100)
     async with api.router.lifespan_context(api):
         headers = {"Authorization": f"Bearer {seeded_sqlite.tokens['olga']}"}

@@ -500,9 +500,12 @@ class Context:
                         raise
             except Exception as exc:
                 user = failed[0] if failed else None
+                if isinstance(exc, FencedError | StoreError):
+                    # the store's own failure (it may have come up through the body's SQL,
+                    # a lost connection the store reported as StoreUnavailableError): the
+                    # transaction rolled back, nothing of it happened; hand the run back
+                    raise self._lost(exc) from None
                 if not isinstance(user, Exception) or isinstance(user, StoreUnavailableError):
-                    if isinstance(exc, FencedError | StoreError):
-                        raise self._lost(exc) from None
                     raise
                 record = await self._append(
                     partial(
