@@ -369,3 +369,24 @@ async def test_fork_points_can_be_seq_numbers_and_bad_ones_are_clear_errors(
     assert "its steps: a, b" in info.value.message
     assert [r.kind for r in rows] == ["fork"]
     assert len(runs) == 2
+
+
+async def test_retry_and_fork_rows_are_keyed_when_the_audit_key_is_set(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With CODARA_AUDIT_KEY, the rows retry and fork write are HMAC-keyed like every other
+    row: unkeyed ones would read as a downgrade to `audit verify`."""
+    monkeypatch.setenv("CODARA_AUDIT_KEY", "k" * 32)
+    app = _app(db_url)
+    try:
+        flaky, run_id = await _failed_run(app)
+        flaky.broken = False
+        new_id = await app.fork(run_id, from_step="b", by="bob")
+        await app.retry(run_id, by="ann")
+        await app.work(until_idle=True)
+        report = await app.verify(require_key=True)
+        assert (await app.get_run(run_id)).status == "completed"
+        assert (await app.get_run(new_id)).status == "completed"
+    finally:
+        await app.close()
+    assert report.ok, report.problems

@@ -285,7 +285,9 @@ class App:
         from_seq = choose_fork_point(run_id, rows, from_step)
         who = operator_name(by)
         new_id = new_run_id()
-        genesis = genesis_hash(new_id, source.workflow, source.version, source.input)
+        genesis = genesis_hash(
+            new_id, source.workflow, source.version, source.input, key=chain_key()
+        )
         now = self.clock()
         marker = dumps({"from_run": run_id, "from_seq": from_seq, "by": who})
         copied = fork_rows(rows, from_seq, new_id, genesis, marker, now)

@@ -18,7 +18,7 @@ from codara.engine._codec import decode, dump_error, dumps
 from codara.engine._executor import Outcome
 from codara.errors import ConflictError, InputError, PoisonRunError
 from codara.store import Claim, FencedError, JournalRecord, RunRecord, Store
-from codara.trace import genesis_hash, row_hash
+from codara.trace import chain_key, genesis_hash, row_hash
 
 __all__ = [
     "FORK_OP",
@@ -65,7 +65,9 @@ def chained_row(
     """The row after ``head`` (the genesis when the journal is empty), hashed into the chain."""
     prev = head.hash if head is not None else genesis
     seq = head.seq + 1 if head is not None else 0
-    h = row_hash(prev, run_id, seq, op, kind, name, status, input, output, error, at, at, 1)
+    h = row_hash(
+        prev, run_id, seq, op, kind, name, status, input, output, error, at, at, 1, key=chain_key()
+    )
     return JournalRecord(
         run_id, seq, op, kind, name, status, input, output, error, at, at, 1, prev, h
     )
@@ -83,7 +85,7 @@ async def fail_poisoned(
     )
     error = dump_error(exc)
     journal = await store.journal(claim.id)
-    genesis = genesis_hash(claim.id, claim.workflow, claim.version, claim.input)
+    genesis = genesis_hash(claim.id, claim.workflow, claim.version, claim.input, key=chain_key())
     now = clock()
     record = chained_row(
         journal[-1] if journal else None, genesis, claim.id,
@@ -162,6 +164,7 @@ def fork_rows(
     under its genesis, then the fork marker."""
     out: list[JournalRecord] = []
     prev = genesis
+    key = chain_key()
     for row in rows:
         if row.seq >= from_seq:
             break
@@ -170,7 +173,7 @@ def fork_rows(
         seq = len(out)
         h = row_hash(
             prev, new_id, seq, row.op, row.kind, row.name, row.status, row.input, row.output,
-            row.error, row.started_at, row.finished_at, row.attempts, row.branch,
+            row.error, row.started_at, row.finished_at, row.attempts, row.branch, key=key,
         )  # fmt: skip
         out.append(replace(row, run_id=new_id, seq=seq, prev_hash=prev, hash=h))
         prev = h
