@@ -50,7 +50,8 @@ def test_each_documented_variable_sets_the_documented_key(
 
     monkeypatch.chdir(tmp_path)  # no codara.toml here
     for var, (section, key) in config._ENV_OVERRIDES.items():
-        value = {"url": "sqlite:///x.db", "durability": "os"}.get(key, "7")
+        samples = {"url": "sqlite:///x.db", "durability": "os", "trusted_proxies": "10.0.0.0/8"}
+        value = samples.get(key, "7")
         settings = load_settings(environ={var: value})
         got = getattr(getattr(settings, section), key)
         assert str(got) in (value, f"{value}.0"), var

@@ -7,6 +7,7 @@ settings that need one name the environment variable that holds it.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 import typing
@@ -14,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from codara.errors import ConfigError
 
@@ -49,6 +50,7 @@ _ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "CODARA_SHUTDOWN_GRACE_SECONDS": ("worker", "shutdown_grace_seconds"),
     "CODARA_MAX_CLAIMS": ("worker", "max_claims"),
     "CODARA_MAX_BODY_BYTES": ("server", "max_body_bytes"),
+    "CODARA_TRUSTED_PROXIES": ("server", "trusted_proxies"),
 }
 
 
@@ -95,6 +97,25 @@ class ServerSettings(_Section):
     read whole (by its Content-Length, or by counting a chunked body as it arrives)."""
     max_signal_payload_bytes: int = Field(default=64 * 1024, ge=1, le=1024 * 1024 * 1024)
     """Largest signal payload (``POST /api/runs/ID/signals/NAME``), in bytes of its JSON."""
+    trusted_proxies: str = "127.0.0.1,::1"
+    """Comma-separated addresses or networks (``10.0.0.0/8``) of reverse proxies whose
+    ``X-Forwarded-For`` and ``X-Forwarded-Proto`` are believed: a request from one of them is
+    taken to come from the right-most address in ``X-Forwarded-For`` that is not a trusted
+    proxy (login throttling per address uses it). Empty: believe no proxy."""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        for entry in (e.strip() for e in value.split(",")):
+            if not entry:
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry[:60]!r} is not an IP address or network (e.g. 10.0.0.0/8)"
+                ) from None
+        return value
 
 
 class Settings(_Section):

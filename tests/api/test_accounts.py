@@ -146,7 +146,12 @@ async def test_login_is_throttled_per_user_with_lockout_journaled(env: Env) -> N
         "SELECT outcome, COUNT(*) FROM codara_login_events WHERE username = 'carol' "
         "GROUP BY outcome ORDER BY outcome"
     )
-    assert [(str(o), int(n)) for o, n in rows] == [("failure", 5), ("locked", 2), ("success", 1)]
+    assert [(str(o), int(n)) for o, n in rows] == [
+        ("failure", 5),
+        ("locked", 2),
+        ("lockout_user", 1),
+        ("success", 1),
+    ]
 
 
 async def test_login_is_throttled_per_address(sqlite_env: Env) -> None:
@@ -191,5 +196,22 @@ def test_login_limits_from_the_environment() -> None:
         {"CODARA_LOGIN_MAX_FAILURES_PER_USER": "3", "CODARA_LOGIN_LOCKOUT_SECONDS": "60"}
     )
     assert (got.per_user, got.lockout, got.per_address) == (3, 60.0, 50)
+    more = LoginLimits.from_env(
+        {
+            "CODARA_LOGIN_MAX_LOCKOUT_SECONDS": "7200",
+            "CODARA_LOGIN_EVENTS_RETENTION_DAYS": "30",
+            "CODARA_LOGIN_CONCURRENT_CHECKS": "1",
+            "CODARA_LOGIN_MAX_WAITING": "4",
+        }
+    )
+    assert (more.max_lockout, more.retention_days, more.concurrent_checks, more.max_waiting) == (
+        7200.0,
+        30.0,
+        1,
+        4,
+    )
     with pytest.raises(InputError, match="CODARA_LOGIN_WINDOW_SECONDS"):
         LoginLimits.from_env({"CODARA_LOGIN_WINDOW_SECONDS": "soon"})
+    for bad in ("0", "-3", "nan", "inf", "1e999"):
+        with pytest.raises(InputError, match="CODARA_LOGIN_MAX_WAITING"):
+            LoginLimits.from_env({"CODARA_LOGIN_MAX_WAITING": bad})

@@ -38,3 +38,20 @@ def test_tokens_list_revoke_by_id_and_users_disable_enable(cli: CliFn, project: 
     # enabling does not bring the revoked tokens back
     assert dict(project.sql("SELECT name, revoked FROM codara_tokens")) == {"ci": 1, "laptop": 1}
     assert cli(project, "users", "disable", "nobody").exit_code != 0
+
+
+def test_users_unlock_ends_a_lockout(cli: CliFn, project: Project) -> None:
+    assert cli(project, "db", "upgrade").exit_code == 0
+    assert cli(project, "users", "add", "ann", "--role", "support").exit_code == 0
+    project.sql(
+        "INSERT INTO codara_login_throttle (key, failures, last_failure, locked_until) "
+        "VALUES ('user:ann', 7, 1, 4102444800)"
+    )
+    r = cli(project, "users", "unlock", "ann", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout) == {"username": "ann", "was_throttled": True}
+    assert project.sql("SELECT COUNT(*) FROM codara_login_throttle") == [(0,)]
+    assert project.sql("SELECT outcome FROM codara_login_events") == [("unlocked",)]
+    again = cli(project, "users", "unlock", "ann", "--json")
+    assert json.loads(again.stdout)["was_throttled"] is False
+    assert cli(project, "users", "unlock", "bad name!").exit_code != 0

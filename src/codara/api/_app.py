@@ -193,7 +193,8 @@ def create_app(app: App | Client, *, max_body_bytes: int | None = None) -> FastA
     """The web application serving ``app``'s store: REST API under /api, console at /.
 
     ``max_body_bytes`` (default: ``[server] max_body_bytes`` of the app's settings) caps a
-    request body; a bigger one is answered 413.
+    request body; a bigger one is answered 413. ``[server] trusted_proxies`` says whose
+    ``X-Forwarded-For`` gives the client's address (uvicorn's ``ProxyHeadersMiddleware``).
 
     The routes use only what :class:`~codara.engine.Client` offers (the store, the clock,
     start_run, get_run, journal, cancel, send_signal), so a Client is enough: ``codara
@@ -221,7 +222,12 @@ def create_app(app: App | Client, *, max_body_bytes: int | None = None) -> FastA
     api.add_middleware(AuthMiddleware)
     limit = max_body_bytes if max_body_bytes is not None else app.settings.server.max_body_bytes
     api.add_middleware(BodyLimitMiddleware, max_body_bytes=limit)
-    api.add_middleware(SecurityHeadersMiddleware)  # outermost: on every response
+    api.add_middleware(SecurityHeadersMiddleware)  # on every response
+    proxies = [p.strip() for p in app.settings.server.trusted_proxies.split(",") if p.strip()]
+    if proxies:  # outermost: the client's address as a trusted proxy forwarded it
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        api.add_middleware(ProxyHeadersMiddleware, trusted_hosts=proxies)
     api.add_exception_handler(CodaraError, _codara_error)
     api.add_exception_handler(RequestValidationError, _validation_error)
     api.add_exception_handler(StarletteHTTPException, _http_error)

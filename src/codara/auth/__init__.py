@@ -10,12 +10,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import os
 import re
 import secrets
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
+from codara.auth._throttle import (
+    CheckSlot,
+    LoginLimits,
+    LoginThrottledError,
+    charge,
+    keys,
+    prune,
+    settle,
+)
 from codara.errors import InputError, UserError
 from codara.review import Principal
 from codara.store import Store, TokenRecord, Tx
@@ -53,63 +60,6 @@ class AuthError(UserError):
     code = "unauthenticated"
     http_status = 401
     exit_code = 15
-
-
-class LoginThrottledError(UserError):
-    """Too many failed logins for this user or from this address: wait ``retry_after``."""
-
-    code = "login_throttled"
-    http_status = 429
-    exit_code = 15
-
-    def __init__(self, message: str, *, retry_after: float, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.retry_after = retry_after
-
-
-@dataclass(frozen=True)
-class LoginLimits:
-    """``per_user`` failures (since the user's last success) or ``per_address`` failures
-    within ``window`` seconds lock logins for ``lockout`` seconds after the last of them."""
-
-    per_user: int = 5
-    per_address: int = 50
-    window: float = 900.0
-    lockout: float = 900.0
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> LoginLimits:
-        """The defaults, each overridden by its ``CODARA_LOGIN_*`` variable if set."""
-        env = os.environ if env is None else env
-        values: dict[str, float] = {}
-        for field, var in _LIMIT_VARS.items():
-            raw = env.get(var)
-            if raw is None or not raw.strip():
-                continue
-            try:
-                value = float(raw)
-            except ValueError:
-                value = -1.0
-            if value < 1:
-                raise InputError(
-                    f"{var}={raw[:50]!r} is not a number of at least 1",
-                    hint=f"unset it for the default, or give e.g. {var}=10",
-                )
-            values[field] = value
-        return cls(
-            per_user=int(values.get("per_user", cls.per_user)),
-            per_address=int(values.get("per_address", cls.per_address)),
-            window=values.get("window", cls.window),
-            lockout=values.get("lockout", cls.lockout),
-        )
-
-
-_LIMIT_VARS = {
-    "per_user": "CODARA_LOGIN_MAX_FAILURES_PER_USER",
-    "per_address": "CODARA_LOGIN_MAX_FAILURES_PER_ADDRESS",
-    "window": "CODARA_LOGIN_WINDOW_SECONDS",
-    "lockout": "CODARA_LOGIN_LOCKOUT_SECONDS",
-}
 
 
 def hash_password(password: str, cost: tuple[int, int, int] = SCRYPT_COST) -> str:
@@ -160,10 +110,13 @@ def _dummy_check(password: str) -> None:
     _scrypt(password, _DUMMY_SALT, *SCRYPT_COST)
 
 
-async def _login_event(tx: Tx, at: float, username: str, address: str, outcome: str) -> None:
+async def _login_event(
+    tx: Tx, at: float, username: str, address: str, outcome: str, until: float | None = None
+) -> None:
     await tx.execute(
-        "INSERT INTO codara_login_events (at, username, address, outcome) VALUES (?, ?, ?, ?)",
-        (at, username, address, outcome),
+        "INSERT INTO codara_login_events (at, username, address, outcome, until) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (at, username, address, outcome, until),
     )
 
 
@@ -267,70 +220,67 @@ class Users:
 
     async def login(self, username: str, password: str, *, address: str = "") -> Principal:
         """Check a password. Unknown, disabled and password-less users cost the same scrypt
-        as real ones (no timing oracle); the check runs in a thread, off the event loop; a
-        hash of an older cost is replaced by one of :data:`SCRYPT_COST` on success. Every
-        attempt is a row of ``codara_login_events``; too many failures lock (see
-        :class:`LoginLimits`) and raise :class:`LoginThrottledError`."""
+        as real ones (no timing oracle); the check runs in a thread, off the event loop, in one
+        of a bounded number of slots; a hash of an older cost is replaced by one of
+        :data:`SCRYPT_COST` on success. The attempt is counted against the user's and the
+        address's limits before the password is checked (see :mod:`codara.auth._throttle`);
+        a locked one raises :class:`LoginThrottledError`. Every attempt and every lockout is a
+        row of ``codara_login_events``."""
         if not _NAME.match(username):
             raise AuthError("wrong user name or password")
         address = address[:100]
-        now = self.clock()
-        async with self.store.tx() as tx:
-            wait = await self._locked(tx, username, address, now)
+        limits = self.limits
+        async with CheckSlot(limits):
+            now = self.clock()
+            async with self.store.tx() as tx:
+                wait, charges = await charge(tx, limits, keys(username, address, limits), now)
+                if wait > 0:
+                    await _login_event(tx, now, username, address, "locked", now + wait)
+                user = await repo.get_user(tx, username)
             if wait > 0:
-                await _login_event(tx, now, username, address, "locked")
-            user = await repo.get_user(tx, username)
-        if wait > 0:
-            raise LoginThrottledError(
-                "too many failed logins: try again later",
-                retry_after=wait,
-                hint=f"wait {int(wait) + 1} s, or ask an admin to check codara_login_events",
-            )
-        stored = None if user is None or user.disabled else user.password_hash
-        ok = await asyncio.to_thread(verify_password, password, stored)
+                raise LoginThrottledError(
+                    "too many failed logins: try again later",
+                    retry_after=wait,
+                    hint=f"wait {int(wait) + 1} s, or ask an admin: codara users unlock NAME",
+                )
+            stored = None if user is None or user.disabled else user.password_hash
+            ok = await asyncio.to_thread(verify_password, password, stored)
+            fresh = None
+            if ok and needs_rehash(stored):
+                fresh = await asyncio.to_thread(hash_password, password)
         async with self.store.tx() as tx:
             await _login_event(tx, now, username, address, "success" if ok else "failure")
+            for outcome, until in await settle(tx, charges, ok):
+                await _login_event(tx, now, username, address, outcome, until)
+            await prune(tx, limits, now)
             await tx.execute(  # expired and revoked sessions are of no use: drop them
                 "DELETE FROM codara_tokens WHERE kind = 'session' AND (revoked = 1 OR "
                 "(expires_at IS NOT NULL AND expires_at <= ?))",
                 (now,),
             )
-        if user is None or not ok:
-            raise AuthError("wrong user name or password")
-        if needs_rehash(stored):
-            fresh = await asyncio.to_thread(hash_password, password)
-            async with self.store.tx() as tx:
+            if user is not None and fresh is not None:
                 await tx.execute(
                     "UPDATE codara_users SET password_hash = ? WHERE username = ? "
                     "AND password_hash = ?",
                     (fresh, user.username, stored),
                 )
+        if user is None or not ok:
+            raise AuthError("wrong user name or password")
         return Principal(user.username, frozenset(user.roles.split(",")))
 
-    async def _locked(self, tx: Tx, username: str, address: str, now: float) -> float:
-        """Seconds until a login for ``username`` from ``address`` is allowed (0: now)."""
-        lim = self.limits
-        since = now - lim.window - lim.lockout
-        last_ok = await tx.fetchall(
-            "SELECT MAX(at) FROM codara_login_events WHERE username = ? AND outcome = 'success'",
-            (username,),
-        )
-        if last_ok and last_ok[0][0] is not None:
-            since = max(since, float(last_ok[0][0]))
-        wait = 0.0
-        checks = [("username", username, lim.per_user, since)]
-        if address:
-            checks.append(("address", address, lim.per_address, now - lim.window - lim.lockout))
-        for column, value, limit, start in checks:
-            rows = await tx.fetchall(
-                f"SELECT at FROM codara_login_events WHERE {column} = ? AND "
-                "outcome = 'failure' AND at > ? ORDER BY at DESC LIMIT ?",
-                (value, start, limit),
+    async def unlock(self, username: str) -> bool:
+        """End ``username``'s failure streak and lockout (an admin's decision, journaled as
+        ``unlocked``); False if it had none."""
+        if not _NAME.match(username):
+            raise InputError(f"invalid user name {username[:100]!r}")
+        async with self.store.tx() as tx:
+            n = await tx.execute(
+                "DELETE FROM codara_login_throttle WHERE key = ? AND failures > 0",
+                (f"user:{username}",),
             )
-            ats = [float(r[0]) for r in rows]
-            if len(ats) >= limit and ats[0] - ats[-1] <= lim.window:
-                wait = max(wait, ats[0] + lim.lockout - now)
-        return wait
+            if n:
+                await _login_event(tx, self.clock(), username, "", "unlocked")
+        return n > 0
 
     async def create_token(
         self, username: str, name: str, *, kind: str = "api", ttl: float | None = None

@@ -40,7 +40,9 @@ def run_server(api: FastAPI, host: str, port: int, log_level: str) -> None:
     """Serve ``api`` with uvicorn until SIGTERM or Ctrl-C (tests replace this)."""
     import uvicorn
 
-    uvicorn.run(api, host=host, port=port, log_level=log_level)
+    # Forwarded headers are handled by the app itself ([server] trusted_proxies), so that
+    # they mean the same under any ASGI server; uvicorn's own handling would apply twice.
+    uvicorn.run(api, host=host, port=port, log_level=log_level, proxy_headers=False)
 
 
 def serve_command(
@@ -191,6 +193,24 @@ def users_disable(ctx: typer.Context, name: UserArg, json_out: JsonOpt = False) 
 def users_enable(ctx: typer.Context, name: UserArg, json_out: JsonOpt = False) -> None:
     """Let a disabled user in again (its revoked tokens stay revoked)."""
     _set_disabled(ctx, name, False, json_out)
+
+
+@users_app.command("unlock")
+def users_unlock(ctx: typer.Context, name: UserArg, json_out: JsonOpt = False) -> None:
+    """End user NAME's login lockout and failure streak now (journaled as `unlocked`)."""
+    opts = options(ctx, json_out)
+
+    async def body() -> bool:
+        async with open_app(opts, workflows=False) as app:
+            return await Users(app.store, app.clock).unlock(name)
+
+    had = guard(opts.json, lambda: asyncio.run(body()))
+    if opts.json:
+        print_json({"username": name, "was_throttled": had})
+    elif had:
+        err_console().print(f"user {name} unlocked: its failure streak is forgotten")
+    else:
+        err_console().print(f"user {name} had no failed logins to forget")
 
 
 # -- codara tokens -----------------------------------------------------------------------------

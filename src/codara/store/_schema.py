@@ -32,6 +32,7 @@ __all__ = [
     "chain_heads",
     "journal",
     "login_events",
+    "login_throttle",
     "metadata",
     "review_events",
     "reviews",
@@ -224,9 +225,9 @@ tokens = Table(
     Index("ix_codara_tokens_user", "username"),
 )
 
-# Login attempts (schema 0003, accounts): every failure, success and refused-while-locked
-# attempt, by user name and address. Throttling counts these rows, so a lockout holds across
-# processes and restarts; the table is the audit record of failures and lockouts.
+# Login attempts (schema 0003, accounts): every failure, success, refused-while-locked attempt
+# and lockout, by user name and address: the audit record of failures and lockouts (pruned
+# after the retention of auth.LoginLimits). ``until`` is when a lockout ends.
 login_events = Table(
     "codara_login_events",
     metadata,
@@ -234,9 +235,25 @@ login_events = Table(
     Column("at", _Time, nullable=False),
     Column("username", String(200), nullable=False),
     Column("address", String(100), nullable=False),
-    Column("outcome", String(20), nullable=False),  # failure | success | locked
+    # failure | success | locked | lockout_user | lockout_address
+    Column("outcome", String(20), nullable=False),
+    Column("until", _Time),
     Index("ix_codara_login_events_user", "username", "at"),
     Index("ix_codara_login_events_address", "address", "at"),
+    Index("ix_codara_login_events_at", "at"),
+)
+
+# Login throttling state (schema 0003), one row per ``user:NAME`` and ``addr:ADDRESS``: the
+# failures in the current streak, the last one, and the end of the current lockout. Every
+# attempt updates its rows under the row lock before the password is checked, so concurrent
+# attempts cannot slip past the limit; a lockout holds across processes and restarts.
+login_throttle = Table(
+    "codara_login_throttle",
+    metadata,
+    Column("key", String(220), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("last_failure", _Time, nullable=False),
+    Column("locked_until", _Time, nullable=False),
 )
 
 # The workflow registry (schema 0003): every name@version some App has code for, with the JSON

@@ -80,9 +80,18 @@ def _upgrade_accounts() -> None:
         sa.Column("username", sa.String(200), nullable=False),
         sa.Column("address", sa.String(100), nullable=False),
         sa.Column("outcome", sa.String(20), nullable=False),
+        sa.Column("until", sa.Float(precision=53)),
     )
     op.create_index("ix_codara_login_events_user", "codara_login_events", ["username", "at"])
     op.create_index("ix_codara_login_events_address", "codara_login_events", ["address", "at"])
+    op.create_index("ix_codara_login_events_at", "codara_login_events", ["at"])
+    op.create_table(
+        "codara_login_throttle",
+        sa.Column("key", sa.String(220), primary_key=True),
+        sa.Column("failures", sa.Integer, nullable=False),
+        sa.Column("last_failure", sa.Float(precision=53), nullable=False),
+        sa.Column("locked_until", sa.Float(precision=53), nullable=False),
+    )
 
 
 # -- audit trail: review events are chained; a global chained sequence of chain heads.
@@ -183,7 +192,8 @@ def _downgrade_audit() -> None:
 
 
 def downgrade() -> None:
-    op.drop_table("codara_login_events")  # accounts (h3/accounts)
+    op.drop_table("codara_login_throttle")  # accounts
+    op.drop_table("codara_login_events")
     _downgrade_audit()
     # -- operations (h/ops)
     with op.batch_alter_table("codara_runs", naming_convention=_OPS_NAMES) as batch:
