@@ -10,11 +10,10 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from codara.engine import App
 from codara.errors import (
     CodaraError,
     ConfigError,
@@ -42,6 +41,9 @@ from ._output import (
 from ._review import review_app
 from ._runs import EXIT_NOT_FINISHED, run_command, runs_app, signal_command
 from ._serve import serve_command, tokens_app, users_app
+
+if TYPE_CHECKING:  # commands import what they need: `codara --help` loads no engine or store
+    from codara.engine import App
 
 __all__ = ["app", "main"]
 

@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -31,8 +31,10 @@ from codara.errors import (
     UserError,
     WorkflowCodeError,
 )
-from codara.store import JournalRecord, RunRecord
-from codara.trace import AuditReport
+
+if TYPE_CHECKING:
+    from codara.store import JournalRecord, RunRecord
+    from codara.trace import AuditReport
 
 __all__ = [
     "EXIT_INTERRUPTED",

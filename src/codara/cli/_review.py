@@ -16,15 +16,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from codara.auth import AuthError, Users
 from codara.errors import ConflictError, InputError, NotFoundError, UserError
-from codara.review import Principal, ReviewItem, Reviews
 
 from ._loader import Options, open_app, options, parse_json
 from ._output import (
@@ -36,6 +34,9 @@ from ._output import (
     status_text,
     truncate,
 )
+
+if TYPE_CHECKING:  # the review layer (and its CEL policies) loads when a command runs
+    from codara.review import Principal, ReviewItem, Reviews
 
 __all__ = ["review_app"]
 
@@ -89,6 +90,9 @@ def _username(user: str | None) -> str:
 @asynccontextmanager
 async def _session(opts: Options, user: str | None) -> AsyncIterator[tuple[Reviews, Principal]]:
     """The review service on the CLI's store, and the principal ``user`` stands for."""
+    from codara.auth import AuthError, Users
+    from codara.review import Reviews
+
     name = _username(user)
     async with open_app(opts, workflows=False) as app:
         try:

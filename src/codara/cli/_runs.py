@@ -6,15 +6,13 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from codara.engine import REVIEW_SIGNAL_PREFIX, App, operator_name
 from codara.errors import ConflictError, InputError, RunError
-from codara.store import RunRecord
 
 from ._loader import check_inputs, load_input_file, open_app, options, parse_json
 from ._output import (
@@ -32,6 +30,10 @@ from ._output import (
     status_text,
     truncate,
 )
+
+if TYPE_CHECKING:  # the engine is imported by the command that uses it (fast --help)
+    from codara.engine import App
+    from codara.store import RunRecord
 
 __all__ = ["EXIT_NOT_FINISHED", "run_command", "runs_app", "signal_command"]
 
@@ -175,6 +177,8 @@ def _error_message(record: RunRecord) -> str:
 
 
 def _report(records: list[RunRecord], as_json: bool) -> int:
+    from codara.engine import REVIEW_SIGNAL_PREFIX
+
     def decoded(text: str | None) -> Any:
         return None if text is None else json.loads(text)
 
@@ -369,6 +373,8 @@ def retry_command(
 ) -> None:
     """Queue a failed run again: a worker resumes it from its last good step (the failed
     steps run again). The journal records who did it; only a failed run can be retried."""
+    from codara.engine import operator_name
+
     opts = options(ctx, json_out)
     who = operator_name(by)
 
@@ -405,6 +411,8 @@ def fork_command(
 ) -> None:
     """Start a new run of RUN's workflow, version and input that replays RUN's journal up to
     --from and executes from there (RUN itself is left as it is)."""
+    from codara.engine import operator_name
+
     opts = options(ctx, json_out)
     who = operator_name(by)
 
