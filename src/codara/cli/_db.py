@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.text import Text
 
 from codara.errors import InputError, NotFoundError, SchemaOutOfDateError
 
@@ -93,6 +91,8 @@ def status_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Show the database's schema revision and the newest one this Codara knows."""
+    from rich.text import Text
+
     opts = options(ctx, json_out)
 
     def body() -> tuple[DatabaseURL, SchemaState]:
@@ -166,6 +166,10 @@ def verify_command(
     wrong); the error's code when the check could not run (e.g. 6 for an unknown run id, 8
     for an unreachable database, 3 for a signed anchor without CODARA_AUDIT_KEY).
     """
+    import asyncio
+
+    from rich.text import Text
+
     opts = options(ctx, json_out)
 
     async def body() -> tuple[AuditReport, dict[tuple[str, int], str]]:
@@ -239,6 +243,10 @@ def anchor_command(
     """Write the newest chain head (its seq and hash; HMAC-signed when CODARA_AUDIT_KEY is
     set) as JSON, for safekeeping outside the database. Later, `codara audit verify --anchor
     FILE` proves nothing before it was rewritten or cut off."""
+    import asyncio
+
+    from rich.text import Text
+
     opts = options(ctx, False)
 
     async def make() -> dict[str, Any]:

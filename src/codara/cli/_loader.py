@@ -117,6 +117,7 @@ def _config_env(config: Path | None) -> Iterator[None]:
 def import_app(spec: str, source: str, *, config: Path | None = None) -> App:
     """Import ``module:attribute`` (attribute defaults to ``app``) and check it is an App."""
     from codara.engine import App
+
     module_name, _, attr = spec.strip().partition(":")
     attr = attr or "app"
     tried = f"{spec!r} (from {source})"

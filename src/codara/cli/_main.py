@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import importlib.metadata
 import logging
 import os
 import signal
@@ -87,6 +85,8 @@ app = typer.Typer(
 
 def _show_version(value: bool) -> None:
     if value:
+        import importlib.metadata
+
         try:
             version = importlib.metadata.version("codara-orchestrator")
         except importlib.metadata.PackageNotFoundError:  # running from a source tree
@@ -152,6 +152,8 @@ async def _work(app: App, concurrency: int | None, until_idle: bool) -> int:
     a watchdog ends the process a little after the grace period: the runs' leases then lapse
     and any worker resumes them.
     """
+    import asyncio
+
     log = logging.getLogger("codara.cli")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -236,6 +238,8 @@ def worker_command(
 
     Refuses to start on an out-of-date schema (exit 9: run `codara db upgrade` first).
     """
+    import asyncio
+
     opts = options(ctx)
 
     def body() -> int:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from codara.errors import InputError
 
@@ -61,6 +58,8 @@ def serve_command(
     version, input checked against its schema). It runs no workflows: start `codara worker`
     too. Refuses an out-of-date schema (exit 9: run `codara db upgrade`).
     """
+    import asyncio
+
     opts = options(ctx)
 
     def body() -> int:
@@ -125,6 +124,8 @@ def users_add(
     json_out: JsonOpt = False,
 ) -> None:
     """Create user NAME, or update its roles (and password)."""
+    import asyncio
+
     opts = options(ctx, json_out)
 
     async def body() -> list[str]:
@@ -147,6 +148,11 @@ def users_add(
 @users_app.command("list")
 def users_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """List the users and their roles."""
+    import asyncio
+
+    from rich.table import Table
+    from rich.text import Text
+
     opts = options(ctx, json_out)
 
     async def body() -> list[tuple[str, list[str], bool]]:
@@ -170,6 +176,8 @@ def users_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 
 
 def _set_disabled(ctx: typer.Context, name: str, disabled: bool, json_out: bool) -> None:
+    import asyncio
+
     opts = options(ctx, json_out)
 
     async def body() -> None:
@@ -216,6 +224,8 @@ def tokens_create(
     json_out: JsonOpt = False,
 ) -> None:
     """Create an API token for USER and print it (once: only its hash is stored)."""
+    import asyncio
+
     opts = options(ctx, json_out)
 
     async def body() -> str:
@@ -235,6 +245,11 @@ def tokens_create(
 @tokens_app.command("list")
 def tokens_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """List API tokens and console sessions by id (their secrets are never stored)."""
+    import asyncio
+
+    from rich.table import Table
+    from rich.text import Text
+
     opts = options(ctx, json_out)
 
     async def body() -> list[dict[str, object]]:
@@ -264,6 +279,8 @@ def tokens_revoke(
     json_out: JsonOpt = False,
 ) -> None:
     """Revoke a token (an API token or a console session) at once."""
+    import asyncio
+
     opts = options(ctx, json_out)
 
     async def body() -> None:
