@@ -62,6 +62,13 @@ NOT_FOR_RUNS_LIST = (
     "codara.models",
     "codara.review",
 )
+# Listing reviews: the queue and the accounts, not the gate, its policies or its webhooks.
+NOT_FOR_REVIEW_LIST = (
+    *(p for p in NOT_FOR_RUNS_LIST if not p.startswith(("codara.auth", "codara.review"))),
+    "codara.review._gate",
+    "codara.review._notify",
+    "codara.review.policy",
+)
 
 _IMPORTED = re.compile(r"^import time:\s+\d+ \|\s+\d+ \| ( *)(\S+)$")
 
@@ -105,6 +112,18 @@ def test_runs_list_on_sqlite_imports_only_what_it_uses(project: Project, cli: Cl
     modules = imported_by(project, "runs", "list")
     assert loaded(modules, NOT_FOR_RUNS_LIST) == []
     assert "codara.store._sqlite" in modules  # it did open the store
+
+
+def test_review_list_loads_no_policy_language_and_no_webhook_client(
+    project: Project, cli: CliFn
+) -> None:
+    """Reading the queue needs the queue, not CEL (compiled only by the gate) nor httpx
+    (loaded by the first webhook delivery)."""
+    assert cli(project, "db", "upgrade").exit_code == 0
+    assert cli(project, "users", "add", "alice", "--role", "support").exit_code == 0
+    modules = imported_by(project, "review", "list", "--user", "alice")
+    assert loaded(modules, NOT_FOR_REVIEW_LIST) == []
+    assert "codara.review._service" in modules  # it did read the queue
 
 
 def test_import_codara_is_light_and_every_public_name_still_resolves() -> None:
