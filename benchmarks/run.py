@@ -504,7 +504,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks._startup import measure as measure_startup
 
         console.print("[bold]start-up[/] (wall time of a fresh process) ...")
-        rows += measure_startup(reps=3 if args.quick else 7, no_cache=not args.quick)
+        busy = machine_busy(0.5)
+        startup = measure_startup(reps=3 if args.quick else 7, no_cache=not args.quick)
+        around = [None if b is None else round(b, 2) for b in (busy, machine_busy(0.5))]
+        rows += [{**r, "machine_busy_before_after": around} for r in startup]
     versions: dict[str, str] = {}
     for o in outcomes:
         if o.result:
