@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "benchmarks" / "latest.json"
 DEFAULT_PG_URL = os.environ.get("CODARA_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SYSTEMS = ("raw_commit", "codara", "langgraph", "langgraph-memory", "dbos")
+EXTRAS = ("startup",)  # not a system: `codara --help` / `codara runs list` (benchmarks/_startup.py)
 UNITS = {"step_overhead": "us_per_step", "runs_per_s": "runs_per_s"}
 
 
@@ -407,7 +408,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="SYSTEM",
-        help=f"run only these systems (repeatable or comma-separated): {', '.join(SYSTEMS)}",
+        help="run only these systems (repeatable or comma-separated): "
+        + ", ".join((*SYSTEMS, *EXTRAS)),
     )
     p.add_argument("--database", choices=["sqlite", "postgresql"], help="run only this database")
     p.add_argument("--reps", type=int, help="timed repetitions per workload (default 5; quick 3)")
@@ -435,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 132)
     only = {s.strip() for item in args.only for s in item.split(",") if s.strip()}
-    unknown = only - set(SYSTEMS)
+    unknown = only - set(SYSTEMS) - set(EXTRAS)
     if unknown:
         console.print(f"[red]unknown system(s): {', '.join(sorted(unknown))}[/]")
         return 2
@@ -498,6 +500,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarize(outcomes)
     if rows:
         print_tables(console, rows, runs)
+    if (not only or "startup" in only) and args.database in (None, "sqlite"):
+        from benchmarks._startup import measure as measure_startup
+
+        console.print("[bold]start-up[/] (wall time of a fresh process) ...")
+        busy = machine_busy(0.5)
+        startup = measure_startup(reps=3 if args.quick else 7, no_cache=not args.quick)
+        around = [None if b is None else round(b, 2) for b in (busy, machine_busy(0.5))]
+        rows += [{**r, "machine_busy_before_after": around} for r in startup]
     versions: dict[str, str] = {}
     for o in outcomes:
         if o.result:

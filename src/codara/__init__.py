@@ -1,8 +1,15 @@
-"""Codara: the orchestration layer that takes an AI use case from pilot to production."""
+"""Codara: the orchestration layer that takes an AI use case from pilot to production.
+
+The public names are loaded on first use (PEP 562), so that ``import codara.cli`` and
+``codara --help`` do not pay for the engine, the store and their dependencies
+(docs/architecture.md, "Start-up"). ``from codara import App`` works as usual.
+"""
 
 from __future__ import annotations
 
-from codara.engine import App, Client, Context, RetryPolicy, Step
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from codara.errors import (
     CodaraError,
     ConfigError,
@@ -16,7 +23,10 @@ from codara.errors import (
     WaitTimeoutError,
     WorkflowVersionError,
 )
-from codara.store import Tx
+
+if TYPE_CHECKING:
+    from codara.engine import App, Client, Context, RetryPolicy, Step
+    from codara.store import Tx
 
 __all__ = [
     "App",
@@ -39,3 +49,25 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "App": "codara.engine",
+    "Client": "codara.engine",
+    "Context": "codara.engine",
+    "RetryPolicy": "codara.engine",
+    "Step": "codara.engine",
+    "Tx": "codara.store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'codara' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

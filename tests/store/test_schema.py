@@ -56,11 +56,45 @@ async def test_password_never_appears_in_errors() -> None:
         ("mysql://root@localhost/db", "unsupported database 'mysql'"),
         ("sqlite://", "in-memory"),
         ("not a url", "not a valid URL"),
+        ("postgresql://u@host:port/db", "not a valid URL"),
     ],
 )
 def test_bad_database_urls(url: str, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected):
         parse_url(url)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "sqlite:///codara.db",
+        "sqlite:////tmp/a b/codara.db",
+        "sqlite+pysqlite:///rel/x%20y.db",
+        "postgresql://postgres@127.0.0.1:5432/test",
+        "postgres://u:p%40ss:w@db.example/app?sslmode=require&application_name=x",
+        "postgresql+psycopg://u@[::1]:5433/db?options=-c%20a%3Db&b=1&b=2",
+        "postgresql://u:@localhost/db",
+        "postgresql:///db?host=/var/run/postgresql",
+        "postgresql://h",
+    ],
+)
+def test_urls_parse_as_sqlalchemy_parses_them(raw: str) -> None:
+    """The store parses URLs itself (so that opening it does not import SQLAlchemy); the
+    result, its redacted form and the PostgreSQL conninfo are SQLAlchemy's."""
+    from sqlalchemy.engine import make_url
+
+    url = parse_url(raw)
+    theirs = make_url(raw)
+    driver = "sqlite" if url.dialect == "sqlite" else "postgresql+psycopg"
+    assert url.sqlalchemy_url == theirs.set(drivername=driver)
+    assert url.redacted() == theirs.set(drivername=url.dialect).render_as_string()
+    assert url.password == theirs.password
+    if url.dialect == "sqlite":
+        assert url.sqlite_path == theirs.database
+    else:
+        assert url.pg_conninfo == theirs.set(drivername="postgresql").render_as_string(
+            hide_password=False
+        )
 
 
 async def test_sqlite_in_a_missing_folder(tmp_path: object) -> None:

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.text import Text
 
 from codara.errors import InputError, NotFoundError, SchemaOutOfDateError
-from codara.store import DatabaseURL, SchemaState, parse_url, schema_state, upgrade
-from codara.trace import Anchor, AuditReport, chain_key, make_anchor, read_anchor
 
 from ._loader import load_cli_settings, open_app, options
 from ._output import audit_dict, err_console, guard, out_console, print_json
+
+if TYPE_CHECKING:  # the store and the trace are imported by the command that uses them
+    from codara.store import DatabaseURL, SchemaState
+    from codara.trace import Anchor, AuditReport
 
 __all__ = ["EXIT_AUDIT_FAILED", "audit_app", "db_app"]
 
@@ -58,6 +58,8 @@ def upgrade_command(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     opts = options(ctx, json_out)
 
     def body() -> tuple[DatabaseURL, SchemaState, SchemaState]:
+        from codara.store import parse_url, schema_state, upgrade
+
         url = parse_url(load_cli_settings(opts).store.url)
         before = schema_state(url)
         if before.up_to_date:
@@ -89,9 +91,13 @@ def status_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Show the database's schema revision and the newest one this Codara knows."""
+    from rich.text import Text
+
     opts = options(ctx, json_out)
 
     def body() -> tuple[DatabaseURL, SchemaState]:
+        from codara.store import parse_url, schema_state
+
         url = parse_url(load_cli_settings(opts).store.url)
         return url, schema_state(url)
 
@@ -115,6 +121,8 @@ def status_command(
 
 
 def _read_anchor_file(path: Path) -> Anchor:
+    from codara.trace import chain_key, read_anchor
+
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -158,6 +166,10 @@ def verify_command(
     wrong); the error's code when the check could not run (e.g. 6 for an unknown run id, 8
     for an unreachable database, 3 for a signed anchor without CODARA_AUDIT_KEY).
     """
+    import asyncio
+
+    from rich.text import Text
+
     opts = options(ctx, json_out)
 
     async def body() -> tuple[AuditReport, dict[tuple[str, int], str]]:
@@ -231,9 +243,15 @@ def anchor_command(
     """Write the newest chain head (its seq and hash; HMAC-signed when CODARA_AUDIT_KEY is
     set) as JSON, for safekeeping outside the database. Later, `codara audit verify --anchor
     FILE` proves nothing before it was rewritten or cut off."""
+    import asyncio
+
+    from rich.text import Text
+
     opts = options(ctx, False)
 
     async def make() -> dict[str, Any]:
+        from codara.trace import chain_key, make_anchor
+
         async with open_app(opts, workflows=False) as app:
             return await make_anchor(app.store, chain_key(), time.time())
 

@@ -21,15 +21,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from pydantic import ValidationError
 
-from codara.config import Settings, load_settings
-from codara.engine import App, Workflow
 from codara.errors import CodaraError, ConfigError, InputError
-from codara.store import Migrate
+
+if TYPE_CHECKING:  # imported where used: `codara --help` loads none of them
+    from codara.config import Settings
+    from codara.engine import App, Workflow
+    from codara.store import Migrate
 
 __all__ = [
     "Options",
@@ -57,6 +58,8 @@ class Options:
 
 
 def load_cli_settings(opts: Options) -> Settings:
+    from codara.config import load_settings
+
     return load_settings(
         opts.config,
         overrides={"store": {"url": opts.database_url}} if opts.database_url else None,
@@ -113,6 +116,8 @@ def _config_env(config: Path | None) -> Iterator[None]:
 
 def import_app(spec: str, source: str, *, config: Path | None = None) -> App:
     """Import ``module:attribute`` (attribute defaults to ``app``) and check it is an App."""
+    from codara.engine import App
+
     module_name, _, attr = spec.strip().partition(":")
     attr = attr or "app"
     tried = f"{spec!r} (from {source})"
@@ -172,6 +177,8 @@ def open_app(opts: Options, *, workflows: bool, migrate: Migrate = "check") -> A
     The returned App is not open yet (``async with app:``). Opening it checks (``check``),
     creates (``create-if-empty``) or upgrades the schema.
     """
+    from codara.engine import App
+
     settings = load_cli_settings(opts)
     if not workflows:
         return App(settings=settings, migrate=migrate)
@@ -316,6 +323,8 @@ def check_inputs(wf: Workflow, inputs: list[tuple[str, Any]]) -> None:
     """Validate every input before anything is written, naming the first bad one."""
     if wf.input_adapter is None:
         return
+    from pydantic import ValidationError
+
     for label, value in inputs:
         try:
             wf.input_adapter.validate_python(value)

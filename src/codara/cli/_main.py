@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import importlib.metadata
 import logging
 import os
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from codara.engine import App
 from codara.errors import (
     CodaraError,
     ConfigError,
@@ -42,6 +39,9 @@ from ._output import (
 from ._review import review_app
 from ._runs import EXIT_NOT_FINISHED, run_command, runs_app, signal_command
 from ._serve import serve_command, tokens_app, users_app
+
+if TYPE_CHECKING:  # commands import what they need: `codara --help` loads no engine or store
+    from codara.engine import App
 
 __all__ = ["app", "main"]
 
@@ -85,6 +85,8 @@ app = typer.Typer(
 
 def _show_version(value: bool) -> None:
     if value:
+        import importlib.metadata
+
         try:
             version = importlib.metadata.version("codara-orchestrator")
         except importlib.metadata.PackageNotFoundError:  # running from a source tree
@@ -150,6 +152,8 @@ async def _work(app: App, concurrency: int | None, until_idle: bool) -> int:
     a watchdog ends the process a little after the grace period: the runs' leases then lapse
     and any worker resumes them.
     """
+    import asyncio
+
     log = logging.getLogger("codara.cli")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -234,6 +238,8 @@ def worker_command(
 
     Refuses to start on an out-of-date schema (exit 9: run `codara db upgrade` first).
     """
+    import asyncio
+
     opts = options(ctx)
 
     def body() -> int:

@@ -15,13 +15,9 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-from rich.tree import Tree
 
 from codara.errors import (
     CodaraError,
@@ -31,8 +27,15 @@ from codara.errors import (
     UserError,
     WorkflowCodeError,
 )
-from codara.store import JournalRecord, RunRecord
-from codara.trace import AuditReport
+
+if TYPE_CHECKING:  # rich and the records load when something is printed (fast --help)
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+    from rich.tree import Tree
+
+    from codara.store import JournalRecord, RunRecord
+    from codara.trace import AuditReport
 
 __all__ = [
     "EXIT_INTERRUPTED",
@@ -79,6 +82,8 @@ def debug_enabled() -> bool:
 
 
 def _console(*, stderr: bool) -> Console:
+    from rich.console import Console
+
     stream = sys.stderr if stderr else sys.stdout
     width: int | None = None
     if not stream.isatty() and "COLUMNS" not in os.environ:
@@ -128,6 +133,8 @@ def fmt_duration(seconds: float | None) -> str:
 
 
 def status_text(status: str) -> Text:
+    from rich.text import Text
+
     return Text(status, style=_STATUS_STYLE.get(status, ""))
 
 
@@ -203,6 +210,8 @@ def error_dict(exc: CodaraError) -> dict[str, str | None]:
 
 
 def print_codara_error(exc: CodaraError, *, as_json: bool) -> None:
+    from rich.text import Text
+
     data = error_dict(exc)
     if as_json:
         print_json({"error": data})
@@ -216,6 +225,8 @@ def print_codara_error(exc: CodaraError, *, as_json: bool) -> None:
 
 
 def print_unexpected(exc: BaseException, *, as_json: bool) -> None:
+    from rich.text import Text
+
     message = f"unexpected {type(exc).__name__}: {exc}"
     hint = (
         "this is a bug in Codara or in the workflow code; "
@@ -234,6 +245,8 @@ def print_unexpected(exc: BaseException, *, as_json: bool) -> None:
 
 # -- runs --------------------------------------------------------------------------------------
 def runs_table(runs: Iterable[RunRecord]) -> Table:
+    from rich.table import Table
+
     table = Table(show_lines=False, header_style="bold")
     table.add_column("id", no_wrap=True)
     table.add_column("workflow@version", no_wrap=True)
@@ -254,6 +267,9 @@ def runs_table(runs: Iterable[RunRecord]) -> Table:
 
 
 def run_header(run: RunRecord, *, full: bool = False) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     limit = None if full else TRUNCATE
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
@@ -278,6 +294,9 @@ def run_header(run: RunRecord, *, full: bool = False) -> Table:
 
 def journal_tree(run: RunRecord, rows: Iterable[JournalRecord], *, full: bool = False) -> Tree:
     """The journal, one node per row: ``#seq kind name status duration``."""
+    from rich.text import Text
+    from rich.tree import Tree
+
     limit = None if full else TRUNCATE
     tree = Tree(Text.assemble(("journal of ", "bold"), run.id))
     count = 0
@@ -349,6 +368,8 @@ def guard(as_json: bool, fn: Callable[[], T]) -> T:
     except (typer.Exit, typer.Abort):
         raise
     except KeyboardInterrupt:
+        from rich.text import Text
+
         err_console().print(Text("interrupted", style="yellow"))
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except Exception as exc:

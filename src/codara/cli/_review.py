@@ -9,22 +9,17 @@ deciding the same item one wins, the other gets exit 12), roles (exit 14), four-
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
-from codara.auth import AuthError, Users
 from codara.errors import ConflictError, InputError, NotFoundError, UserError
-from codara.review import Principal, ReviewItem, Reviews
 
 from ._loader import Options, open_app, options, parse_json
 from ._output import (
@@ -36,6 +31,11 @@ from ._output import (
     status_text,
     truncate,
 )
+
+if TYPE_CHECKING:  # the review layer (and its CEL policies) loads when a command runs
+    from rich.table import Table
+
+    from codara.review import Principal, ReviewItem, Reviews
 
 __all__ = ["review_app"]
 
@@ -89,6 +89,9 @@ def _username(user: str | None) -> str:
 @asynccontextmanager
 async def _session(opts: Options, user: str | None) -> AsyncIterator[tuple[Reviews, Principal]]:
     """The review service on the CLI's store, and the principal ``user`` stands for."""
+    from codara.auth import AuthError, Users
+    from codara.review import Reviews
+
     name = _username(user)
     async with open_app(opts, workflows=False) as app:
         try:
@@ -104,6 +107,7 @@ async def _session(opts: Options, user: str | None) -> AsyncIterator[tuple[Revie
 
 def _run(opts: Options, review_id: str | None, body: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run ``body`` under :func:`guard`, giving the service's errors review-specific hints."""
+    import asyncio
 
     def call() -> T:
         try:
@@ -154,6 +158,9 @@ def _pretty(value: Any) -> str:
 
 
 def _queue_table(items: list[ReviewItem], now: float) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(header_style="bold")
     for column in ("id", "status", "role", "prio", "due", "workflow / step", "run", "reason"):
         table.add_column(column, no_wrap=column not in ("reason", "due"))
@@ -177,6 +184,9 @@ def _queue_table(items: list[ReviewItem], now: float) -> Table:
 
 
 def _show(item: ReviewItem, history: list[dict[str, Any]], now: float) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
     console = out_console()
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
@@ -251,6 +261,8 @@ def _show(item: ReviewItem, history: list[dict[str, Any]], now: float) -> None:
 
 def _report(action: str, item: ReviewItem, as_json: bool) -> None:
     """After an action: the item as JSON, or one line on stderr saying what happens next."""
+    from rich.text import Text
+
     if as_json:
         print_json({"review": _item_dict(item)})
         return

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
-from codara.engine import REVIEW_SIGNAL_PREFIX, App, operator_name
 from codara.errors import ConflictError, InputError, RunError
-from codara.store import RunRecord
 
 from ._loader import check_inputs, load_input_file, open_app, options, parse_json
 from ._output import (
@@ -32,6 +27,10 @@ from ._output import (
     status_text,
     truncate,
 )
+
+if TYPE_CHECKING:  # the engine is imported by the command that uses it (fast --help)
+    from codara.engine import App
+    from codara.store import RunRecord
 
 __all__ = ["EXIT_NOT_FINISHED", "run_command", "runs_app", "signal_command"]
 
@@ -89,6 +88,8 @@ def run_command(
     Exit codes: 0 finished, 13 a run failed, 21 not finished within --timeout, and the
     error's code for anything else (see `codara --help`).
     """
+    import asyncio
+
     opts = options(ctx, json_out)
 
     def body() -> int:
@@ -117,6 +118,8 @@ def run_command(
 async def _run(
     app: App, workflow: str, inputs: list[Any], wait: bool, timeout: float, as_json: bool
 ) -> int:
+    import asyncio
+
     async with app:
         ids = await app.start_runs(workflow, inputs)  # one transaction: all or none
         if not wait:
@@ -147,6 +150,8 @@ async def drive(app: App, run_id: str, deadline: float) -> RunRecord:
     Timers are slept through here; a run parked on a signal is polled until the signal
     arrives (from another process). If another worker claims the run first, this waits for it.
     """
+    import asyncio
+
     poll = app.settings.worker.poll_interval
     while True:
         record = await app.get_run(run_id)
@@ -175,6 +180,11 @@ def _error_message(record: RunRecord) -> str:
 
 
 def _report(records: list[RunRecord], as_json: bool) -> int:
+    from rich.table import Table
+    from rich.text import Text
+
+    from codara.engine import REVIEW_SIGNAL_PREFIX
+
     def decoded(text: str | None) -> Any:
         return None if text is None else json.loads(text)
 
@@ -261,6 +271,8 @@ def list_command(
     json_out: JsonOpt = False,
 ) -> None:
     """List the newest runs."""
+    import asyncio
+
     opts = options(ctx, json_out)
 
     async def body() -> list[RunRecord]:
@@ -288,6 +300,8 @@ def show_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Show a run and its journal, one row per operation."""
+    import asyncio
+
     opts = options(ctx, json_out)
 
     async def body() -> tuple[RunRecord, list[Any]]:
@@ -307,6 +321,10 @@ def show_command(
 @runs_app.command("cancel")
 def cancel_command(ctx: typer.Context, run_id: RunIdArg, json_out: JsonOpt = False) -> None:
     """Cancel a run that has not finished (a worker executing it stops at once)."""
+    import asyncio
+
+    from rich.text import Text
+
     opts = options(ctx, json_out)
 
     async def body() -> RunRecord:
@@ -336,6 +354,10 @@ def signal_command(
     Names starting `review:` are refused (exit 14): a review is decided with `codara review
     approve|edit|reject ID`, which checks the reviewer's role and four-eyes.
     """
+    import asyncio
+
+    from rich.text import Text
+
     opts = options(ctx, json_out)
 
     async def body() -> RunRecord:
@@ -369,6 +391,12 @@ def retry_command(
 ) -> None:
     """Queue a failed run again: a worker resumes it from its last good step (the failed
     steps run again). The journal records who did it; only a failed run can be retried."""
+    import asyncio
+
+    from rich.text import Text
+
+    from codara.engine import operator_name
+
     opts = options(ctx, json_out)
     who = operator_name(by)
 
@@ -405,6 +433,10 @@ def fork_command(
 ) -> None:
     """Start a new run of RUN's workflow, version and input that replays RUN's journal up to
     --from and executes from there (RUN itself is left as it is)."""
+    import asyncio
+
+    from codara.engine import operator_name
+
     opts = options(ctx, json_out)
     who = operator_name(by)
 

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
-from codara.auth import Users
-from codara.engine import Client
 from codara.errors import InputError
-from codara.store import parse_url
 
 from ._loader import load_cli_settings, open_app, options
 from ._output import err_console, guard, log_to_stderr, out_console, print_json
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the server, the engine and the accounts load in the command that uses them
     from fastapi import FastAPI
+
+    from codara.auth import Users
+    from codara.engine import App, Client
 
 __all__ = ["serve_command", "tokens_app", "users_app"]
 
@@ -63,6 +60,8 @@ def serve_command(
     version, input checked against its schema). It runs no workflows: start `codara worker`
     too. Refuses an out-of-date schema (exit 9: run `codara db upgrade`).
     """
+    import asyncio
+
     opts = options(ctx)
 
     def body() -> int:
@@ -72,6 +71,8 @@ def serve_command(
                 f"unknown log level {log_level!r}", hint="use debug, info, warning or error"
             )
         from codara.api import create_app  # FastAPI loads only for this command
+        from codara.engine import Client
+        from codara.store import parse_url
 
         # A Client, not an App: the server imports no workflow code (review deadlines and
         # other tickers run in workers).
@@ -94,6 +95,12 @@ async def _check_store(client: Client) -> None:
 
 
 # -- codara users ------------------------------------------------------------------------------
+def _users(app: App) -> Users:
+    from codara.auth import Users
+
+    return Users(app.store, app.clock)
+
+
 @users_app.command("add")
 def users_add(
     ctx: typer.Context,
@@ -119,6 +126,8 @@ def users_add(
     json_out: JsonOpt = False,
 ) -> None:
     """Create user NAME, or update its roles (and password)."""
+    import asyncio
+
     opts = options(ctx, json_out)
 
     async def body() -> list[str]:
@@ -128,7 +137,7 @@ def users_add(
             if not password:
                 raise InputError("no password on stdin", hint="echo 'secret' | codara users add")
         async with open_app(opts, workflows=False, migrate="create-if-empty") as app:
-            await Users(app.store, app.clock).add(name, role, password=password)
+            await _users(app).add(name, role, password=password)
         return sorted(set(role))
 
     roles = guard(opts.json, lambda: asyncio.run(body()))
@@ -141,11 +150,16 @@ def users_add(
 @users_app.command("list")
 def users_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """List the users and their roles."""
+    import asyncio
+
+    from rich.table import Table
+    from rich.text import Text
+
     opts = options(ctx, json_out)
 
     async def body() -> list[tuple[str, list[str], bool]]:
         async with open_app(opts, workflows=False) as app:
-            return await Users(app.store, app.clock).list()
+            return await _users(app).list()
 
     users = guard(opts.json, lambda: asyncio.run(body()))
     if opts.json:
@@ -164,11 +178,13 @@ def users_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 
 
 def _set_disabled(ctx: typer.Context, name: str, disabled: bool, json_out: bool) -> None:
+    import asyncio
+
     opts = options(ctx, json_out)
 
     async def body() -> None:
         async with open_app(opts, workflows=False) as app:
-            users = Users(app.store, app.clock)
+            users = _users(app)
             await (users.disable(name) if disabled else users.enable(name))
 
     guard(opts.json, lambda: asyncio.run(body()))
@@ -228,11 +244,13 @@ def tokens_create(
     json_out: JsonOpt = False,
 ) -> None:
     """Create an API token for USER and print it (once: only its hash is stored)."""
+    import asyncio
+
     opts = options(ctx, json_out)
 
     async def body() -> str:
         async with open_app(opts, workflows=False) as app:
-            return await Users(app.store, app.clock).create_token(user, name, ttl=ttl)
+            return await _users(app).create_token(user, name, ttl=ttl)
 
     token = guard(opts.json, lambda: asyncio.run(body()))
     if opts.json:
@@ -247,11 +265,16 @@ def tokens_create(
 @tokens_app.command("list")
 def tokens_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """List API tokens and console sessions by id (their secrets are never stored)."""
+    import asyncio
+
+    from rich.table import Table
+    from rich.text import Text
+
     opts = options(ctx, json_out)
 
     async def body() -> list[dict[str, object]]:
         async with open_app(opts, workflows=False) as app:
-            return await Users(app.store, app.clock).tokens()
+            return await _users(app).tokens()
 
     tokens = guard(opts.json, lambda: asyncio.run(body()))
     if opts.json:
@@ -276,11 +299,13 @@ def tokens_revoke(
     json_out: JsonOpt = False,
 ) -> None:
     """Revoke a token (an API token or a console session) at once."""
+    import asyncio
+
     opts = options(ctx, json_out)
 
     async def body() -> None:
         async with open_app(opts, workflows=False) as app:
-            users = Users(app.store, app.clock)
+            users = _users(app)
             value = token.strip()
             await (users.revoke(value) if value.startswith("cdr_") else users.revoke_id(value))
 

@@ -1,21 +1,31 @@
 """Human control: declarative review policies (CEL), the durable review queue, and the gate
-a workflow asks before a step touches the operation."""
+a workflow asks before a step touches the operation.
+
+The queue (:class:`Reviews`, :class:`ReviewItem`, :class:`Principal`) loads at once; the gate
+and the policy language (CEL) load on first use of their names (PEP 562), so that reading or
+deciding reviews does not compile a CEL grammar (docs/architecture.md, "Start-up").
+"""
 
 from __future__ import annotations
 
-from codara.review._gate import GateResult, ReviewGate, install_reviews
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from codara.review._items import Principal, ReviewItem, ReviewResult, diff, validate_edit
 from codara.review._service import ForbiddenError, Reviews, review_signal
-from codara.review.policy import (
-    Decision,
-    PolicyError,
-    PolicyInputError,
-    PolicyProblem,
-    PolicyRule,
-    SamplingRule,
-    WorkflowPolicies,
-    load_policies,
-)
+
+if TYPE_CHECKING:
+    from codara.review._gate import GateResult, ReviewGate, install_reviews
+    from codara.review.policy import (
+        Decision,
+        PolicyError,
+        PolicyInputError,
+        PolicyProblem,
+        PolicyRule,
+        SamplingRule,
+        WorkflowPolicies,
+        load_policies,
+    )
 
 __all__ = [
     "Decision",
@@ -38,3 +48,33 @@ __all__ = [
     "review_signal",
     "validate_edit",
 ]
+
+_LAZY = {
+    **dict.fromkeys(("GateResult", "ReviewGate", "install_reviews"), "codara.review._gate"),
+    **dict.fromkeys(
+        (
+            "Decision",
+            "PolicyError",
+            "PolicyInputError",
+            "PolicyProblem",
+            "PolicyRule",
+            "SamplingRule",
+            "WorkflowPolicies",
+            "load_policies",
+        ),
+        "codara.review.policy",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'codara.review' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -45,10 +45,9 @@ import os
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from codara.config import Settings
@@ -56,6 +55,9 @@ from codara.errors import ConfigError
 from codara.review._items import ReviewItem
 from codara.review._service import Notify
 from codara.store import ReviewRecord
+
+if TYPE_CHECKING:  # httpx loads when a webhook is first delivered
+    import httpx
 
 __all__ = [
     "DEFAULT_SECRET_ENV",
@@ -267,6 +269,8 @@ class WebhookNotifier:
         body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
         review_id = payload["review"]["id"]
         problem = "not tried"
+        import httpx
+
         try:
             async with httpx.AsyncClient(
                 timeout=self.timeout, transport=self._transport, follow_redirects=False

@@ -1,19 +1,21 @@
-"""Schema migrations (Alembic), run programmatically."""
+"""Schema migrations (Alembic), run programmatically.
+
+Checking the schema (what every store does on opening) reads the version table with the
+database's own driver; SQLAlchemy and Alembic are imported only to migrate.
+"""
 
 from __future__ import annotations
 
+import sqlite3
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from codara.errors import DatabaseUnreachableError, SchemaOutOfDateError, StoreError
 from codara.store._url import DatabaseURL, sqlite_parent_exists
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from sqlalchemy.engine import Engine
 
 __all__ = [
     "HEAD_REVISION",
@@ -48,12 +50,18 @@ def head_revision() -> str:
     return head
 
 
-def _engine(url: DatabaseURL) -> Engine:
+def _check_folder(url: DatabaseURL) -> None:
     if url.dialect == "sqlite" and url.sqlite_path and not sqlite_parent_exists(url.sqlite_path):
         raise DatabaseUnreachableError(
             f"cannot open the SQLite database {url.sqlite_path}: its folder does not exist",
             hint="create the folder or point CODARA_DATABASE_URL / [store] url elsewhere",
         )
+
+
+def _engine(url: DatabaseURL) -> Engine:
+    from sqlalchemy import create_engine
+
+    _check_folder(url)
     kwargs: dict[str, Any] = {}
     if url.dialect == "postgresql":
         kwargs["connect_args"] = {"connect_timeout": 5}
@@ -62,6 +70,8 @@ def _engine(url: DatabaseURL) -> Engine:
 
 def unreachable(url: DatabaseURL, exc: BaseException) -> DatabaseUnreachableError:
     reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc) else repr(exc)
+    if url.password:
+        reason = reason.replace(url.password, "***")
     hint = (
         "is PostgreSQL running and the URL right? check host, port, user and database name"
         if url.dialect == "postgresql"
@@ -92,21 +102,50 @@ class SchemaState:
         return self.current is None and not self.has_tables
 
 
-def schema_state(url: DatabaseURL) -> SchemaState:
-    engine = _engine(url)
+_TABLES = (VERSION_TABLE, "codara_runs")
+_SQLITE_TABLES = "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name IN (?, ?)"
+# The relations visible on the search path, of the kinds SQLAlchemy's has_table counts.
+_PG_TABLES = (
+    "SELECT c.relname FROM pg_catalog.pg_class c WHERE c.relname = ANY(%s) "
+    "AND c.relkind IN ('r', 'p', 'f', 'v', 'm') AND pg_catalog.pg_table_is_visible(c.oid)"
+)
+_VERSION = f"SELECT version_num FROM {VERSION_TABLE}"
+
+
+def _sqlite_state(url: DatabaseURL) -> tuple[set[str], list[Any]]:
+    _check_folder(url)
+    assert url.sqlite_path is not None
     try:
-        with engine.connect() as conn:
-            tables = inspect(conn)
-            current = None
-            if tables.has_table(VERSION_TABLE):
-                rows = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
-                current = rows[0][0] if len(rows) == 1 else None
-            has_tables = tables.has_table("codara_runs")
-    except (OperationalError, SQLAlchemyError) as exc:
+        conn = sqlite3.connect(url.sqlite_path)
+        try:
+            tables = {row[0] for row in conn.execute(_SQLITE_TABLES, _TABLES)}
+            versions = conn.execute(_VERSION).fetchall() if VERSION_TABLE in tables else []
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
         raise unreachable(url, exc) from exc
-    finally:
-        engine.dispose()
-    return SchemaState(current, HEAD_REVISION, has_tables)
+    return tables, versions
+
+
+def _postgres_state(url: DatabaseURL) -> tuple[set[str], list[Any]]:
+    import psycopg
+
+    assert url.pg_conninfo is not None
+    try:
+        with psycopg.connect(url.pg_conninfo, autocommit=True, connect_timeout=5) as conn:
+            tables = {row[0] for row in conn.execute(_PG_TABLES, (list(_TABLES),))}
+            versions = conn.execute(_VERSION).fetchall() if VERSION_TABLE in tables else []
+    except psycopg.Error as exc:
+        raise unreachable(url, exc) from exc
+    return tables, versions
+
+
+def schema_state(url: DatabaseURL) -> SchemaState:
+    """The schema revision recorded in the database, read with its own driver."""
+    read = _sqlite_state if url.dialect == "sqlite" else _postgres_state
+    tables, versions = read(url)
+    current = str(versions[0][0]) if len(versions) == 1 else None
+    return SchemaState(current, HEAD_REVISION, "codara_runs" in tables)
 
 
 def check_schema(url: DatabaseURL) -> SchemaState:
@@ -133,6 +172,7 @@ def upgrade(url: DatabaseURL, revision: str = "head") -> SchemaState:
         )
     from alembic import command
     from alembic.util.exc import CommandError as AlembicCommandError
+    from sqlalchemy.exc import SQLAlchemyError
 
     engine = _engine(url)
     cfg = _alembic_config()

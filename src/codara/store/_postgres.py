@@ -128,7 +128,7 @@ class PostgresStore(SQLStore):
     def __init__(self, url: DatabaseURL, pool: ConnectionPool) -> None:
         self.url_redacted = url.redacted()
         self._conninfo = url.pg_conninfo
-        self._password = url.sqlalchemy_url.password
+        self._password = url.password
         self._pool = pool
         self._down = False
 
@@ -271,7 +271,7 @@ def _reason(exc: BaseException, url: DatabaseURL | None, password: str | None = 
     """The first line of a driver error, with the password (if any) blanked out."""
     text = str(exc).strip()
     reason = text.splitlines()[0] if text else type(exc).__name__
-    secret = password if password is not None else (url.sqlalchemy_url.password if url else None)
+    secret = password if password is not None else (url.password if url else None)
     if secret:
         reason = reason.replace(str(secret), "***")
     return reason

@@ -26,6 +26,8 @@ from sqlalchemy import (
     text,
 )
 
+from codara.store._types import RUN_STATUSES, TERMINAL_STATUSES
+
 __all__ = [
     "RUN_STATUSES",
     "TERMINAL_STATUSES",
@@ -45,8 +47,6 @@ __all__ = [
 
 metadata = MetaData()
 
-RUN_STATUSES = ("queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
-TERMINAL_STATUSES = ("completed", "failed", "cancelled")
 
 _Time = Float(precision=53)
 

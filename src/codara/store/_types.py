@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Claim", "JournalRecord", "RunRecord"]
+__all__ = ["RUN_STATUSES", "TERMINAL_STATUSES", "Claim", "JournalRecord", "RunRecord"]
+
+RUN_STATUSES = ("queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
+TERMINAL_STATUSES = ("completed", "failed", "cancelled")
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from codara.store import JournalRecord, RunRecord
 from codara.store._audit import UNKEYED, ChainKey, HeadRecord, key_id_of
-from codara.store._schema import TERMINAL_STATUSES
+from codara.store._types import TERMINAL_STATUSES
 
 __all__ = [
     "AuditProblem",
