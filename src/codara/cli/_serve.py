@@ -214,11 +214,13 @@ def users_enable(ctx: typer.Context, name: UserArg, json_out: JsonOpt = False) -
 @users_app.command("unlock")
 def users_unlock(ctx: typer.Context, name: UserArg, json_out: JsonOpt = False) -> None:
     """End user NAME's login lockout and failure streak now (journaled as `unlocked`)."""
+    import asyncio
+
     opts = options(ctx, json_out)
 
     async def body() -> bool:
         async with open_app(opts, workflows=False) as app:
-            return await Users(app.store, app.clock).unlock(name)
+            return await _users(app).unlock(name)
 
     had = guard(opts.json, lambda: asyncio.run(body()))
     if opts.json:
