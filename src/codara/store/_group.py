@@ -34,6 +34,7 @@ order; rows of different runs have no order between them. The global chain of he
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -129,8 +130,9 @@ class GroupCommit:
     async def submit(self, write: Write) -> None:
         """Queue ``write`` for the next group; return once it is committed."""
         self._queue.append(write)
-        if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        if self._flusher is None:  # in a context of its own: never a branch of the caller's run
+            loop = asyncio.get_running_loop()
+            self._flusher = loop.create_task(self._flush(), context=contextvars.Context())
         await write.future  # a cancelled caller cancels the future: a queued write is dropped
 
     async def _flush(self) -> None:
