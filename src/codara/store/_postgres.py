@@ -34,6 +34,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from codara.errors import DatabaseUnreachableError, StoreUnavailableError
+from codara.store import _audit
 from codara.store import _base as q
 from codara.store._base import FencedError, Tx, own_sql
 from codara.store._group import Write
@@ -103,6 +104,34 @@ _APPEND_MANY = (
     "FOR SHARE) RETURNING run_id, seq"
 )
 """Many fenced journal rows in one statement: each row only if its token owns its run."""
+
+
+_FINISH_MANY = (
+    "UPDATE codara_runs r SET status = v.status, output = v.output, error = v.error, "
+    "ready_at = NULL, owner = NULL, waiting_for = NULL, updated_at = v.now, finished_at = v.now "
+    "FROM unnest(%s::text[], %s::int4[], %s::text[], %s::text[], %s::text[], %s::float8[]) "
+    "AS v(id, token, status, output, error, now) WHERE r.id = v.id AND r.token = v.token"
+)
+"""``FINISH_RUN`` for many runs in one statement."""
+
+
+async def _finish_many(conn: psycopg.AsyncConnection[Any], finished: Sequence[Write]) -> None:
+    """The final status of runs whose result rows this transaction just wrote (so their rows
+    are locked and their tokens still own them: every UPDATE must land)."""
+    fs = [(w.run_id, w.token, w.finish) for w in finished if w.finish is not None]
+    cur = await conn.execute(
+        _FINISH_MANY,
+        (
+            [r for r, _, _ in fs],
+            [t for _, t, _ in fs],
+            [f.status for _, _, f in fs],
+            [f.output for _, _, f in fs],
+            [f.error for _, _, f in fs],
+            [f.now for _, _, f in fs],
+        ),
+    )
+    if cur.rowcount != len(fs):  # cannot happen while the rows hold their locks: give up
+        raise RuntimeError(f"finished {cur.rowcount} of {len(fs)} runs whose rows were written")
 
 
 async def _append_many(conn: psycopg.AsyncConnection[Any], group: Sequence[Write]) -> list[int]:
@@ -306,25 +335,26 @@ class PostgresStore(SQLStore):
 
     async def _write_group(self, group: Sequence[Write]) -> list[bool]:
         """Rows alone: one autocommitted multi-row statement, one round trip. With finishes:
-        one transaction, the rows in that statement, then each finish."""
-        rows = [i for i, w in enumerate(group) if w.finish is None]
-        finishes = [i for i, w in enumerate(group) if w.finish is not None]
-        written = [False] * len(group)
+        one transaction of that statement (result rows too), one UPDATE of the finished
+        runs' status and one INSERT of their chain heads."""
         async with self._conn() as conn:
-            if not finishes:
-                for i in await _append_many(conn, [group[i] for i in rows]):
-                    written[rows[i]] = True
-                return written
+            if not any(w.finish for w in group):
+                done = set(await _append_many(conn, group))
+                return [i in done for i in range(len(group))]
             async with conn.transaction():
-                if rows:
-                    for i in await _append_many(conn, [group[i] for i in rows]):
-                        written[rows[i]] = True
-                tx = own_sql(_PgTx(conn))
-                for i in finishes:
-                    w = group[i]
-                    assert w.finish is not None
-                    written[i] = await self._finish_in(tx, w.run_id, w.token, w.finish, w.record)
-        return written
+                done = set(await _append_many(conn, group))
+                finished = [w for i, w in enumerate(group) if i in done and w.finish]
+                if finished:
+                    await _finish_many(conn, finished)
+                    await _audit.append_heads(
+                        own_sql(_PgTx(conn)),
+                        [
+                            ("run", w.run_id, w.record.seq + 1, w.record.hash, f.status, f.now)
+                            for w in finished
+                            if (f := w.finish) is not None
+                        ],
+                    )
+        return [i in done for i in range(len(group))]
 
     async def execute_raw(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return await self._read(sql, tuple(params))
