@@ -9,13 +9,17 @@ statements SQLite itself executes on the store's write connection (its trace cal
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 import codara
 from codara.engine._context import set_fault_hook
@@ -343,3 +347,75 @@ async def test_group_commit_leaves_branch_numbers_alone(db_url: str) -> None:
         for run_id in ids:
             rows = {r.name: r.branch for r in await app.store.journal(run_id)}
             assert (rows["first"], rows["left"], rows["right"]) == ("", "0", "1"), rows
+
+
+# -- a worker killed right after a group commit -------------------------------------------------
+def _crash_worker() -> Any:
+    path = Path(__file__).resolve().parent / "crash_worker.py"
+    spec = importlib.util.spec_from_file_location("codara_write_path_crash_worker", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.crash
+@pytest.mark.timeout(300)
+async def test_a_worker_killed_as_a_group_commit_returns_repeats_and_loses_nothing(
+    db_url: str, tmp_path: Path
+) -> None:
+    """16 runs in one worker process; it SIGKILLs itself as the first step result of a
+    group comes back (``step.journaled`` of s1). Every row committed by then is kept and its
+    step never runs again; the steps whose rows were not committed run again; every run
+    completes with one row per operation and its chain verifies."""
+    crash_worker = _crash_worker()
+    runs, steps = 16, 3
+    app = codara.App(db_url, durability="fsync")
+    crash_worker.register(app)
+    async with app:
+        for ddl in crash_worker.SIDE_TABLES:
+            await app.store.execute_raw(ddl)
+        ids = await app.start_runs("idem", [steps] * runs)
+        marker = tmp_path / "killed"
+        fleet = crash_worker.Fleet(
+            db_url, tmp_path, "--lease", "1.0", "--poll", "0.05", "--concurrency", str(runs),
+            "--durability", "fsync", "--kill-at", "step.journaled:s1",
+            "--kill-marker", str(marker),
+        )  # fmt: skip
+        try:
+            victim = fleet.start()
+            t0 = time.monotonic()
+            while not fleet.exited:
+                assert time.monotonic() - t0 < 90, f"no kill:\n{fleet.tail()}"
+                await asyncio.sleep(0.05)
+                fleet.check()
+            assert fleet.exited == [(victim, -9)], fleet.tail()
+            journaled = {
+                (run_id, r.name) for run_id in ids for r in await app.journal(run_id)
+            }  # fmt: skip
+            # the run whose result came back first had its row committed
+            assert any((run_id, "s1") in journaled for run_id in ids)
+            fleet.start()
+            t0 = time.monotonic()
+            while (await app.store.count_runs()).get("completed", 0) < runs:
+                assert time.monotonic() - t0 < 120, f"not resumed:\n{fleet.tail()}"
+                await asyncio.sleep(0.1)
+            assert "Traceback" not in fleet.log_text(), fleet.tail()
+        finally:
+            fleet.close()
+        attempts = Counter(
+            str(k) for (k,) in await app.store.execute_raw("SELECT key FROM effect_attempts")
+        )
+        effects = Counter(str(k) for (k,) in await app.store.execute_raw("SELECT key FROM effects"))
+        for run_id in ids:
+            rows = [(r.op, r.name) for r in await app.journal(run_id)]
+            assert rows == [(0, "s0"), (1, "s1"), (2, "s2"), (-1, "completed")], rows
+            for i in range(steps):
+                key = f"{run_id}:{i}"
+                assert effects[key] == 1  # the keyed effect took effect once
+                if (run_id, f"s{i}") in journaled:  # durable before the kill: never again
+                    assert attempts[key] == 1, (key, attempts[key])
+        report = await app.verify()
+        assert report.ok, report.problems
+        assert report.runs_checked == runs
