@@ -24,6 +24,7 @@ import pytest
 import codara
 from codara.engine._context import set_fault_hook
 from codara.store import FencedError, JournalRecord, Store
+from codara.store._group import Finish, Write
 from codara.store._sql import SQLStore
 
 
@@ -165,6 +166,39 @@ async def test_a_lone_step_costs_one_round_trip_on_postgresql(pg_url: str) -> No
     assert per_step[-20:] == [1] * 20, per_step
 
 
+async def test_a_group_of_rows_is_one_round_trip_on_postgresql(pg_url: str) -> None:
+    """A group of step rows is one autocommitted statement on the wire, however many rows;
+    a group with finishes adds a fixed handful of round trips (not a few per finish)."""
+    wire = WireCounter("127.0.0.1", 5432)
+    async with wire as port:
+        url = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{port}") + "?sslmode=disable"
+        async with open_app(url) as app:
+            store = app.store
+            assert isinstance(store, SQLStore)
+            ids = await app.start_runs("chain", [[i, 1] for i in range(8)])
+            now = app.clock()
+            claims = await store.claim("me", ["chain@1"], 8, now, now + 600)
+            tokens = {c.id: c.token for c in claims}
+            rows_trips, finish_trips = [], []
+            for seq in range(8):  # the pool lends its 4 connections in turn: each prepares once
+                before = wire.round_trips
+                group = [Write(r, tokens[r], _row(r, seq)) for r in ids]
+                assert await store._write_group(group) == [True] * 8
+                rows_trips.append(wire.round_trips - before)
+            for k in range(8):  # groups of one and of two finishes, in turn
+                before = wire.round_trips
+                group = [
+                    Write(r, tokens[r], _result(r, 8 + k, now), Finish("completed", "1", None, now))
+                    for r in [ids[k], ids[(k + 1) % 8]][: 1 + k % 2]
+                ]
+                assert await store._write_group(group) == [True] * len(group)
+                finish_trips.append(wire.round_trips - before)
+    assert rows_trips[4:] == [1, 1, 1, 1], rows_trips
+    # BEGIN, the rows, the status UPDATE, the heads lock, the last head, the heads, COMMIT:
+    # the same for one finish or two
+    assert finish_trips[4:] == [7, 7, 7, 7], finish_trips
+
+
 # -- group commit -------------------------------------------------------------------------------
 async def test_concurrent_runs_share_commits_and_every_chain_verifies(db_url: str) -> None:
     runs, steps = 32, 6
@@ -222,6 +256,13 @@ async def test_no_step_result_returns_before_its_row_is_committed(db_url: str) -
         assert missing == []
         assert isinstance(app.store, SQLStore)
         assert max(app.store.group_sizes) > 1  # the rows checked were written in groups
+
+
+def _result(run_id: str, seq: int, now: float) -> JournalRecord:
+    return JournalRecord(
+        run_id, seq, -1, "result", "completed", "completed", None, "1", None, now, now, 1,
+        "p" * 64, "h" * 64, "",
+    )  # fmt: skip
 
 
 def _row(run_id: str, seq: int) -> JournalRecord:
