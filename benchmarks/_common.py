@@ -48,7 +48,16 @@ def parse_args(description: str) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=200, help="runs per repetition of the runs/s test")
     p.add_argument("--run-steps", type=int, default=10, help="steps of each run in the runs/s test")
     p.add_argument("--concurrency", type=int, default=16, help="concurrency of the runs/s test")
+    p.add_argument(
+        "--levels",
+        default="16,64",
+        help="concurrencies of the concurrent runs/s test (comma-separated; empty: none)",
+    )
     return p.parse_args()
+
+
+def levels(args: argparse.Namespace) -> list[int]:
+    return [int(x) for x in str(args.levels).split(",") if x.strip()]
 
 
 def skip(reason: str) -> None:
@@ -65,6 +74,7 @@ def emit(
     runs_per_s: list[float] | None,
     detail: dict[str, Any],
     packages: list[str],
+    concurrent: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     versions = {}
     for name in packages:
@@ -78,6 +88,7 @@ def emit(
         "durability": durability,
         "step_overhead": step_overhead,
         "runs_per_s": runs_per_s,
+        "concurrent": concurrent or {},
         "detail": detail,
         "params": {
             "steps": args.steps,
@@ -166,6 +177,51 @@ async def ameasure_runs_per_s(
         await batch(args.runs, args.run_steps)
         samples.append(args.runs / (time.perf_counter() - t0))
     return samples
+
+
+def concurrent_result(runs_per_s: list[float], latencies: list[float]) -> dict[str, Any]:
+    """One concurrency level: runs/s per repetition, and the step latency percentiles (ms)
+    over every step of every timed repetition."""
+    lat = sorted(latencies)
+
+    def pct(p: float) -> float | None:
+        return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000.0, 3) if lat else None
+
+    return {"runs_per_s": runs_per_s, "p50_step_ms": pct(0.50), "p99_step_ms": pct(0.99)}
+
+
+def measure_concurrent(
+    batch: Callable[[int, int, int, list[float]], Any], args: argparse.Namespace
+) -> dict[str, dict[str, Any]]:
+    """Per concurrency level: ``batch(runs, run_steps, concurrency, latencies)`` timed as in
+    :func:`measure_runs_per_s`; ``latencies`` collects each step's latency (seconds)."""
+    out = {}
+    for level in levels(args):
+        batch(args.runs, args.run_steps, level, [])
+        samples, latencies = [], []
+        for _ in range(args.reps):
+            t0 = time.perf_counter()
+            batch(args.runs, args.run_steps, level, latencies)
+            samples.append(args.runs / (time.perf_counter() - t0))
+        out[str(level)] = concurrent_result(samples, latencies)
+    return out
+
+
+async def ameasure_concurrent(
+    batch: Callable[[int, int, int, list[float]], Awaitable[Any]], args: argparse.Namespace
+) -> dict[str, dict[str, Any]]:
+    """Async twin of :func:`measure_concurrent`."""
+    out = {}
+    for level in levels(args):
+        await batch(args.runs, args.run_steps, level, [])
+        samples: list[float] = []
+        latencies: list[float] = []
+        for _ in range(args.reps):
+            t0 = time.perf_counter()
+            await batch(args.runs, args.run_steps, level, latencies)
+            samples.append(args.runs / (time.perf_counter() - t0))
+        out[str(level)] = concurrent_result(samples, latencies)
+    return out
 
 
 def plain_loop(steps: int) -> int:

@@ -9,6 +9,9 @@ Two workloads, for every configuration (system x database x durability):
 * ``step_overhead``: a 100-step workflow of trivial steps; (its wall time - the time of calling
   the 100 step functions directly) / 100, in microseconds per step.
 * ``runs_per_s``: 200 runs of a 10-step workflow, run the way the system runs concurrent work.
+* ``concurrent_16`` / ``concurrent_64`` (Codara and the floor): 200 runs of 10 steps at 16 and
+  64 concurrent runs in one process, runs/s with the p50/p99 step latency beside it; the floor
+  commits every step on its own, one after another (round-robin over the runs).
 
 Each configuration runs in its own fresh process (``benchmarks/_*.py``) on a fresh database (a
 file in a new temp dir, or a new PostgreSQL database that is dropped afterwards), with one
@@ -44,7 +47,7 @@ from benchmarks._common import RESULT_PREFIX, SKIP_PREFIX
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "benchmarks" / "latest.json"
 DEFAULT_PG_URL = os.environ.get("CODARA_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-SYSTEMS = ("raw_commit", "codara", "langgraph", "langgraph-memory", "dbos")
+SYSTEMS = ("raw_commit", "raw_commit_2rt", "codara", "langgraph", "langgraph-memory", "dbos")
 EXTRAS = ("startup",)  # not a system: `codara --help` / `codara runs list` (benchmarks/_startup.py)
 UNITS = {"step_overhead": "us_per_step", "runs_per_s": "runs_per_s"}
 
@@ -55,6 +58,7 @@ class Config:
     module: str
     database: str  # sqlite | postgresql | none
     durability: str  # fsync | os | default (the peer's own default)
+    extra: tuple[str, ...] = ()  # more arguments for the worker
 
     @property
     def label(self) -> str:
@@ -72,6 +76,7 @@ CONFIGS = [
     Config("codara", "benchmarks._codara", "sqlite", "os"),
     Config("langgraph-memory", "benchmarks._peer_langgraph", "none", "default"),
     Config("raw_commit", "benchmarks._raw", "postgresql", "default"),
+    Config("raw_commit_2rt", "benchmarks._raw", "postgresql", "default", ("--two-round-trips",)),
     Config("codara", "benchmarks._codara", "postgresql", "default"),
     Config("langgraph", "benchmarks._peer_langgraph", "postgresql", "default"),
     Config("dbos", "benchmarks._peer_dbos", "postgresql", "default"),
@@ -208,7 +213,7 @@ def run_config(
     out = Outcome(cfg)
     tmpdir = tempfile.mkdtemp(prefix=f"codara-bench-{cfg.system}-")
     dbname = None
-    cmd = [sys.executable, "-m", cfg.module, "--database", cfg.database, *params]
+    cmd = [sys.executable, "-m", cfg.module, "--database", cfg.database, *params, *cfg.extra]
     if cfg.durability != "default":
         cmd += ["--durability", cfg.durability]
     try:
@@ -260,6 +265,30 @@ def summarize(outcomes: list[Outcome]) -> list[dict[str, Any]]:
         r = o.result
         if r is None:
             continue
+        for level, c in (r.get("concurrent") or {}).items():
+            samples = c["runs_per_s"]
+            rows.append(
+                {
+                    "workload": f"concurrent_{level}",
+                    "system": r["system"],
+                    "database": r["database"],
+                    "durability": r["durability"],
+                    "median": round(statistics.median(samples), 1),
+                    "min": round(min(samples), 1),
+                    "max": round(max(samples), 1),
+                    "unit": "runs_per_s",
+                    "reps": len(samples),
+                    "p50_step_ms": c.get("p50_step_ms"),
+                    "p99_step_ms": c.get("p99_step_ms"),
+                    "how": (
+                        f"{r['params']['runs']} runs of {r['params']['run_steps']} steps, "
+                        f"{level} at once in one process; step latency over every step"
+                    ),
+                    "machine_busy_before_after": [
+                        None if b is None else round(b, 2) for b in (o.busy_before, o.busy_after)
+                    ],
+                }
+            )
         for workload, unit in UNITS.items():
             samples = r.get(workload)
             if not samples:
@@ -288,7 +317,7 @@ def summarize(outcomes: list[Outcome]) -> list[dict[str, Any]]:
     }
     rows.sort(
         key=lambda r: (
-            r["workload"] != "step_overhead",
+            (r["workload"] != "step_overhead", r["workload"] != "runs_per_s", r["workload"]),
             *(order[k].index(r[k]) if r[k] in order[k] else 99 for k in order),
         )
     )
@@ -314,7 +343,7 @@ Index = dict[tuple[str, ...], dict[str, Any]]
 
 def ratio_vs_floor(row: dict[str, Any], index: Index) -> float | None:
     """How many times the floor's cost (same database and durability); >1 = slower."""
-    if row["system"] == "raw_commit" or row["database"] == "none":
+    if row["system"].startswith("raw_commit") or row["database"] == "none":
         return None
     floor = index.get((row["workload"], "raw_commit", row["database"], row["durability"]))
     if floor is None or not floor["median"] or not row["median"]:
@@ -370,7 +399,8 @@ def print_tables(console: Console, rows: list[dict[str, Any]], runs: int) -> Non
             last = (
                 i + 1 == len(mine) or (mine[i + 1]["database"], mine[i + 1]["durability"]) != group
             )
-            codara = codara_match(r, index) if r["system"] not in ("codara", "raw_commit") else None
+            mine_or_floor = r["system"] == "codara" or r["system"].startswith("raw_commit")
+            codara = None if mine_or_floor else codara_match(r, index)
             adv = codara_advantage(r, codara) if codara else None
             table.add_row(
                 r["system"],
@@ -385,6 +415,34 @@ def print_tables(console: Console, rows: list[dict[str, Any]], runs: int) -> Non
                 if adv is not None
                 else "-",
                 end_section=last,
+            )
+        console.print(table)
+    concurrent = [r for r in rows if r["workload"].startswith("concurrent_")]
+    if concurrent:
+        table = Table(
+            title=f"Concurrent runs in one process, {runs} runs of 10 steps (runs/s; step "
+            "latency in ms)",
+            title_justify="left",
+        )
+        for col in ("system", "database", "durability", "at once", "median", "min", "max"):
+            table.add_column(col, justify="left" if col in ("system", "database") else "right")
+        table.add_column("p50 step ms", justify="right")
+        table.add_column("p99 step ms", justify="right")
+        table.add_column("x floor runs/s", justify="right")
+        for r in concurrent:
+            floor = index.get((r["workload"], "raw_commit", r["database"], r["durability"]))
+            gain = r["median"] / floor["median"] if floor and floor["median"] else None
+            table.add_row(
+                r["system"],
+                r["database"],
+                r["durability"],
+                r["workload"].split("_", 1)[1],
+                _fmt(r["median"]),
+                _fmt(r["min"]),
+                _fmt(r["max"]),
+                "-" if r.get("p50_step_ms") is None else f"{r['p50_step_ms']:.2f}",
+                "-" if r.get("p99_step_ms") is None else f"{r['p99_step_ms']:.2f}",
+                "-" if r["system"] == "raw_commit" or gain is None else f"{gain:.1f}x",
             )
         console.print(table)
     console.print(
@@ -514,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
             versions.update({k: v for k, v in o.result["versions"].items() if v})
         if (
             o.result
-            and o.result["system"] == "raw_commit"
+            and o.result["system"].startswith("raw_commit")
             and "server_version" in o.result["detail"]
         ):
             versions["postgresql-server"] = o.result["detail"]["server_version"]

@@ -31,8 +31,10 @@ __all__ = [
     "HEAD_COLUMNS",
     "UNKEYED",
     "ChainKey",
+    "HeadEntry",
     "HeadRecord",
     "append_head",
+    "append_heads",
     "chain_key",
     "chain_review_event",
     "event_text",
@@ -180,15 +182,30 @@ async def append_head(
     """Append one heads row inside ``tx``. Appends are serialised: SQLite's write lock, and on
     PostgreSQL a transaction-scoped advisory lock taken after the run row's lock (every
     caller locks the run row first, so the two locks are always taken in the same order)."""
+    await append_heads(tx, [(kind, subject, length, head, state, at)])
+
+
+HeadEntry = tuple[str, str, int, str, str, float]
+"""What one heads row records: kind, subject, length, head, state, at."""
+
+
+async def append_heads(tx: Tx, entries: Sequence[HeadEntry]) -> None:
+    """Append heads rows inside ``tx``, in order, each chained to the one before (a group
+    commit's finishes: one lock, one read of the last head, one INSERT)."""
+    if not entries:
+        return
     if tx.dialect == "postgresql":
         await tx.fetchall(_LOCK_HEADS)
     last = await tx.fetchall("SELECT seq, hash FROM codara_chain_heads ORDER BY seq DESC LIMIT 1")
     seq, prev = (int(last[0][0]) + 1, str(last[0][1])) if last else (1, HEADS_GENESIS)
-    h = chain_key().seal(head_text(seq, kind, subject, length, head, state, at, prev))
-    await tx.execute(
-        f"INSERT INTO codara_chain_heads ({HEAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (seq, kind, subject, length, head, state, at, prev, h),
-    )
+    key = chain_key()
+    params: list[Any] = []
+    for kind, subject, length, head, state, at in entries:
+        h = key.seal(head_text(seq, kind, subject, length, head, state, at, prev))
+        params += (seq, kind, subject, length, head, state, at, prev, h)
+        seq, prev = seq + 1, h
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(entries))
+    await tx.execute(f"INSERT INTO codara_chain_heads ({HEAD_COLUMNS}) VALUES {values}", params)
 
 
 async def record_finish(tx: Tx, record: JournalRecord, status: str, now: float) -> None:

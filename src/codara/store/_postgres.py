@@ -34,8 +34,10 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from codara.errors import DatabaseUnreachableError, StoreUnavailableError
+from codara.store import _audit
 from codara.store import _base as q
 from codara.store._base import FencedError, Tx, own_sql
+from codara.store._group import Write
 from codara.store._notify_pg import WAKE_SQL, WakeListener
 from codara.store._pgpool import ConnectionPool, PoolTimeout
 from codara.store._sql import SQLStore, WriteParams
@@ -86,6 +88,61 @@ _APPEND = (
     "WHERE EXISTS (SELECT 1 FROM codara_runs WHERE id = ? AND token = ? FOR SHARE)"
 )
 _APPEND_PG = _pg(_APPEND)
+_JOURNAL_TYPES = (
+    "text", "int4", "int4", "text", "text", "text", "text", "text", "text", "float8", "float8",
+    "int4", "text", "text", "text", "int4",
+)  # fmt: skip
+_APPEND_MANY = (
+    "INSERT INTO codara_journal (run_id, seq, op, kind, name, status, input, output, error, "
+    "started_at, finished_at, attempts, prev_hash, hash, branch) "
+    "SELECT v.run_id, v.seq, v.op, v.kind, v.name, v.status, v.input, v.output, v.error, "
+    "v.started_at, v.finished_at, v.attempts, v.prev_hash, v.hash, v.branch FROM unnest("
+    + ", ".join(f"%s::{t}[]" for t in _JOURNAL_TYPES)
+    + ") AS v(run_id, seq, op, kind, name, status, input, output, error, started_at, "
+    "finished_at, attempts, prev_hash, hash, branch, token) "
+    "WHERE EXISTS (SELECT 1 FROM codara_runs r WHERE r.id = v.run_id AND r.token = v.token "
+    "FOR SHARE) RETURNING run_id, seq"
+)
+"""Many fenced journal rows in one statement: each row only if its token owns its run."""
+
+
+_FINISH_MANY = (
+    "UPDATE codara_runs r SET status = v.status, output = v.output, error = v.error, "
+    "ready_at = NULL, owner = NULL, waiting_for = NULL, updated_at = v.now, finished_at = v.now "
+    "FROM unnest(%s::text[], %s::int4[], %s::text[], %s::text[], %s::text[], %s::float8[]) "
+    "AS v(id, token, status, output, error, now) WHERE r.id = v.id AND r.token = v.token"
+)
+"""``FINISH_RUN`` for many runs in one statement."""
+
+
+async def _finish_many(conn: psycopg.AsyncConnection[Any], finished: Sequence[Write]) -> None:
+    """The final status of runs whose result rows this transaction just wrote (so their rows
+    are locked and their tokens still own them: every UPDATE must land)."""
+    fs = [(w.run_id, w.token, w.finish) for w in finished if w.finish is not None]
+    cur = await conn.execute(
+        _FINISH_MANY,
+        (
+            [r for r, _, _ in fs],
+            [t for _, t, _ in fs],
+            [f.status for _, _, f in fs],
+            [f.output for _, _, f in fs],
+            [f.error for _, _, f in fs],
+            [f.now for _, _, f in fs],
+        ),
+    )
+    if cur.rowcount != len(fs):  # cannot happen while the rows hold their locks: give up
+        raise RuntimeError(f"finished {cur.rowcount} of {len(fs)} runs whose rows were written")
+
+
+async def _append_many(conn: psycopg.AsyncConnection[Any], group: Sequence[Write]) -> list[int]:
+    """Insert the rows of ``group`` in one statement; the indexes of those written."""
+    params = [(*q.journal_params(w.record), w.token) for w in group]
+    columns = [list(c) for c in zip(*params, strict=True)]
+    cur = await conn.execute(_APPEND_MANY, columns)
+    done = {(r[0], r[1]) for r in await cur.fetchall()}
+    return [i for i, w in enumerate(group) if (w.run_id, w.record.seq) in done]
+
+
 _CLAIM = (
     f"UPDATE codara_runs r SET {q.CLAIM_SET} FROM ("
     "SELECT id FROM codara_runs WHERE ready_at <= ? AND {keys} "
@@ -131,6 +188,7 @@ class PostgresStore(SQLStore):
         self._password = url.password
         self._pool = pool
         self._down = False
+        self._init_group()
 
     @classmethod
     async def connect(
@@ -253,15 +311,50 @@ class PostgresStore(SQLStore):
 
     # -- the hot path ----------------------------------------------------------------------
     async def append(self, run_id: str, token: int, record: JournalRecord) -> None:
+        """One round trip: the fenced INSERT ... SELECT ... WHERE EXISTS, autocommitted."""
+        if self._group.direct(run_id):
+            await self._append_now(run_id, token, record)
+        else:  # another write is in flight: share the next commit
+            await self._group.submit(Write(run_id, token, record))
+
+    async def _append_now(self, run_id: str, token: int, record: JournalRecord) -> None:
+        group = self._group
+        group.inflight += 1
+        try:
+            async with self._conn() as conn:
+                try:
+                    cur = await conn.execute(_APPEND_PG, (*q.journal_params(record), run_id, token))
+                except pg_errors.UniqueViolation as exc:
+                    if _journal_key(exc):  # another owner wrote this seq already
+                        raise FencedError(run_id) from exc
+                    raise
+        finally:
+            group.inflight -= 1
+        if cur.rowcount != 1:
+            raise FencedError(run_id)
+
+    async def _write_group(self, group: Sequence[Write]) -> list[bool]:
+        """Rows alone: one autocommitted multi-row statement, one round trip. With finishes:
+        one transaction of that statement (result rows too), one UPDATE of the finished
+        runs' status and one INSERT of their chain heads."""
         async with self._conn() as conn:
-            try:
-                cur = await conn.execute(_APPEND_PG, (*q.journal_params(record), run_id, token))
-            except pg_errors.UniqueViolation as exc:
-                if _journal_key(exc):  # another owner wrote this seq already
-                    raise FencedError(run_id) from exc
-                raise
-            if cur.rowcount != 1:
-                raise FencedError(run_id)
+            if not any(w.finish for w in group):
+                done = set(await _append_many(conn, group))
+                return [i in done for i in range(len(group))]
+            async with conn.transaction():
+                done = set(await _append_many(conn, group))
+                finished = [w for i, w in enumerate(group) if i in done and w.finish]
+                if finished:
+                    await _finish_many(conn, finished)
+                    await _audit.append_heads(
+                        own_sql(_PgTx(conn)),
+                        [
+                            ("run", w.run_id, w.record.seq + 1, w.record.hash, f.status, f.now)
+                            for w in finished
+                            if (f := w.finish) is not None
+                        ],
+                    )
+        return [i in done for i in range(len(group))]
 
     async def execute_raw(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return await self._read(sql, tuple(params))

@@ -15,6 +15,9 @@ differs between drivers:
   on PostgreSQL), the fenced journal insert (``FOR SHARE``), row locks on a read, a set of
   values (``IN (?, ?)`` or ``= ANY(?)``) and the wake-up ``NOTIFY`` (none on SQLite);
 - ``append``, the hot path, specialised per driver (a SQLite append costs no extra coroutine).
+
+Journal appends and finishes go through the store's group commit (``_group``): written
+directly when the run writes alone, else together with the other runs' rows in one commit.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any, ClassVar
 from codara.store import _audit
 from codara.store import _base as q
 from codara.store._base import FencedError, RowBuilder, Store, Tx, own_sql
+from codara.store._group import Finish, GroupCommit, Write
 from codara.store._types import RUN_COLUMNS, Claim, JournalRecord, RunRecord
 
 __all__ = ["SQLStore", "WriteParams"]
@@ -64,6 +68,20 @@ class SQLStore(Store):
     WAKE: ClassVar[str | None] = None
     """A statement that wakes idle workers when its transaction commits, if the database
     can (PostgreSQL NOTIFY)."""
+    GROUP_WINDOW: ClassVar[float] = 0.0
+    """Group commit: another run's write this many seconds ago means runs write
+    concurrently (SQLite, whose writes never leave the event loop; 0: only a write in
+    flight does)."""
+
+    _group: GroupCommit
+
+    def _init_group(self) -> None:
+        self._group = GroupCommit(self._write_group, self._write_one, self.GROUP_WINDOW)
+
+    @property
+    def group_sizes(self) -> list[int]:
+        """How many rows each recent group commit wrote (the last few hundred)."""
+        return list(self._group.groups)
 
     # -- the seam: connection, locking and errors of one driver -----------------------------
     @abc.abstractmethod
@@ -179,13 +197,60 @@ class SQLStore(Store):
         record: JournalRecord,
         now: float,
     ) -> None:
+        if self._group.direct(run_id):
+            await self._finish_now(run_id, token, Finish(status, output, error, now), record)
+        else:
+            await self._group.submit(
+                Write(run_id, token, record, Finish(status, output, error, now))
+            )
+
+    async def _finish_now(
+        self, run_id: str, token: int, finish: Finish, record: JournalRecord
+    ) -> None:
+        self._group.inflight += 1
+        try:
+            async with self._write_tx() as body:
+                if not await self._finish_in(own_sql(body), run_id, token, finish, record):
+                    raise FencedError(run_id)
+        finally:
+            self._group.inflight -= 1
+
+    async def _finish_in(
+        self, tx: Tx, run_id: str, token: int, f: Finish, record: JournalRecord
+    ) -> bool:
+        """The run's final status, its result row and its chain head, inside ``tx``; False
+        (nothing written) if ``token`` no longer owns the run."""
+        n = await tx.execute(
+            q.FINISH_RUN, (f.status, f.output, f.error, f.now, f.now, run_id, token)
+        )
+        if n != 1:
+            return False
+        await self._append_in(tx, run_id, token, record)
+        await _audit.record_finish(tx, record, f.status, f.now)
+        return True
+
+    # -- group commit (see _group) -----------------------------------------------------------
+    @abc.abstractmethod
+    async def _append_now(self, run_id: str, token: int, record: JournalRecord) -> None:
+        """The direct append: one fenced row, its own transaction; FencedError if fenced."""
+
+    async def _write_one(self, w: Write) -> None:
+        if w.finish is None:
+            await self._append_now(w.run_id, w.token, w.record)
+        else:
+            await self._finish_now(w.run_id, w.token, w.finish, w.record)
+
+    async def _write_group(self, group: Sequence[Write]) -> list[bool]:
+        """Every write of ``group`` in one transaction; per write, written (or fenced)."""
         async with self._write_tx() as body:
             tx = own_sql(body)
-            n = await tx.execute(q.FINISH_RUN, (status, output, error, now, now, run_id, token))
-            if n != 1:
-                raise FencedError(run_id)
-            await self._append_in(tx, run_id, token, record)
-            await _audit.record_finish(tx, record, status, now)
+            return [await self._write_in(tx, w) for w in group]
+
+    async def _write_in(self, tx: Tx, w: Write) -> bool:
+        if w.finish is not None:
+            return await self._finish_in(tx, w.run_id, w.token, w.finish, w.record)
+        params = (*q.journal_params(w.record), w.run_id, w.token)
+        return await tx.execute(self.APPEND, params) == 1
 
     async def suspend(
         self,

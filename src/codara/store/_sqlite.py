@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from codara.errors import DatabaseUnreachableError, StoreUnavailableError
 from codara.store import _base as q
 from codara.store._base import FencedError, Tx, own_sql
+from codara.store._group import Write
 from codara.store._sql import SQLStore, WriteParams
 from codara.store._types import JournalRecord
 from codara.store._url import DatabaseURL
@@ -191,6 +192,7 @@ class SQLiteStore(SQLStore):
     APPEND = _APPEND
     CLAIM = _CLAIM
     CLAIM_ONE = _CLAIM_ONE
+    GROUP_WINDOW = 0.002
 
     def __init__(
         self, url: DatabaseURL, *, durability: str = "fsync", lock_budget: float = 30.0
@@ -214,6 +216,7 @@ class SQLiteStore(SQLStore):
         self._reads = reads  # single-statement reads (autocommit: the latest commit)
         self._readers: list[sqlite3.Connection] = []  # idle connections for tx() snapshots
         self._lock = asyncio.Lock()  # held while a transaction or a waiting write uses _conn
+        self._init_group()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
@@ -406,16 +409,37 @@ class SQLiteStore(SQLStore):
 
     # -- the hot path ----------------------------------------------------------------------
     async def append(self, run_id: str, token: int, record: JournalRecord) -> None:
+        if not self._group.direct(run_id):  # other runs write now: share their commit
+            await self._group.submit(Write(run_id, token, record))
+            return
         args = (*q.journal_params(record), run_id, token)
         try:  # _write's hot path inlined: one coroutine less per step
             if self._lock.locked():
-                cur = await self._write_waiting(_APPEND, args)
+                cur = await self._append_waiting(args)
             else:
                 try:
                     cur = self._conn.execute(_APPEND, args)
                 except sqlite3.Error as exc:
                     self._raise_unless_busy(exc)
-                    cur = await self._write_waiting(_APPEND, args)
+                    cur = await self._append_waiting(args)
+        except sqlite3.IntegrityError as exc:
+            if self._journal_key_taken(exc):
+                raise FencedError(run_id) from exc
+            raise
+        if cur.rowcount != 1:
+            raise FencedError(run_id)
+
+    async def _append_waiting(self, args: Params) -> sqlite3.Cursor:
+        self._group.inflight += 1  # others queue for the next group meanwhile
+        try:
+            return await self._write_waiting(_APPEND, args)
+        finally:
+            self._group.inflight -= 1
+
+    async def _append_now(self, run_id: str, token: int, record: JournalRecord) -> None:
+        args = (*q.journal_params(record), run_id, token)
+        try:
+            cur = await self._write_waiting(_APPEND, args)
         except sqlite3.IntegrityError as exc:
             if self._journal_key_taken(exc):
                 raise FencedError(run_id) from exc
