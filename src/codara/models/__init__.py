@@ -7,20 +7,22 @@ through :class:`LLMSettings`; :func:`llm_step` journals each call so a replay ne
 model again.
 """
 
-from codara.models._batching import MicroBatcher
+from codara.models._batching import BatchStats, TextBatcher, TokenBatcher
 from codara.models._classifier import EmbeddingClassifier, Prediction, pick_threshold
 from codara.models._embedding import Embedder
 from codara.models._journaled import llm_step
 from codara.models._llm import LLMCall, LLMCallError, LLMSettings, build_model, call_llm
 
 __all__ = [
+    "BatchStats",
     "Embedder",
     "EmbeddingClassifier",
     "LLMCall",
     "LLMCallError",
     "LLMSettings",
-    "MicroBatcher",
     "Prediction",
+    "TextBatcher",
+    "TokenBatcher",
     "build_model",
     "call_llm",
     "llm_step",
