@@ -8,6 +8,9 @@ In one process, on one machine, back to back (so the ratios compare like with li
 * ``model_sorted``: ``Embedder.embed(texts)`` once: every ticket text in one call, which sorts
   by token length and runs batches of 32 (the well-batched floor the issue names).
 * ``model_arrival32``: the same texts in arrival order, 32 per call (what a naive batcher does).
+* ``in_process``: the same workload run by ``App.work`` in this process (the worker loop of
+  ``codara worker`` without the process start), which also reports the batcher's figures:
+  model calls, padding share, and the seconds the model was busy.
 * ``workload``: the ``triage`` workflow of ``examples/support_triage`` for the same tickets,
   enqueued beforehand, then executed by a ``codara worker --until-idle`` subprocess on a fresh
   SQLite database (classifier already fitted: its cache is warm). Timed as the worker
@@ -113,6 +116,13 @@ async def _enqueue(config: Path, tickets: list[dict[str, Any]]) -> None:
         await app.start_runs("triage", tickets, keys=[f"bench:{t['id']}" for t in tickets])
 
 
+async def _work_here(app: Any, concurrency: int) -> float:
+    async with app:
+        t0 = time.perf_counter()
+        await app.work(concurrency=concurrency, until_idle=True)
+        return time.perf_counter() - t0
+
+
 def _journal_span(db: Path) -> tuple[float, dict[str, int]]:
     with sqlite3.connect(db) as conn:
         first = conn.execute("SELECT MIN(started_at) FROM codara_journal").fetchone()[0]
@@ -128,6 +138,7 @@ def main() -> None:
     config = _config(args, db, cache_dir)
     os.environ["CODARA_CONFIG"] = str(config)
 
+    from examples.support_triage import crm as crm_module
     from examples.support_triage.app import build
     from examples.support_triage.data import load_examples, split, tickets
 
@@ -159,14 +170,27 @@ def main() -> None:
     model_sorted = _best(sorted_call, reps)
     model_arrival = _best(arrival32, reps)
 
+    crm = db.with_suffix(".crm.db")
+
+    def fresh() -> None:
+        for base in (db, crm):
+            for path in (base, Path(f"{base}-wal"), Path(f"{base}-shm")):
+                path.unlink(missing_ok=True)
+        crm_module.create(crm)
+
+    # In this process first: the same worker loop (App.work), to read the batcher's figures.
+    concurrency = load_settings(config).worker.concurrency
+    fresh()
+    asyncio.run(_enqueue(config, inbox))
+    inproc = asyncio.run(_work_here(work.app, concurrency))
+    stats = work.model.batcher.stats
+    work.crm.close()
+
     workload, spans, counts = [], [], {}
     env = dict(os.environ, CODARA_CONFIG=str(config))
     cmd = [sys.executable, "-m", "codara", "worker", "--until-idle", "--log-level", "warning"]
     for rep in range(args.workload_reps):
-        for suffix in ("", "-wal", "-shm", ".crm.db"):
-            Path(f"{db}{suffix}" if suffix != ".crm.db" else db.with_suffix(suffix)).unlink(
-                missing_ok=True
-            )
+        fresh()
         asyncio.run(_enqueue(config, inbox))
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
@@ -193,7 +217,7 @@ def main() -> None:
         "durability": args.durability,
         "tickets": len(inbox),
         "tokens": sum(len(t) for t in embedder.tokenize(texts)),
-        "concurrency": load_settings(config).worker.concurrency,
+        "concurrency": concurrency,
         "model_threads": embedder.threads,
         "model_sorted_s": round(model_sorted, 3),
         "model_arrival32_s": round(model_arrival, 3),
@@ -202,6 +226,16 @@ def main() -> None:
         "ratio_worker_vs_sorted": round(wall / model_sorted, 2),
         "ratio_runs_vs_sorted": round(runs / model_sorted, 2),
         "ratio_arrival32_vs_sorted": round(model_arrival / model_sorted, 2),
+        "in_process_s": round(inproc, 3),
+        "ratio_in_process_vs_sorted": round(inproc / model_sorted, 2),
+        "batcher": {
+            "model_calls": stats.calls,
+            "largest_batch": stats.largest,
+            "padding_share": round(stats.padding_share, 3),
+            "model_busy_s": round(stats.busy, 3),
+            "ratio_busy_vs_sorted": round(stats.busy / model_sorted, 2),
+            "batch_tokens": work.model.embedding.batch_tokens,
+        },
         "runs": counts,
         "python": platform.python_version(),
         "versions": versions,

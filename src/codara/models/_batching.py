@@ -12,8 +12,10 @@ free, runs the texts of most similar length around the oldest one, up to a token
 * The next batch is the oldest waiting text plus its neighbours in length order, shorter
   ones first (they add no padding), while ``texts x longest <= max_tokens`` and
   ``texts <= max_texts``. The oldest text always goes next: nothing starves.
-* One model call at a time, in a thread, so the event loop keeps serving other runs; each
-  batch's results are handed back as soon as that batch is done.
+* One model call at a time, in a thread, so the event loop keeps serving other runs; that
+  thread takes the next batch itself as soon as a call ends (a loop busy with journal
+  writes does not leave the model idle), and each batch's results are handed back through
+  the loop as soon as that batch is done.
 * A batch that fails is split in halves and retried until the failing text is alone, so only
   its caller gets the error. A caller that is cancelled leaves the pool.
 
@@ -27,7 +29,10 @@ from __future__ import annotations
 import asyncio
 import bisect
 import itertools
+import threading
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -54,6 +59,8 @@ class BatchStats:
     """Token positions the calls computed: per call, texts x its longest text."""
     largest: int = 0
     """Most texts in one call."""
+    busy: float = 0.0
+    """Seconds spent in the model calls."""
 
     @property
     def padding_share(self) -> float:
@@ -75,8 +82,10 @@ class _Request:
 class TokenBatcher(Generic[Out]):
     """Answers one token sequence per call; ``fn`` gets batches of similar length.
 
-    ``fn(batch)`` returns one result per token sequence, in order. It runs in a thread, one
-    call at a time (the model uses the cores it has already).
+    ``fn(batch)`` returns one result per token sequence, in order. It runs in one thread, one
+    call at a time (the model uses the cores it has already), and that thread takes the next
+    batch itself when a call ends: the model does not wait for a busy event loop between
+    calls. Results go back to the callers through the loop.
     """
 
     def __init__(
@@ -97,13 +106,18 @@ class TokenBatcher(Generic[Out]):
         self.max_texts = max_texts
         self.max_wait = max_wait
         self.stats = BatchStats()
-        # the pool, sorted by (length, seq); the oldest is the one with the smallest seq
+        # The pool, sorted by (length, seq); the oldest is the one with the smallest seq.
+        # Shared by the loop (adds, cancels) and the model thread (takes): under _lock.
         self._pool: list[tuple[int, int, _Request]] = []
         self._pool_tokens = 0
+        self._lock = threading.Lock()
+        self._serving = False  # a model thread is running or about to: under _lock
         self._seq = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._drainer: asyncio.Task[None] | None = None
         self._full: asyncio.Event | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
+        # its own thread, named, so the model does not hold a slot of the loop's default pool
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codara-model")
 
     @property
     def waiting(self) -> int:
@@ -114,17 +128,24 @@ class TokenBatcher(Generic[Out]):
         if not tokens:
             raise ValueError("an empty token sequence has nothing to embed")
         loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            if self._pool:
-                raise RuntimeError("a TokenBatcher serves one event loop at a time")
-            self._loop, self._drainer, self._full = loop, None, asyncio.Event()
-        request = _Request(next(self._seq), tokens, loop.create_future())
-        bisect.insort(self._pool, (request.length, request.seq, request))
-        self._pool_tokens += request.length
-        if self._pool_tokens >= self.max_tokens and self._full is not None:
+        with self._lock:
+            if self._loop is not loop:
+                if self._pool or self._serving:
+                    raise RuntimeError("a TokenBatcher serves one event loop at a time")
+                self._loop, self._full = loop, asyncio.Event()
+            request = _Request(next(self._seq), tokens, loop.create_future())
+            bisect.insort(self._pool, (request.length, request.seq, request))
+            self._pool_tokens += request.length
+            full = self._pool_tokens >= self.max_tokens
+            start = not self._serving
+            self._serving = True
+        assert self._full is not None
+        if full:
             self._full.set()
-        if self._drainer is None or self._drainer.done():
-            self._drainer = loop.create_task(self._drain())
+        if start:
+            task = asyncio.ensure_future(self._start(loop, self._full))
+            self._tasks.add(task)  # keep a reference until it is done
+            task.add_done_callback(self._tasks.discard)
         try:
             result: Out = await request.future
         except asyncio.CancelledError:
@@ -133,38 +154,48 @@ class TokenBatcher(Generic[Out]):
         return result
 
     def _forget(self, request: _Request) -> None:
-        i = bisect.bisect_left(self._pool, (request.length, request.seq))
-        if i < len(self._pool) and self._pool[i][2] is request:
-            del self._pool[i]
-            self._pool_tokens -= request.length
+        with self._lock:
+            i = bisect.bisect_left(self._pool, (request.length, request.seq))
+            if i < len(self._pool) and self._pool[i][2] is request:
+                del self._pool[i]
+                self._pool_tokens -= request.length
 
-    async def _drain(self) -> None:
-        """Run batches while the pool holds texts; after an idle model, wait for company."""
-        assert self._full is not None
-        if self._pool_tokens < self.max_tokens and self.max_wait > 0:
-            self._full.clear()
+    async def _start(self, loop: asyncio.AbstractEventLoop, full: asyncio.Event) -> None:
+        """The model was idle: wait ``max_wait`` for company (or a full budget), then serve."""
+        if self.max_wait > 0 and not full.is_set():
             try:
-                await asyncio.wait_for(self._full.wait(), self.max_wait)
+                await asyncio.wait_for(full.wait(), self.max_wait)
             except TimeoutError:
                 pass
-        while self._pool:
-            batch = self._take()
+        full.clear()
+        try:
+            await loop.run_in_executor(self._executor, self._serve, loop)
+        except BaseException:
+            with self._lock:  # the loop is going away: nobody will be answered
+                self._serving = False
+                stranded = [entry[2] for entry in self._pool]
+                self._pool.clear()
+                self._pool_tokens = 0
+            for request in stranded:
+                if not request.future.done():
+                    request.future.set_exception(RuntimeError("the batcher was stopped"))
+            raise
+
+    def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The model thread: run batches until the pool is empty."""
+        while True:
+            with self._lock:
+                if not self._pool:
+                    self._serving = False
+                    return
+                batch = self._take()
+            outcomes = self._answer([r.tokens for r in batch])
             try:
-                outcomes = await asyncio.to_thread(self._answer, [r.tokens for r in batch])
-            except BaseException as exc:  # cancelled (the loop is closing): fail the callers
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(
-                            exc if isinstance(exc, Exception) else RuntimeError("batcher stopped")
-                        )
-                raise
-            for request, (ok, value) in zip(batch, outcomes, strict=True):
-                if request.future.done():  # cancelled meanwhile
-                    continue
-                if ok:
-                    request.future.set_result(value)
-                else:
-                    request.future.set_exception(value)
+                loop.call_soon_threadsafe(_deliver, batch, outcomes)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                with self._lock:
+                    self._serving = False
+                return
 
     def _take(self) -> list[_Request]:
         """The oldest waiting text and its nearest neighbours in length, within the budget."""
@@ -193,6 +224,7 @@ class TokenBatcher(Generic[Out]):
         self.stats.tokens += sum(len(t) for t in batch)
         self.stats.padded += len(batch) * max(len(t) for t in batch)
         self.stats.largest = max(self.stats.largest, len(batch))
+        started = time.perf_counter()
         try:
             results = self._fn(batch)
             if len(results) != len(batch):
@@ -200,13 +232,25 @@ class TokenBatcher(Generic[Out]):
                     f"the batched call returned {len(results)} results for {len(batch)} texts"
                 )
         except Exception as exc:
+            self.stats.busy += time.perf_counter() - started
             if len(batch) == 1:
                 self.stats.items += 1
                 return [(False, exc)]
             half = len(batch) // 2
             return self._answer(batch[:half]) + self._answer(batch[half:])
+        self.stats.busy += time.perf_counter() - started
         self.stats.items += len(batch)
         return [(True, r) for r in results]
+
+
+def _deliver(batch: list[_Request], outcomes: list[tuple[bool, Any]]) -> None:
+    for request, (ok, value) in zip(batch, outcomes, strict=True):
+        if request.future.done():  # its caller was cancelled meanwhile
+            continue
+        if ok:
+            request.future.set_result(value)
+        else:
+            request.future.set_exception(value)
 
 
 class TextBatcher(Generic[Out]):
