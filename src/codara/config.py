@@ -105,7 +105,7 @@ class EmbeddingSettings(_Section):
     threads: int = Field(default=0, ge=0, le=64)
     """onnxruntime threads one model call uses; ``0``: one per CPU this process may use, at
     most 8."""
-    batch_tokens: int = Field(default=512, ge=16, le=65536)
+    batch_tokens: int = Field(default=256, ge=16, le=65536)
     """Token budget of one model call, padding included: its texts x its longest text's
     tokens. Waiting texts are sorted by length and grouped up to this; a text longer than
     the budget goes alone."""

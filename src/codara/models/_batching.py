@@ -92,7 +92,7 @@ class TokenBatcher(Generic[Out]):
         self,
         fn: Callable[[list[Tokens]], Sequence[Out]],
         *,
-        max_tokens: int = 512,
+        max_tokens: int = 256,
         max_texts: int = 256,
         max_wait: float = 0.002,
     ) -> None:
