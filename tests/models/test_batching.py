@@ -91,8 +91,8 @@ async def test_a_failing_text_fails_only_its_caller(embedder: Embedder) -> None:
     )
     assert isinstance(results[4], ValueError)
     assert "tokens" in str(results[4])
-    vectors = [r for i, r in enumerate(results) if i != 4]
-    assert all(isinstance(v, np.ndarray) for v in vectors)
+    vectors = [r for i, r in enumerate(results) if i != 4 and isinstance(r, np.ndarray)]
+    assert len(vectors) == len(SHORT)
     np.testing.assert_allclose(np.vstack(vectors), embedder.embed(SHORT), atol=1e-4)
 
 
