@@ -517,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         busy = wait_idle(args.wait_idle, 0.2, console) if args.wait_idle else machine_busy(0.5)
         console.print(f"[bold]{cfg.label}[/] ...", end=" ")
         if cfg.system == "triage":
-            extra = ["--tickets", "600"] if args.quick else []
+            extra = ["--tickets", "400", "--reps", "1"] if args.quick else []
             o = run_config(cfg, params + extra, pg, max(timeout, 1200.0), env)
         else:
             o = run_config(cfg, params, pg, timeout, env)
