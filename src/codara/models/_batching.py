@@ -270,7 +270,7 @@ class TextBatcher(Generic[Out]):
         s = settings if settings is not None else EmbeddingSettings()
         self.embedder = embedder
         self._then = then
-        self.tokens: TokenBatcher[Out] = TokenBatcher(
+        self.by_tokens: TokenBatcher[Out] = TokenBatcher(
             self._run,
             max_tokens=s.batch_tokens,
             max_texts=s.batch_texts,
@@ -279,12 +279,12 @@ class TextBatcher(Generic[Out]):
 
     @property
     def stats(self) -> BatchStats:
-        return self.tokens.stats
+        return self.by_tokens.stats
 
     async def __call__(self, text: str) -> Out:
         if not self.embedder.is_loaded:  # loading takes seconds: not on the event loop
             await asyncio.to_thread(self.embedder.load)
-        return await self.tokens(self.embedder.encode(text))
+        return await self.by_tokens(self.embedder.encode(text))
 
     def _run(self, batch: list[Tokens]) -> Sequence[Out]:
         return self._then(self.embedder.embed_tokens(batch))
