@@ -47,7 +47,15 @@ from benchmarks._common import RESULT_PREFIX, SKIP_PREFIX
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "benchmarks" / "latest.json"
 DEFAULT_PG_URL = os.environ.get("CODARA_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-SYSTEMS = ("raw_commit", "raw_commit_2rt", "codara", "langgraph", "langgraph-memory", "dbos")
+SYSTEMS = (
+    "raw_commit",
+    "raw_commit_2rt",
+    "codara",
+    "langgraph",
+    "langgraph-memory",
+    "dbos",
+    "triage",
+)
 EXTRAS = ("startup",)  # not a system: `codara --help` / `codara runs list` (benchmarks/_startup.py)
 UNITS = {"step_overhead": "us_per_step", "runs_per_s": "runs_per_s"}
 
@@ -80,6 +88,8 @@ CONFIGS = [
     Config("codara", "benchmarks._codara", "postgresql", "default"),
     Config("langgraph", "benchmarks._peer_langgraph", "postgresql", "default"),
     Config("dbos", "benchmarks._peer_dbos", "postgresql", "default"),
+    # the reference workload against its model time (benchmarks/_workload.py)
+    Config("triage", "benchmarks._workload", "sqlite", "fsync"),
 ]
 
 
@@ -453,6 +463,46 @@ def print_tables(console: Console, rows: list[dict[str, Any]], runs: int) -> Non
     )
 
 
+def _workload_line(r: dict[str, Any]) -> str:
+    worker = statistics.median(r["workload_worker_s"])
+    runs = statistics.median(r["workload_runs_s"])
+    return (
+        f"{r['tickets']} tickets: model {r['model_sorted_s']:.1f}s sorted, "
+        f"{r['model_arrival32_s']:.1f}s arrival/32; worker {worker:.1f}s "
+        f"({r['ratio_worker_vs_sorted']:.2f}x), runs {runs:.1f}s "
+        f"({r['ratio_runs_vs_sorted']:.2f}x the sorted model time)"
+    )
+
+
+def workload_rows(outcomes: list[Outcome]) -> list[dict[str, Any]]:
+    """The triage workload against the embedder alone (benchmarks/_workload.py), one row."""
+    rows = []
+    for o in outcomes:
+        r = o.result
+        if r is None or r.get("system") != "triage":
+            continue
+        rows.append(
+            {
+                "workload": "triage_vs_model",
+                "system": "triage",
+                "database": r["database"],
+                "durability": r["durability"],
+                "median": r["ratio_worker_vs_sorted"],
+                "unit": "x_model_sorted",
+                "how": (
+                    f"{r['tickets']} tickets through `codara worker --until-idle` (concurrency "
+                    f"{r['concurrency']}, model fitted beforehand) / Embedder.embed of the same "
+                    "texts in one call (sorted by length, batches of 32); same process, same run"
+                ),
+                "detail": r,
+                "machine_busy_before_after": [
+                    None if b is None else round(b, 2) for b in (o.busy_before, o.busy_after)
+                ],
+            }
+        )
+    return rows
+
+
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -534,7 +584,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         busy = wait_idle(args.wait_idle, 0.2, console) if args.wait_idle else machine_busy(0.5)
         console.print(f"[bold]{cfg.label}[/] ...", end=" ")
-        o = run_config(cfg, params, pg, timeout, env)
+        if cfg.system == "triage":
+            extra = ["--tickets", "400", "--reps", "1"] if args.quick else []
+            o = run_config(cfg, params + extra, pg, max(timeout, 1200.0), env)
+        else:
+            o = run_config(cfg, params, pg, timeout, env)
         o.busy_before, o.busy_after = busy, machine_busy(0.5)
         outcomes.append(o)
         load = (
@@ -542,7 +596,9 @@ def main(argv: list[str] | None = None) -> int:
             if o.busy_before is not None and o.busy_after is not None
             else ""
         )
-        if o.result:
+        if o.result and o.result["system"] == "triage":
+            console.print(f"{_workload_line(o.result)}  [dim]({o.seconds:.0f}s; {load})[/]")
+        elif o.result:
             r = o.result
             so = statistics.median(r["step_overhead"])
             rps = statistics.median(r["runs_per_s"]) if r.get("runs_per_s") else float("nan")
@@ -558,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarize(outcomes)
     if rows:
         print_tables(console, rows, runs)
+    rows += workload_rows(outcomes)
     if (not only or "startup" in only) and args.database in (None, "sqlite"):
         from benchmarks._startup import measure as measure_startup
 

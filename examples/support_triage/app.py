@@ -38,7 +38,7 @@ def build(settings: Settings | None = None, **overrides: object) -> Workload:
     if overrides:
         triage = triage.model_copy(update=overrides)
     app = codara.App(settings=settings)
-    model = TriageModel(triage)
+    model = TriageModel(triage, settings.embedding)
     crm = CRM(triage.crm_path)
     gate = ReviewGate.from_settings(settings, "triage")
     register(app, model, crm, gate, sensitive=frozenset(triage.sensitive_intents))

@@ -105,6 +105,11 @@ class CRM:
         )
         return key
 
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
     def counts(self) -> dict[str, int]:
         db = self._db()
         return {

@@ -4,11 +4,12 @@ logistic regression), with a confidence threshold set on held-out tuning example
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from pydantic import BaseModel
 
-from codara.models import EmbeddingClassifier, MicroBatcher, Prediction, pick_threshold
+from codara.config import EmbeddingSettings
+from codara.models import Embedder, EmbeddingClassifier, Prediction, TextBatcher, pick_threshold
 
 from .data import Split, load_examples, split
 from .settings import TriageSettings
@@ -26,12 +27,35 @@ class Intent(BaseModel):
 class TriageModel:
     """Fitted once per process (from the disk cache when the data has not changed)."""
 
-    def __init__(self, settings: TriageSettings) -> None:
+    def __init__(
+        self, settings: TriageSettings, embedding: EmbeddingSettings | None = None
+    ) -> None:
         self.settings = settings
+        self.embedding = embedding if embedding is not None else EmbeddingSettings()
         self._lock = threading.Lock()
+        self._embedder: Embedder | None = None
         self._classifier: EmbeddingClassifier | None = None
         self._threshold: float | None = None
-        self._batcher: MicroBatcher[str, Prediction] | None = None
+        self._batcher: TextBatcher[Prediction] | None = None
+
+    @property
+    def embedder(self) -> Embedder:
+        """The embedder this model classifies with ([embedding] threads)."""
+        if self._embedder is None:
+            threads = self.embedding.threads or None
+            self._embedder = Embedder.shared() if threads is None else Embedder(threads=threads)
+        return self._embedder
+
+    @property
+    def batcher(self) -> TextBatcher[Prediction]:
+        """Batches concurrent runs' tickets into model calls ([embedding] batch_*)."""
+        if self._batcher is None:
+            if self._classifier is None:
+                raise RuntimeError("the model is not prepared yet")
+            self._batcher = TextBatcher(
+                self.embedder, self._classifier.predict_embeddings, self.embedding
+            )
+        return self._batcher
 
     @property
     def threshold(self) -> float:
@@ -57,7 +81,7 @@ class TriageModel:
                 )
             texts = [e.text for e in parts.fit]
             labels = [e.label for e in parts.fit]
-            clf = EmbeddingClassifier().fit_cached(
+            clf = EmbeddingClassifier(self.embedder).fit_cached(
                 texts, labels, cfg.cache_dir, on_progress=on_progress
             )
             tune_vectors = clf.embedder.embed_cached([e.text for e in parts.tune], cfg.cache_dir)
@@ -68,19 +92,14 @@ class TriageModel:
             )
             self._classifier = clf
 
-    def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
-        assert self._classifier is not None
-        return list(self._classifier.predict(list(texts)))
-
     async def classify(self, text: str) -> Intent:
-        """One message's intent. Concurrent runs' calls are batched into one model call."""
+        """One message's intent. Concurrent runs' texts share model calls, grouped by
+        token length (see ``TextBatcher``)."""
         if self._classifier is None:
             import asyncio
 
             await asyncio.to_thread(self.prepare)
-        if self._batcher is None:
-            self._batcher = MicroBatcher(self.predict_batch, max_batch=32)
-        prediction = await self._batcher(text)
+        prediction = await self.batcher(text)
         return Intent(
             label=prediction.label,
             confidence=round(prediction.confidence, 6),

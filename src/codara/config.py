@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_CONFIG_FILE",
     "DEFAULT_DATABASE_URL",
     "REFERENCE_PATH",
+    "EmbeddingSettings",
     "ServerSettings",
     "Settings",
     "StoreSettings",
@@ -118,6 +119,24 @@ class ServerSettings(_Section):
         return value
 
 
+class EmbeddingSettings(_Section):
+    """The built-in embedding model (``codara.models``): its threads, and how texts from
+    concurrent runs are batched into model calls (see ``TextBatcher``)."""
+
+    threads: int = Field(default=0, ge=0, le=64)
+    """onnxruntime threads one model call uses; ``0``: one per CPU this process may use, at
+    most 8."""
+    batch_tokens: int = Field(default=256, ge=16, le=65536)
+    """Token budget of one model call, padding included: its texts x its longest text's
+    tokens. Waiting texts are sorted by length and grouped up to this; a text longer than
+    the budget goes alone."""
+    batch_texts: int = Field(default=256, ge=1, le=4096)
+    """Most texts in one model call."""
+    batch_wait: float = Field(default=0.002, ge=0, le=1)
+    """Seconds a text that finds the model idle waits for others (or for a full budget)
+    before the call starts; while the model is busy texts only wait for it."""
+
+
 class Settings(_Section):
     model_config = ConfigDict(extra="allow", frozen=True, use_attribute_docstrings=True)
 
@@ -127,6 +146,8 @@ class Settings(_Section):
     """``[worker]``: the worker processes."""
     server: ServerSettings = ServerSettings()
     """``[server]``: the web server's request limits."""
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    """``[embedding]``: the built-in embedding model."""
     source_file: str | None = None
     """The file the settings came from, if any (for error messages)."""
 

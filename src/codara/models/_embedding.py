@@ -145,6 +145,7 @@ class Embedder:
         self._lock = threading.Lock()
         self._loaded: _Loaded | None = None
         self._texts_embedded = 0
+        self._model_calls = 0
 
     @classmethod
     def shared(cls) -> Embedder:
@@ -163,6 +164,21 @@ class Embedder:
     def texts_embedded(self) -> int:
         """How many texts this embedder has run through the model (cache hits excluded)."""
         return self._texts_embedded
+
+    @property
+    def model_calls(self) -> int:
+        """How many times this embedder has run the model (one call embeds one batch)."""
+        return self._model_calls
+
+    @property
+    def threads(self) -> int:
+        """onnxruntime intra-op threads one model call uses."""
+        return self._threads
+
+    @property
+    def is_loaded(self) -> bool:
+        """Whether the model and tokenizer are loaded (the first use loads them)."""
+        return self._loaded is not None
 
     def load(self) -> None:
         """Load and verify the model and tokenizer now rather than on first use."""
@@ -234,24 +250,55 @@ class Embedder:
         if total == 0:
             return out
         loaded = self._get()
-        encodings = loaded.tokenizer.encode_batch(items)
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=total)
+        tokens = [e.ids for e in loaded.tokenizer.encode_batch(items)]
+        lengths = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=total)
         order = np.argsort(-lengths, kind="stable")
         for start in range(0, total, batch_size):
             idx = order[start : start + batch_size]
-            width = int(lengths[idx].max())
-            ids = np.full((len(idx), width), loaded.pad_id, dtype=np.int64)
-            mask = np.zeros((len(idx), width), dtype=np.int64)
-            for row, i in enumerate(idx):
-                n = int(lengths[i])
-                ids[row, :n] = encodings[i].ids
-                mask[row, :n] = 1
-            out[idx] = self._run(loaded, ids, mask)
-            with self._lock:
-                self._texts_embedded += len(idx)
+            out[idx] = self._embed_padded(loaded, [tokens[i] for i in idx])
             if on_progress is not None:
                 on_progress(min(start + batch_size, total), total)
         return out
+
+    def encode(self, text: str) -> list[int]:
+        """The token ids of one text as the model sees it ([CLS] ... [SEP], at most 256)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text is {type(text).__name__}, not str")
+        ids: list[int] = self._get().tokenizer.encode(text).ids
+        return ids
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """The token ids of each of ``texts`` (see :meth:`encode`)."""
+        items = check_texts(texts)
+        if not items:
+            return []
+        return [e.ids for e in self._get().tokenizer.encode_batch(items)]
+
+    def embed_tokens(self, batch: Sequence[Sequence[int]]) -> FloatMatrix:
+        """Embed already tokenized texts in exactly one model call, padded to the longest.
+
+        The caller chooses the batch (:class:`~codara.models.TokenBatcher` groups texts of
+        similar length); the rows come back in the order given.
+        """
+        if not batch:
+            return np.empty((0, EMBEDDING_DIM), dtype=np.float32)
+        for i, ids in enumerate(batch):
+            if not 0 < len(ids) <= MAX_TOKENS:
+                raise ValueError(f"batch[{i}] has {len(ids)} tokens, not 1 to {MAX_TOKENS}")
+        return self._embed_padded(self._get(), batch)
+
+    def _embed_padded(self, loaded: _Loaded, batch: Sequence[Sequence[int]]) -> FloatMatrix:
+        width = max(len(t) for t in batch)
+        ids = np.full((len(batch), width), loaded.pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, tokens in enumerate(batch):
+            ids[row, : len(tokens)] = tokens
+            mask[row, : len(tokens)] = 1
+        vectors = self._run(loaded, ids, mask)
+        with self._lock:
+            self._texts_embedded += len(batch)
+            self._model_calls += 1
+        return vectors
 
     def _run(
         self, loaded: _Loaded, ids: npt.NDArray[np.int64], mask: npt.NDArray[np.int64]
