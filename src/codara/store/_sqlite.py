@@ -22,6 +22,7 @@ multi-statement transactions on the shared connection), so only one of them prob
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -215,6 +216,10 @@ class SQLiteStore(SQLStore):
         self._readers: list[sqlite3.Connection] = []  # idle connections for tx() snapshots
         self._lock = asyncio.Lock()  # held while a transaction or a waiting write uses _conn
 
+    @property
+    def wake_key(self) -> str:
+        return f"sqlite:{os.path.realpath(self._path)}"
+
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
@@ -386,6 +391,7 @@ class SQLiteStore(SQLStore):
             await tx.commit()
         finally:
             tx.close()
+        self.woke(tx)  # committed: wake this process's workers if it made a run ready
 
     @asynccontextmanager
     async def _write_tx(self) -> AsyncIterator[Tx]:
@@ -393,10 +399,12 @@ class SQLiteStore(SQLStore):
         async with self._lock:
             await self._begin()
             try:
-                yield _BodyTx(self)
+                tx = _BodyTx(self)
+                yield tx
                 await self._commit()
             finally:
                 self._rollback()  # only if still open: the body or the COMMIT failed
+        self.woke(tx)  # committed: wake this process's workers if it made a run ready
 
     def _members(self, column: str, values: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
         return f"{column} IN ({', '.join('?' * len(values))})", tuple(values)
