@@ -189,7 +189,9 @@ async def _plan_sqlite(url: str, rows: int) -> dict[str, Any]:
     finally:
         conn.close()
     full = [line for line in plan if line.startswith("SCAN codara_runs")]
-    indexes = sorted({line.split("USING ")[1].split(" (")[0] for line in plan if "USING" in line})
+    indexes = sorted(
+        {line.split("USING ")[1].split(" (")[0].split()[-1] for line in plan if "USING" in line}
+    )
     return {
         "database": "sqlite",
         "rows": rows,
@@ -249,12 +251,10 @@ def _spawn_workers(url: str, n: int, log: Any) -> list[subprocess.Popen[bytes]]:
         PYTHONPATH=os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(ROOT)) if p),
     )
     env.pop("CODARA_CONFIG", None)
+    command = [sys.executable, "-m", "codara", "--app", APP_SPEC, "worker",
+               "-n", str(CONCURRENCY), "--log-level", "warning"]  # fmt: skip
     return [
-        subprocess.Popen(
-            [sys.executable, "-m", "codara", "--app", APP_SPEC, "worker", "-n", str(CONCURRENCY),
-             "--log-level", "warning"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log,
-        )  # fmt: skip
+        subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
         for _ in range(n)
     ]
 
@@ -292,9 +292,7 @@ async def _shared(url: str, workers: int, runs: int) -> dict[str, Any]:
                     p.wait(timeout=60)
             counts = await bench.store.count_runs()
     with psycopg.connect(url, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT count(*), count(DISTINCT run_id) FROM bench_effects"
-        ).fetchone()
+        rows = conn.execute("SELECT count(*), count(DISTINCT run_id) FROM bench_effects").fetchone()
         per_pid = [n for (n,) in conn.execute(
             "SELECT count(*) FROM bench_effects GROUP BY pid ORDER BY 1 DESC"
         )]  # fmt: skip

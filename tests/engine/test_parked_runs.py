@@ -54,8 +54,10 @@ async def test_parked_runs_hold_no_task_object_or_thread_in_the_worker(db_url: s
             ids = await app.start_runs("parks", [None] * 2000)
             await _parked(app, 2200)
             await asyncio.sleep(0.2)
-            assert not worker.active and not worker.claims and not worker.contexts
-            assert not worker.leases.tasks
+            assert not worker.active, "no claim is held for a parked run"
+            assert not worker.claims
+            assert not worker.contexts
+            assert not worker.leases.tasks, "no lease is renewed for a parked run"
             more_objects, more_tasks, more_threads = _footprint()
             assert more_tasks == tasks, "no task per parked run"
             assert more_threads == threads, "no thread per parked run"

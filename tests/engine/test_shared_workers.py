@@ -9,6 +9,7 @@ timed; ``benchmarks/scale.py`` measures runs/s for 1, 2 and 4 processes.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import subprocess
 import sys
@@ -38,11 +39,11 @@ def _listening(url: str) -> int:
 async def test_two_worker_processes_share_200_runs_none_lost_none_twice(
     pg_url: str, tmp_path: Path
 ) -> None:
-    sys.path.insert(0, str(HERE))
-    try:
-        import shared_app
-    finally:
-        sys.path.remove(str(HERE))
+    spec = importlib.util.spec_from_file_location("shared_app", HERE / "shared_app.py")
+    assert spec is not None
+    assert spec.loader is not None
+    shared_app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shared_app)
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(shared_app.EFFECTS_DDL)
     app = codara.App(pg_url)
@@ -52,11 +53,9 @@ async def test_two_worker_processes_share_200_runs_none_lost_none_twice(
     env.pop("CODARA_CONFIG", None)
     logs = [open(tmp_path / f"worker{i}.log", "w") for i in range(WORKERS)]  # noqa: SIM115
     async with app:
+        command = [sys.executable, "-m", "codara", "--app", "shared_app:app", "worker", "-n", "8"]
         procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "codara", "--app", "shared_app:app", "worker", "-n", "8"],
-                env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=log,
-            )  # fmt: skip
+            subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=log)
             for log in logs
         ]
         try:

@@ -208,9 +208,7 @@ async def test_a_second_store_on_the_same_database_wakes_the_first_ones_worker(
                 assert client.store is not app.store
                 assert client.store.wake_key == app.store.wake_key
                 run_id = await client.start_run("gated")
-                await _until(
-                    lambda: _is(_status(app, run_id), "waiting"), "the run to park", 20
-                )
+                await _until(lambda: _is(_status(app, run_id), "waiting"), "the run to park", 20)
                 await client.send_signal(run_id, "go", "hi")
                 await _until(
                     lambda: _is(_status(app, run_id), "completed"), "the run to resume", 20
@@ -250,10 +248,13 @@ async def test_only_a_committed_write_wakes_and_only_one_that_makes_a_run_ready(
             class Abort(Exception):
                 pass
 
-            with pytest.raises(Abort):
+            async def signal_then_abort() -> None:
                 async with store.tx() as tx:
                     assert await signal_run(tx, run_id, "go", None, app.clock())
                     raise Abort  # rolled back: nothing became ready, nobody is woken
+
+            with pytest.raises(Abort):
+                await signal_then_abort()
             assert not event.is_set()
             assert (await app.get_run(run_id)).status == "waiting"
 

@@ -70,9 +70,10 @@ async def test_the_claim_reads_the_ready_index_not_the_table(db_url: str) -> Non
             nodes = _pg_nodes((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"])
             types = [n["Node Type"] for n in nodes]
             assert not [t for t in types if "Seq Scan" in t], types
-            ready = [n for n in nodes if n.get("Index Name") == "ix_codara_runs_ready"]
-            assert ready and ready[0]["Node Type"] == "Index Scan", nodes
-            assert "ready_at <=" in ready[0]["Index Cond"]  # a range, from the index's start
+            scans = [n for n in nodes if n.get("Index Name") == "ix_codara_runs_ready"]
+            assert scans, nodes
+            assert scans[0]["Node Type"] == "Index Scan", nodes
+            assert "ready_at <=" in scans[0]["Index Cond"]  # a range, from the index's start
         else:
             lines = [r[3] for r in await store.execute_raw("EXPLAIN QUERY PLAN " + sql, params)]
             assert "SEARCH codara_runs USING INDEX ix_codara_runs_ready (ready_at<?)" in lines
