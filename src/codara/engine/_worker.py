@@ -63,9 +63,10 @@ class Poll:
     """How long an idle worker waits before it looks for work again, when nothing wakes it.
 
     ``shortest`` right after activity (a run claimed, a run of this worker ended or parked, a
-    wake-up), doubling with every look that found nothing, up to ``longest``: a run made
-    ready by another process without a notification (SQLite) is found within a few
-    milliseconds while there is activity, and an idle worker looks only every ``longest``.
+    wake-up), doubling with every look that found nothing, up to ``longest``. Wake-ups
+    bring most work at once; the poll finds what none announces (a timer due, a wake-up
+    lost while the PostgreSQL listener or the SQLite watch was down) within milliseconds
+    while there is activity, and an idle worker looks only every ``longest``.
     """
 
     def __init__(self, shortest: float, longest: float) -> None:
@@ -176,8 +177,8 @@ class Worker:
         concurrency: int,
         lease_seconds: float,
         poll_interval: float,
-        clock: Callable[[], float],
         poll_min_interval: float = 0.005,
+        clock: Callable[[], float],
         retry: RetryPolicy,
         name: str | None = None,
         tickers: Sequence[Callable[[], Awaitable[object]]] = (),
@@ -207,8 +208,9 @@ class Worker:
     async def run(self, *, until_idle: bool = False, stop: asyncio.Event | None = None) -> int:
         """Work until ``stop`` is set (or, with ``until_idle``, until nothing is ready).
 
-        It looks for work at once when the store signals that a run became ready (a write
-        of this process, or PostgreSQL LISTEN/NOTIFY from another one), and otherwise polls:
+        It looks for work at once when the store signals that a run became ready (a commit
+        of this process; another process's, by PostgreSQL LISTEN/NOTIFY or SQLite's
+        ``data_version`` watch), and otherwise polls:
         every ``poll_min_interval`` right after activity, doubling while it finds nothing,
         up to every ``poll_interval`` (:class:`Poll`). When ``stop`` is set it claims nothing
         more and shuts down gracefully (see the module docstring).
@@ -276,7 +278,7 @@ class Worker:
             if stopper is not None:
                 waiters.append(stopper)  # type: ignore[arg-type]
             if wake is not None and len(self.active) < self.concurrency:
-                waiters.append(asyncio.ensure_future(wake.wait()))  # a NOTIFY: work is ready
+                waiters.append(asyncio.ensure_future(wake.wait()))  # a wake-up: work is ready
             polling = not (self.active and free <= len(claims))
             if self.active and len(self.active) < self.concurrency:
                 polling = True
