@@ -144,8 +144,9 @@ async def test_a_worker_in_the_same_process_wakes_on_start_signal_and_review(
     db_url: str,
 ) -> None:
     """Starting a run, sending a signal and deciding a review in the worker's own process wake
-    it at once, on SQLite (no notification channel at all) as on PostgreSQL. With a 60 s poll,
-    only the wake-ups can move these runs within the guards."""
+    it at once, on SQLite as on PostgreSQL. With a 60 s poll, only the wake-ups can move these
+    runs within the guards (the in-process one, and the LISTEN or SQLite watch that any
+    process's commit triggers; the next test takes the in-process one alone)."""
     app = _no_poll_app(db_url)
     gate = ReviewGate(load_policies(POLICIES, workflow="reviewed"), workflow="reviewed")
 
@@ -221,11 +222,22 @@ async def test_a_second_store_on_the_same_database_wakes_the_first_ones_worker(
 async def test_only_a_committed_write_wakes_and_only_one_that_makes_a_run_ready(
     db_url: str,
 ) -> None:
+    """The in-process wake-up of each write that makes a run ready (start, signal, review
+    decision, retry), right after its commit; none for a write that makes nothing ready or
+    for a transaction rolled back."""
     app = codara.App(db_url, durability="os")
+    gate = ReviewGate(load_policies(POLICIES, workflow="reviewed"), workflow="reviewed")
 
     @app.workflow(name="gated")
     async def gated(ctx: codara.Context, _: Any) -> Any:
         return await ctx.wait_for("go")
+
+    @app.workflow(name="reviewed")
+    async def reviewed(ctx: codara.Context, _: Any) -> Any:
+        result = await gate.check(ctx, "act", {"amount": 5.0}, inputs={"amount": 5.0})
+        if result.outcome == "approved":
+            raise Failing("fails after the review, to be retried")
+        return result.outcome
 
     async with app:
         store = app.store
@@ -260,7 +272,24 @@ async def test_only_a_committed_write_wakes_and_only_one_that_makes_a_run_ready(
 
             await app.send_signal(run_id, "go", 1)
             assert event.is_set(), "set when the signal's transaction has committed"
+
+            review_run = await app.start_run("reviewed")
+            await app.work(until_idle=True)
+            reviews = Reviews(store, app.clock)
+            [item] = await reviews.queue(OPS, run_id=review_run)
+            event.clear()
+            await reviews.approve(OPS, item.id)
+            assert event.is_set(), "set when the decision's transaction has committed"
+            await app.work(until_idle=True)
+            assert (await app.get_run(review_run)).status == "failed"
+            event.clear()
+            await app.retry(review_run)
+            assert event.is_set(), "set when the retry has committed"
         assert _local_wake.listeners(store.wake_key) == 0
+
+
+class Failing(Exception):
+    non_retryable = True
 
 
 async def test_a_wake_up_from_another_thread_reaches_the_loop_of_the_worker() -> None:
