@@ -57,10 +57,6 @@ test: lint types imports unit
 
 bench: env pg-start
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
-	$(PY) -m benchmarks.resume_latency --output benchmarks/resume_latency.json
-	$(PY) -c "import json, pathlib; p = pathlib.Path('benchmarks/latest.json'); \
-	  rows = [r for r in json.loads(p.read_text()) if r['workload'] not in ('resume_latency', 'worker_memory')]; \
-	  p.write_text(json.dumps(rows + json.loads(pathlib.Path('benchmarks/resume_latency.json').read_text()), indent=2) + '\n')"
 
 clean:
 	rm -rf $(VENV) .bootstrap .mypy_cache .ruff_cache .pytest_cache .cache

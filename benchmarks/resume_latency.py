@@ -5,17 +5,20 @@
     python -m benchmarks.resume_latency --database postgresql --runs 200 --reps 3 --output f.json
 
 ``resume_latency``: one ``codara worker`` runs in a subprocess (as in production: it loads
-this module's ``app``). ``--runs`` runs each park on a review (``ReviewGate.check``; or on
-``ctx.wait_for`` with ``--mode signal``). This process then decides them one by one at random
-moments (gaps of 10-60 ms, independent of the worker's poll phase): ``Reviews.approve``
-(or ``App.send_signal``). The resumed run's next step returns ``time.time()``, journaled as its
-output; the latency of a decision is that stamp minus the time just before the decision call
-(so it includes the decision's own commit). Per repetition p50 and p99 of the ``--runs``
-latencies; the rows give the median, min and max of those over ``--reps`` repetitions.
+this module's ``app``), and then once more inside this process (``InProcessWorker``: the API
+and a worker sharing a process, woken without a poll or a round trip). ``--runs`` runs each
+park on a review (``ReviewGate.check``; or on ``ctx.wait_for`` with ``--mode signal``). This
+process then decides them one by one at random moments (gaps of 10-60 ms, independent of the
+worker's poll phase): ``Reviews.approve`` (or ``App.send_signal``). The resumed run's next
+step returns ``time.time()``, journaled as its output; the latency of a decision is that
+stamp minus the time just before the decision call (so it includes the decision's own
+commit). Per repetition p50 and p99 of the ``--runs`` latencies; the rows give the median,
+min and max of those over ``--reps`` repetitions.
 
-``worker_memory``: a fresh worker, warmed up with 100 runs that wait and resume; its VmRSS
-(``/proc/<pid>/status``) once idle, then once ``--park`` (10,000) more runs have parked on a
-signal. A parked run should cost a row in the database and nothing in the worker.
+``worker_memory``: a fresh worker, warmed up with 100 runs that wait and resume; its VmRSS,
+open file descriptors and threads (``/proc/<pid>/status``, ``/proc/<pid>/fd``) once idle,
+then once ``--park`` (100,000) more runs have parked on a signal. A parked run should cost a
+row in the database and nothing in the worker.
 
 ``run(quick)`` returns the rows for ``benchmarks/latest.json``; the command prints them.
 PostgreSQL: a fresh database on ``$CODARA_BENCH_PG_URL`` (default
@@ -135,6 +138,24 @@ def fresh_database(target: Target, pg_admin_url: str) -> Iterator[str]:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+class InProcessWorker:
+    """A worker in this process, on the benchmark App's own store: decisions and starts wake
+    it in-process (``codara.store._local_wake``), as when the API and a worker share one."""
+
+    def __init__(self, bench: codara.App) -> None:
+        self.stop = asyncio.Event()
+        self.task = asyncio.ensure_future(bench.worker(concurrency=CONCURRENCY).run(stop=self.stop))
+
+    def check(self) -> None:
+        if self.task.done():
+            self.task.result()
+            raise RuntimeError("the in-process worker stopped")
+
+    async def close(self) -> None:
+        self.stop.set()
+        await self.task
+
+
 class WorkerProcess:
     """``python -m codara --app benchmarks.resume_latency:app worker`` on ``url``."""
 
@@ -158,12 +179,21 @@ class WorkerProcess:
             self.log.seek(0)
             raise RuntimeError(f"the worker exited ({self.proc.returncode}):\n{self.log.read()}")
 
-    def rss_mb(self) -> float:
+    def _status(self, field: str) -> int:
         with open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-        raise RuntimeError("no VmRSS in /proc")
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        raise RuntimeError(f"no {field} in /proc")
+
+    def rss_mb(self) -> float:
+        return self._status("VmRSS") / 1024.0
+
+    def threads(self) -> int:
+        return self._status("Threads")
+
+    def fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -237,10 +267,12 @@ def _percentile(samples: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-async def _latency(url: str, target: Target, mode: str, runs: int, reps: int) -> dict[str, Any]:
+async def _latency(
+    url: str, target: Target, mode: str, runs: int, reps: int, inprocess: bool = False
+) -> dict[str, Any]:
     bench = _bench_app(url, target.durability)
     async with bench:  # creates the schema before the worker (which only checks it) starts
-        worker = WorkerProcess(url, target.durability)
+        worker: Any = InProcessWorker(bench) if inprocess else WorkerProcess(url, target.durability)
         try:
             await _decide_all(bench, worker, mode, min(runs, 20))  # warm-up, not counted
             p50s, p99s, pooled = [], [], []
@@ -250,7 +282,10 @@ async def _latency(url: str, target: Target, mode: str, runs: int, reps: int) ->
                 p99s.append(_percentile(samples, 0.99))
                 pooled += samples
         finally:
-            worker.stop()
+            if inprocess:
+                await worker.close()
+            else:
+                worker.stop()
     return {"p50": p50s, "p99": p99s, "pooled": pooled}
 
 
@@ -262,6 +297,10 @@ async def _rss_samples(worker: WorkerProcess, n: int = 3) -> list[float]:
     return samples
 
 
+def _descriptors(worker: WorkerProcess) -> dict[str, int]:
+    return {"fds": worker.fds(), "threads": worker.threads()}
+
+
 async def _memory(url: str, target: Target, park: int) -> dict[str, Any]:
     bench = _bench_app(url, target.durability)
     async with bench:
@@ -270,15 +309,18 @@ async def _memory(url: str, target: Target, park: int) -> dict[str, Any]:
             await _decide_all(bench, worker, "signal", 100)  # warm-up: every code path once
             await asyncio.sleep(2.0)
             idle = await _rss_samples(worker)
+            idle_fds = _descriptors(worker)
             started = time.monotonic()
             await _start(bench, "bench_signal", park)
             await _wait_status(bench, worker, "bench_signal", "waiting", park, 3600)
             park_seconds = time.monotonic() - started
             await asyncio.sleep(2.0)
             parked = await _rss_samples(worker)
+            parked_fds = _descriptors(worker)
         finally:
             worker.stop()
-    return {"idle": idle, "parked": parked, "park_seconds": park_seconds}
+    return {"idle": idle, "parked": parked, "park_seconds": park_seconds,
+            "idle_fds": idle_fds, "parked_fds": parked_fds}  # fmt: skip
 
 
 def _row(workload: str, system: str, target: Target, samples: list[float], unit: str,
@@ -303,9 +345,10 @@ def measure(
     mode: str = "review",
     runs: int = 200,
     reps: int = 3,
-    park: int = 10_000,
+    park: int = 100_000,
     memory: bool = True,
     latency: bool = True,
+    inprocess: bool = True,
     pg_admin_url: str = DEFAULT_PG_URL,
     log: Any = None,
 ) -> list[dict[str, Any]]:
@@ -324,41 +367,54 @@ def measure(
             continue
         if latency:
             rows += _latency_rows(target, mode, runs, reps, pg_admin_url, say)
+            if inprocess:
+                rows += _latency_rows(target, mode, runs, reps, pg_admin_url, say, True)
         if not memory:
             continue
         with fresh_database(target, pg_admin_url) as url:
             mem = asyncio.run(_memory(url, target, park))
-        tag = "10k" if park == 10_000 else str(park)
+        tag = f"{park // 1000}k" if park % 1000 == 0 else str(park)
         how = "VmRSS of the worker process, 3 samples, after a warm-up of 100 runs"
-        rows.append(_row("worker_memory", "codara-idle", target, mem["idle"], "MB", how))
-        rows.append(
-            _row(
-                "worker_memory",
-                f"codara-{tag}-waiting",
-                target,
-                mem["parked"],
-                "MB",
-                how + f"; {park} runs parked on a signal (took {mem['park_seconds']:.0f} s)",
-            )
+        idle_row = _row("worker_memory", "codara-idle", target, mem["idle"], "MB", how)
+        idle_row["detail"] = mem["idle_fds"]
+        parked_row = _row(
+            "worker_memory",
+            f"codara-{tag}-waiting",
+            target,
+            mem["parked"],
+            "MB",
+            how + f"; {park} runs parked on a signal (took {mem['park_seconds']:.0f} s)",
         )
+        parked_row["detail"] = mem["parked_fds"]
+        rows += [idle_row, parked_row]
         say(
-            f"{label}: worker RSS idle {statistics.median(mem['idle']):.1f} MB, with {park} "
-            f"parked {statistics.median(mem['parked']):.1f} MB"
+            f"{label}: worker RSS idle {statistics.median(mem['idle']):.1f} MB, "
+            f"{mem['idle_fds']['fds']} fds, {mem['idle_fds']['threads']} threads; with {park} "
+            f"parked {statistics.median(mem['parked']):.1f} MB, {mem['parked_fds']['fds']} fds, "
+            f"{mem['parked_fds']['threads']} threads"
         )
     return rows
 
 
 def _latency_rows(
-    target: Target, mode: str, runs: int, reps: int, pg_admin_url: str, say: Any
+    target: Target,
+    mode: str,
+    runs: int,
+    reps: int,
+    pg_admin_url: str,
+    say: Any,
+    inprocess: bool = False,
 ) -> list[dict[str, Any]]:
-    label = f"{target.database}/{target.durability}"
+    where = "in this process" if inprocess else "in a subprocess"
+    label = f"{target.database}/{target.durability} (worker {where})"
     load = os.getloadavg()[0]
     with fresh_database(target, pg_admin_url) as url:
-        got = asyncio.run(_latency(url, target, mode, runs, reps))
+        got = asyncio.run(_latency(url, target, mode, runs, reps, inprocess))
+    worker = load_settings().worker
     how = (
         f"{runs} runs parked on a {'review' if mode == 'review' else 'signal'}, decided at "
-        f"random 10-60 ms gaps; worker in a subprocess (concurrency {CONCURRENCY}, "
-        f"poll_interval {load_settings().worker.poll_interval} s); per rep "
+        f"random 10-60 ms gaps; worker {where} (concurrency {CONCURRENCY}, poll "
+        f"{worker.poll_min_interval}-{worker.poll_interval} s); per rep "
         f"percentile of {runs}; {reps} reps after a warm-up; load avg {load:.1f}"
     )
     pooled = got["pooled"]
@@ -368,9 +424,10 @@ def _latency_rows(
         f"{len(pooled)}: p50 {_percentile(pooled, 0.5):.1f}, "
         f"p99 {_percentile(pooled, 0.99):.1f}, max {max(pooled):.1f} ms"
     )
+    system = "codara-inprocess" if inprocess else "codara"
     return [
-        _row("resume_latency", "codara-p50", target, got["p50"], "ms", how),
-        _row("resume_latency", "codara-p99", target, got["p99"], "ms", how),
+        _row("resume_latency", f"{system}-p50", target, got["p50"], "ms", how),
+        _row("resume_latency", f"{system}-p99", target, got["p99"], "ms", how),
     ]
 
 
@@ -379,7 +436,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     targets = [Target("sqlite", "fsync"), Target("postgresql", "fsync")]
     if quick:
         return measure(targets, runs=30, reps=1, park=1000, log=sys.stderr)
-    return measure(targets, runs=200, reps=3, park=10_000, log=sys.stderr)
+    return measure(targets, runs=200, reps=3, park=100_000, log=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -392,9 +449,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=["review", "signal"], default="review")
     p.add_argument("--runs", type=int, help="decisions per repetition (200; quick 30)")
     p.add_argument("--reps", type=int, help="repetitions (3; quick 1)")
-    p.add_argument("--park", type=int, help="runs parked for the memory figure (10000)")
+    p.add_argument("--park", type=int, help="runs parked for the memory figure (100000)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.add_argument(
+        "--no-inprocess", action="store_true", help="skip the latency with the worker in-process"
+    )
     p.add_argument("--pg-url", default=DEFAULT_PG_URL, help="admin URL of the PostgreSQL server")
     p.add_argument("--output", type=Path, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
@@ -405,9 +465,10 @@ def main(argv: list[str] | None = None) -> int:
         mode=args.mode,
         runs=args.runs or (30 if args.quick else 200),
         reps=args.reps or (1 if args.quick else 3),
-        park=args.park or (1000 if args.quick else 10_000),
+        park=args.park or (1000 if args.quick else 100_000),
         memory=not args.no_memory,
         latency=not args.no_latency,
+        inprocess=not args.no_inprocess,
         pg_admin_url=args.pg_url,
         log=sys.stderr,
     )

@@ -16,6 +16,10 @@ Two workloads, for every configuration (system x database x durability):
 Each configuration runs in its own fresh process (``benchmarks/_*.py``) on a fresh database (a
 file in a new temp dir, or a new PostgreSQL database that is dropped afterwards), with one
 untimed warm-up and ``--reps`` timed repetitions; the table shows medians with min and max.
+Then the measurements of Codara alone (:data:`EXTRAS`): ``benchmarks/resume_latency.py``
+(decision to resumed run, p50/p99 per database, worker in a subprocess and in-process; worker
+RSS, descriptors and threads with parked runs) and ``benchmarks/scale.py`` (claim plans with
+1,000,000 finished runs; 1, 2 and 4 worker processes sharing runs on PostgreSQL).
 See docs/benchmarks.md.
 """
 
@@ -56,7 +60,10 @@ SYSTEMS = (
     "dbos",
     "triage",
 )
-EXTRAS = ("startup",)  # not a system: `codara --help` / `codara runs list` (benchmarks/_startup.py)
+CODARA_ALONE = ("resume_latency", "scale")
+"""Measurements of Codara alone, run after the configurations (``benchmarks/<name>.py``'s
+``run(quick)``): wake-up latency and parked-run memory; claim plans and shared workers."""
+EXTRAS = ("startup", *CODARA_ALONE)  # startup: `codara --help` / `runs list` (_startup.py)
 UNITS = {"step_overhead": "us_per_step", "runs_per_s": "runs_per_s"}
 
 
@@ -516,8 +523,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="SYSTEM",
-        help="run only these systems (repeatable or comma-separated): "
-        + ", ".join((*SYSTEMS, *EXTRAS)),
+        help="run only these systems or extra measurements (repeatable or comma-separated): "
+        f"{', '.join(SYSTEMS + EXTRAS)}",
     )
     p.add_argument("--database", choices=["sqlite", "postgresql"], help="run only this database")
     p.add_argument("--reps", type=int, help="timed repetitions per workload (default 5; quick 3)")
@@ -641,11 +648,25 @@ def main(argv: list[str] | None = None) -> int:
             "(CPU or disk) around some configurations; figures from a shared machine are "
             "noisy (try --wait-idle 300)[/]"
         )
+    if not args.database:
+        for name in CODARA_ALONE:
+            if not only or name in only:
+                console.print(f"[bold]{name}[/] ...")
+                rows += _extra(name, args.quick)
     if output is not None and rows:
         output.write_text(json.dumps(rows, indent=2) + "\n")
         console.print(f"wrote {output}")
     failed = [o for o in outcomes if o.error]
     return 1 if failed else 0
+
+
+def _extra(name: str, quick: bool) -> list[dict[str, Any]]:
+    """The rows of ``benchmarks/<name>.py`` (it prints its own summary to stderr)."""
+    import importlib
+
+    module = importlib.import_module(f"benchmarks.{name}")
+    rows: list[dict[str, Any]] = module.run(quick)
+    return rows
 
 
 if __name__ == "__main__":

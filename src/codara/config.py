@@ -48,6 +48,7 @@ _ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "CODARA_WORKER_CONCURRENCY": ("worker", "concurrency"),
     "CODARA_LEASE_SECONDS": ("worker", "lease_seconds"),
     "CODARA_POLL_INTERVAL": ("worker", "poll_interval"),
+    "CODARA_POLL_MIN_INTERVAL": ("worker", "poll_min_interval"),
     "CODARA_SHUTDOWN_GRACE_SECONDS": ("worker", "shutdown_grace_seconds"),
     "CODARA_MAX_CLAIMS": ("worker", "max_claims"),
     "CODARA_MAX_BODY_BYTES": ("server", "max_body_bytes"),
@@ -81,7 +82,15 @@ class WorkerSettings(_Section):
     lease_seconds: float = Field(default=30.0, gt=0.5, le=3600)
     """How long a claim lasts without a heartbeat before another worker may take the run."""
     poll_interval: float = Field(default=0.1, gt=0, le=60)
-    """Seconds an idle worker waits before looking for work again."""
+    """Longest time, in seconds, an idle worker waits before looking for work again when
+    nothing wakes it (a run made ready in the same process, or a PostgreSQL notification,
+    wakes it at once). The wait starts at ``poll_min_interval`` after activity and doubles
+    while the worker finds nothing, up to this. Also bounds how late a timer fires."""
+    poll_min_interval: float = Field(default=0.005, gt=0, le=60)
+    """Shortest wait, in seconds, between an idle worker's looks for work: the one right
+    after activity (a run claimed, a run of the worker ended or parked, a wake-up). Lower
+    finds runs made ready by other SQLite processes sooner; it never exceeds
+    ``poll_interval``."""
     shutdown_grace_seconds: float = Field(default=30.0, ge=0, le=3600)
     """On SIGTERM/SIGINT: how long in-flight steps may take to finish before the worker
     cancels them and hands their runs back."""

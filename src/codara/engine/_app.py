@@ -303,6 +303,7 @@ class App:
             concurrency=concurrency or self.settings.worker.concurrency,
             lease_seconds=self.settings.worker.lease_seconds,
             poll_interval=self.settings.worker.poll_interval,
+            poll_min_interval=self.settings.worker.poll_min_interval,
             clock=self.clock,
             retry=self.retry_policy,
             name=name,

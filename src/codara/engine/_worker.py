@@ -29,7 +29,7 @@ from codara.engine._retry import RetryPolicy
 from codara.errors import StoreError
 from codara.store import Claim, Store
 
-__all__ = ["MAX_BACKOFF", "Backoff", "Leases", "Worker"]
+__all__ = ["MAX_BACKOFF", "Backoff", "Leases", "Poll", "Worker"]
 
 log = logging.getLogger("codara.worker")
 
@@ -57,6 +57,30 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+
+class Poll:
+    """How long an idle worker waits before it looks for work again, when nothing wakes it.
+
+    ``shortest`` right after activity (a run claimed, a run of this worker ended or parked, a
+    wake-up), doubling with every look that found nothing, up to ``longest``. Wake-ups
+    bring most work at once; the poll finds what none announces (a timer due, a wake-up
+    lost while the PostgreSQL listener or the SQLite watch was down) within milliseconds
+    while there is activity, and an idle worker looks only every ``longest``.
+    """
+
+    def __init__(self, shortest: float, longest: float) -> None:
+        self.shortest = min(shortest, longest)
+        self.longest = longest
+        self.delay = self.shortest
+
+    def next(self) -> float:
+        delay = self.delay
+        self.delay = min(self.longest, delay * 2)
+        return delay
+
+    def active(self) -> None:
+        self.delay = self.shortest
 
 
 class Leases:
@@ -153,6 +177,7 @@ class Worker:
         concurrency: int,
         lease_seconds: float,
         poll_interval: float,
+        poll_min_interval: float = 0.005,
         clock: Callable[[], float],
         retry: RetryPolicy,
         name: str | None = None,
@@ -165,6 +190,7 @@ class Worker:
         self.concurrency = concurrency
         self.lease = lease_seconds
         self.poll = poll_interval
+        self.poll_min = poll_min_interval
         self.clock = clock
         self.retry = retry
         self.id = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -182,9 +208,12 @@ class Worker:
     async def run(self, *, until_idle: bool = False, stop: asyncio.Event | None = None) -> int:
         """Work until ``stop`` is set (or, with ``until_idle``, until nothing is ready).
 
-        While idle it looks for work every ``poll_interval``, and at once when the store
-        signals that a run became ready (PostgreSQL LISTEN/NOTIFY). When ``stop`` is set it
-        claims nothing more and shuts down gracefully (see the module docstring).
+        It looks for work at once when the store signals that a run became ready (a commit
+        of this process; another process's, by PostgreSQL LISTEN/NOTIFY or SQLite's
+        ``data_version`` watch), and otherwise polls:
+        every ``poll_min_interval`` right after activity, doubling while it finds nothing,
+        up to every ``poll_interval`` (:class:`Poll`). When ``stop`` is set it claims nothing
+        more and shuts down gracefully (see the module docstring).
         """
         if until_idle:
             return await self._work(until_idle=True, stop=stop, wake=None)
@@ -217,6 +246,7 @@ class Worker:
     ) -> None:
         keys = list(self.workflows)
         backoff = Backoff()
+        poll = Poll(self.poll_min, self.poll)
         while stopper is None or not stopper.done():
             if wake is not None:
                 wake.clear()  # before claiming: a notification from now on ends the wait
@@ -234,6 +264,8 @@ class Worker:
                     await self._pause(delay, stopper)
                     continue
                 backoff.reset()
+                if claims:
+                    poll.active()
                 for claim in claims:
                     self._spawn(claim)
             if until_idle and not claims and not self.active:
@@ -246,14 +278,17 @@ class Worker:
             if stopper is not None:
                 waiters.append(stopper)  # type: ignore[arg-type]
             if wake is not None and len(self.active) < self.concurrency:
-                waiters.append(asyncio.ensure_future(wake.wait()))  # a NOTIFY: work is ready
-            timeout = None if (self.active and free <= len(claims)) else self.poll
+                waiters.append(asyncio.ensure_future(wake.wait()))  # a wake-up: work is ready
+            polling = not (self.active and free <= len(claims))
             if self.active and len(self.active) < self.concurrency:
-                timeout = self.poll
+                polling = True
+            timeout = poll.next() if polling else None
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 if waiter is not stopper:
                     waiter.cancel()
+            if self._freed.is_set() or (wake is not None and wake.is_set()):
+                poll.active()  # a run ended here, or one became ready: more may follow
 
     async def _claim(
         self, keys: list[str], free: int, stopper: asyncio.Task[bool] | None

@@ -18,11 +18,12 @@ import asyncio
 import contextlib
 import functools
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 from codara.errors import ConflictError, WorkflowCodeError
+from codara.store import _local_wake
 from codara.store._notify_pg import wake_sql
 from codara.store._types import JOURNAL_COLUMNS, RUN_COLUMNS, Claim, JournalRecord, RunRecord
 
@@ -64,6 +65,13 @@ class Tx(abc.ABC):
     """
 
     dialect: str
+    wakes = False
+    """Set by :meth:`wake_on_commit`: the backend wakes this process's workers after COMMIT."""
+
+    def wake_on_commit(self) -> None:
+        """This transaction makes a run ready: once it commits, this process's idle workers
+        on the database look for work at once (:mod:`codara.store._local_wake`)."""
+        self.wakes = True
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         """Run one statement; return the affected row count."""
@@ -93,6 +101,9 @@ class _OwnSQL(Tx):
     def __init__(self, inner: Tx) -> None:
         self.inner = inner
         self.dialect = inner.dialect
+
+    def wake_on_commit(self) -> None:
+        self.inner.wake_on_commit()  # the backend looks at the transaction it opened
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         if isinstance(params, Mapping):
@@ -311,6 +322,7 @@ async def signal_run(tx: Tx, run_id: str, name: str, payload: str | None, now: f
     notify = wake_sql(tx.dialect)
     if notify is not None:  # idle workers hear of it when the decision commits
         await tx.execute(notify)
+    tx.wake_on_commit()  # and this process's workers at once, on every database
     return True
 
 
@@ -323,10 +335,25 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
-    def wakeups(self) -> AbstractAsyncContextManager[asyncio.Event | None]:
-        """While open: an event set when another process may have made a run ready
-        (PostgreSQL LISTEN/NOTIFY), or None where a worker can only poll (SQLite)."""
-        return contextlib.nullcontext(None)
+    @property
+    def wake_key(self) -> str:
+        """Names the database for wake-ups inside this process (the same for every store
+        object opened on it)."""
+        return self.url_redacted
+
+    @contextlib.asynccontextmanager
+    async def wakeups(self) -> AsyncIterator[asyncio.Event | None]:
+        """While open: an event set when a run may have become ready. This process's own
+        writes set it right after they commit (:mod:`codara.store._local_wake`); on
+        PostgreSQL other processes' writes set it too (LISTEN/NOTIFY)."""
+        with _local_wake.listening(self.wake_key, asyncio.Event()) as event:
+            yield event
+
+    def woke(self, tx: Tx | None = None) -> None:
+        """A write that made a run ready has committed (in ``tx``, if given, only if it asked
+        for it): wake this process's idle workers on the database."""
+        if tx is None or tx.wakes:
+            _local_wake.notify(self.wake_key)
 
     # -- runs -------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -16,7 +16,9 @@ was not listening are lost, so after every (re)connect it sets the event once an
 looks for work. Meanwhile the worker still polls: a missing listener costs latency, never
 correctness.
 
-SQLite has no such channel; its workers poll (``[worker] poll_interval``).
+SQLite has no such channel; its store watches ``PRAGMA data_version`` instead
+(``_sqlite.SQLiteStore._watch``). Inside one process, both databases also wake workers
+without the server (:mod:`codara.store._local_wake`).
 """
 
 from __future__ import annotations

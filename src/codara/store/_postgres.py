@@ -36,6 +36,7 @@ from psycopg import errors as pg_errors
 from codara.errors import DatabaseUnreachableError, StoreUnavailableError
 from codara.store import _audit
 from codara.store import _base as q
+from codara.store import _local_wake
 from codara.store._base import FencedError, Tx, own_sql
 from codara.store._group import Write
 from codara.store._notify_pg import WAKE_SQL, WakeListener
@@ -269,15 +270,19 @@ class PostgresStore(SQLStore):
 
     @asynccontextmanager
     async def wakeups(self) -> AsyncIterator[asyncio.Event | None]:
-        """One extra connection LISTENs for NOTIFY codara_wake while the worker runs."""
+        """One extra connection LISTENs for NOTIFY codara_wake while the worker runs; this
+        process's own commits set the same event at once."""
         assert self._conninfo is not None
         async with WakeListener(self._conninfo) as event:
-            yield event
+            with _local_wake.listening(self.wake_key, event):  # and this process's writes
+                yield event
 
     @asynccontextmanager
     async def _write_tx(self) -> AsyncIterator[Tx]:
         async with self._conn() as conn, conn.transaction():
-            yield _PgTx(conn)
+            tx = _PgTx(conn)
+            yield tx
+        self.woke(tx)  # committed: wake this process's workers if it made a run ready
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[Tx]:

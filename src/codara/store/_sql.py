@@ -276,8 +276,10 @@ class SQLStore(Store):
         self, run_id: str, token: int, ready_at: float, note: str | None, now: float
     ) -> None:
         n = await self._write(q.RELEASE_RUN, (ready_at, note, now, run_id, token))
-        if n and ready_at <= now and self.WAKE is not None:  # handed back ready now
-            await self._write(self.WAKE)
+        if n and ready_at <= now:  # handed back ready now: any idle worker may take it
+            self.woke()
+            if self.WAKE is not None:
+                await self._write(self.WAKE)
 
     async def heartbeat(
         self, owner: str, run_ids: Sequence[str], lease_until: float, now: float
@@ -342,6 +344,9 @@ class SQLStore(Store):
             raise FencedError(run_id)
 
     async def _wake(self, tx: Tx) -> None:
+        """``tx`` makes a run ready: wake idle workers when it commits (this process's at
+        once, :meth:`Store.woke`; other processes' by NOTIFY where the database has it)."""
+        tx.wake_on_commit()
         if self.WAKE is not None:
             await tx.execute(self.WAKE)
 

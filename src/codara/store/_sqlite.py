@@ -17,11 +17,17 @@ locked waits with ``asyncio.sleep`` and tries again, with backoff, until ``lock_
 seconds have passed, then raises ``StoreUnavailableError``. While one statement waits, the
 others of this process queue behind it on ``_lock`` (the lock that also serialises
 multi-statement transactions on the shared connection), so only one of them probes.
+
+Wake-ups: a worker's ``wakeups()`` event is set by this process's commits that make a run
+ready (:mod:`codara.store._local_wake`) and, for other processes, by a watch of
+``PRAGMA data_version`` (:meth:`SQLiteStore._watch`), SQLite's own change counter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -29,6 +35,7 @@ from typing import Any, TypeVar
 
 from codara.errors import DatabaseUnreachableError, StoreUnavailableError
 from codara.store import _base as q
+from codara.store import _local_wake
 from codara.store._base import FencedError, Tx, own_sql
 from codara.store._group import Write
 from codara.store._sql import SQLStore, WriteParams
@@ -37,10 +44,13 @@ from codara.store._url import DatabaseURL
 
 __all__ = ["SQLiteStore"]
 
+log = logging.getLogger("codara.store")
+
 T = TypeVar("T")
 Params = tuple[Any, ...]
 
 _BUSY_TIMEOUT_MS = 5  # what a statement may block the loop waiting inside SQLite
+_WATCH_FIRST, _WATCH_MAX = 0.002, 0.025  # wake-ups: data_version looks, doubling when quiet
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.001, 0.025  # then it waits on the loop, doubling
 _JOURNAL_KEY = "codara_journal.run_id, codara_journal.seq"  # another execution wrote this seq
 _TRANSIENT = frozenset(  # the disk or the OS failed us: worth retrying later, not a bug
@@ -218,6 +228,61 @@ class SQLiteStore(SQLStore):
         self._lock = asyncio.Lock()  # held while a transaction or a waiting write uses _conn
         self._init_group()
 
+    @property
+    def wake_key(self) -> str:
+        return f"sqlite:{os.path.realpath(self._path)}"
+
+    @asynccontextmanager
+    async def wakeups(self) -> AsyncIterator[asyncio.Event | None]:
+        """Set by this process's commits at once, and by other processes' commits within
+        ``_WATCH_MAX`` seconds (:meth:`_watch`)."""
+        event = asyncio.Event()
+        watcher = asyncio.create_task(self._watch(event), name=f"watch {self.url_redacted}")
+        try:
+            with _local_wake.listening(self.wake_key, event):
+                yield event
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _watch(self, event: asyncio.Event) -> None:
+        """Set ``event`` when another connection has committed to the database.
+
+        SQLite has no notification between processes, but ``PRAGMA data_version`` on a
+        connection of its own changes whenever another connection commits: it reads the
+        WAL index in shared memory (no disk, no lock), microseconds a look. Looks come every
+        ``_WATCH_FIRST`` seconds after a change, doubling while nothing changes up to
+        ``_WATCH_MAX``. Commits that make nothing ready (this process's own steps, say) set
+        the event too: it only makes an idle worker claim sooner. If the watch fails, the
+        worker still polls."""
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = self._connect()
+            seen = conn.execute("PRAGMA data_version").fetchone()[0]
+            delay = _WATCH_FIRST
+            while not self._closed:
+                await asyncio.sleep(delay)
+                try:
+                    version = conn.execute("PRAGMA data_version").fetchone()[0]
+                except sqlite3.OperationalError as exc:
+                    if not _busy(exc):
+                        raise
+                    continue
+                if version != seen:
+                    seen, delay = version, _WATCH_FIRST
+                    event.set()
+                else:
+                    delay = min(_WATCH_MAX, delay * 2)
+        except sqlite3.Error as exc:
+            log.warning(
+                "watching %s for other processes' commits failed (%s); workers poll instead",
+                self.url_redacted,
+                exc,
+            )
+        finally:
+            if conn is not None:
+                conn.close()
+
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
@@ -389,6 +454,7 @@ class SQLiteStore(SQLStore):
             await tx.commit()
         finally:
             tx.close()
+        self.woke(tx)  # committed: wake this process's workers if it made a run ready
 
     @asynccontextmanager
     async def _write_tx(self) -> AsyncIterator[Tx]:
@@ -396,10 +462,12 @@ class SQLiteStore(SQLStore):
         async with self._lock:
             await self._begin()
             try:
-                yield _BodyTx(self)
+                tx = _BodyTx(self)
+                yield tx
                 await self._commit()
             finally:
                 self._rollback()  # only if still open: the body or the COMMIT failed
+        self.woke(tx)  # committed: wake this process's workers if it made a run ready
 
     def _members(self, column: str, values: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
         return f"{column} IN ({', '.join('?' * len(values))})", tuple(values)
