@@ -34,9 +34,8 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from codara.errors import DatabaseUnreachableError, StoreUnavailableError
-from codara.store import _audit
+from codara.store import _audit, _local_wake
 from codara.store import _base as q
-from codara.store import _local_wake
 from codara.store._base import FencedError, Tx, own_sql
 from codara.store._group import Write
 from codara.store._notify_pg import WAKE_SQL, WakeListener
