@@ -434,8 +434,8 @@ def _latency_rows(
 def run(quick: bool) -> list[dict[str, Any]]:
     """Rows for ``benchmarks/latest.json`` (SQLite fsync and PostgreSQL)."""
     targets = [Target("sqlite", "fsync"), Target("postgresql", "fsync")]
-    if quick:
-        return measure(targets, runs=30, reps=1, park=1000, log=sys.stderr)
+    if quick:  # a smoke run (benchmarks.run --quick stays under 2 minutes): subprocess only
+        return measure(targets, runs=10, reps=1, park=200, inprocess=False, log=sys.stderr)
     return measure(targets, runs=200, reps=3, park=100_000, log=sys.stderr)
 
 
@@ -443,13 +443,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.resume_latency", description=(__doc__ or "").split("\n\n")[0]
     )
-    p.add_argument("--quick", action="store_true", help="30 runs, 1 rep, 1,000 parked")
+    p.add_argument(
+        "--quick", action="store_true", help="10 runs, 1 rep, 200 parked, no in-process run"
+    )
     p.add_argument("--database", choices=["sqlite", "postgresql"], action="append")
     p.add_argument("--durability", choices=["fsync", "os"], default="fsync", help="SQLite's")
     p.add_argument("--mode", choices=["review", "signal"], default="review")
-    p.add_argument("--runs", type=int, help="decisions per repetition (200; quick 30)")
+    p.add_argument("--runs", type=int, help="decisions per repetition (200; quick 10)")
     p.add_argument("--reps", type=int, help="repetitions (3; quick 1)")
-    p.add_argument("--park", type=int, help="runs parked for the memory figure (100000)")
+    p.add_argument("--park", type=int, help="runs parked for the memory figure (100000; quick 200)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     p.add_argument(
@@ -463,12 +465,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure(
         targets,
         mode=args.mode,
-        runs=args.runs or (30 if args.quick else 200),
+        runs=args.runs or (10 if args.quick else 200),
         reps=args.reps or (1 if args.quick else 3),
-        park=args.park or (1000 if args.quick else 100_000),
+        park=args.park or (200 if args.quick else 100_000),
         memory=not args.no_memory,
         latency=not args.no_latency,
-        inprocess=not args.no_inprocess,
+        inprocess=not (args.no_inprocess or args.quick),
         pg_admin_url=args.pg_url,
         log=sys.stderr,
     )

@@ -517,7 +517,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.run", description=(__doc__ or "").split("\n\n")[0]
     )
-    p.add_argument("--quick", action="store_true", help="smoke run: 3 reps, 40 runs, no file")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run under 2 minutes: 3 reps, 40 runs, smaller extras, no scale, no file",
+    )
     p.add_argument(
         "--only",
         action="append",
@@ -592,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         busy = wait_idle(args.wait_idle, 0.2, console) if args.wait_idle else machine_busy(0.5)
         console.print(f"[bold]{cfg.label}[/] ...", end=" ")
         if cfg.system == "triage":
-            extra = ["--tickets", "400", "--reps", "1"] if args.quick else []
+            extra = ["--tickets", "200", "--reps", "1"] if args.quick else []
             o = run_config(cfg, params + extra, pg, max(timeout, 1200.0), env)
         else:
             o = run_config(cfg, params, pg, timeout, env)
@@ -650,6 +654,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     if not args.database:
         for name in CODARA_ALONE:
+            if args.quick and not only and name == "scale":  # keeps --quick under 2 minutes
+                console.print("[dim]scale skipped in --quick (run it: --quick --only scale)[/]")
+                continue
             if not only or name in only:
                 console.print(f"[bold]{name}[/] ...")
                 rows += _extra(name, args.quick)

@@ -1,7 +1,7 @@
 """Scale: claiming among a million finished runs, and many workers on one PostgreSQL.
 
     python -m benchmarks.scale                          # both parts, full size
-    python -m benchmarks.scale --quick                  # smaller: 100,000 rows, 600 runs
+    python -m benchmarks.scale --quick                  # smoke: 20,000 rows, 200 runs, 1-2 workers
     python -m benchmarks.scale --part plan --rows 1000000 --output f.json
     python -m benchmarks.scale --part workers --runs 2000 --workers 1,2,4
 
@@ -360,8 +360,11 @@ def shared_workers(
 def run(quick: bool) -> list[dict[str, Any]]:
     """Rows for ``benchmarks/latest.json``."""
     say = _say(sys.stderr)
-    rows = claim_plans(100_000 if quick else 1_000_000, DEFAULT_PG_URL, say)
-    rows += shared_workers(600 if quick else 2000, [1, 2, 4], 1, DEFAULT_PG_URL, say)
+    if quick:  # a smoke run (benchmarks.run --quick stays under 2 minutes)
+        rows = claim_plans(20_000, DEFAULT_PG_URL, say)
+        return rows + shared_workers(200, [1, 2], 1, DEFAULT_PG_URL, say)
+    rows = claim_plans(1_000_000, DEFAULT_PG_URL, say)
+    rows += shared_workers(2000, [1, 2, 4], 1, DEFAULT_PG_URL, say)
     return rows
 
 
@@ -376,11 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.scale", description=(__doc__ or "").split("\n\n")[0]
     )
-    p.add_argument("--quick", action="store_true", help="100,000 rows, 600 runs")
+    p.add_argument("--quick", action="store_true", help="20,000 rows, 200 runs, 1 and 2 workers")
     p.add_argument("--part", choices=["plan", "workers"], action="append")
     p.add_argument("--rows", type=int, help="finished runs in the table (1,000,000)")
     p.add_argument("--runs", type=int, help="runs the workers share (2,000)")
-    p.add_argument("--workers", default="1,2,4", help="worker process counts (1,2,4)")
+    p.add_argument("--workers", help="worker process counts (1,2,4; quick 1,2)")
     p.add_argument("--reps", type=int, default=1, help="repetitions per worker count (1)")
     p.add_argument("--pg-url", default=DEFAULT_PG_URL, help="admin URL of the PostgreSQL server")
     p.add_argument("--output", type=Path, help="also write the rows to this JSON file")
@@ -389,10 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     say = _say(sys.stderr)
     rows: list[dict[str, Any]] = []
     if "plan" in parts:
-        rows += claim_plans(args.rows or (100_000 if args.quick else 1_000_000), args.pg_url, say)
+        rows += claim_plans(args.rows or (20_000 if args.quick else 1_000_000), args.pg_url, say)
     if "workers" in parts:
-        counts = [int(x) for x in args.workers.split(",")]
-        runs = args.runs or (600 if args.quick else 2000)
+        counts = [int(x) for x in (args.workers or ("1,2" if args.quick else "1,2,4")).split(",")]
+        runs = args.runs or (200 if args.quick else 2000)
         rows += shared_workers(runs, counts, args.reps, args.pg_url, say)
     print(json.dumps(rows, indent=2))
     if args.output is not None:
