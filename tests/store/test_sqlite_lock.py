@@ -233,6 +233,27 @@ async def test_a_tx_whose_reads_changed_before_it_could_write_is_refused(
     assert notes == ["held"]
 
 
+async def test_for_update_holds_what_a_tx_reads_until_it_writes(
+    store: SQLiteStore, db_path: str
+) -> None:
+    """A transaction that says it will change what it reads (``for_update``, as a review
+    decision does) takes the write lock first: another process that writes meanwhile waits
+    for it, instead of making the read stale (two reviewers deciding at once: one decides,
+    the other sees the decision, neither is told to retry)."""
+    holder = LockHolder(db_path, 0.3)
+    async with store.tx() as tx:
+        await tx.for_update()
+        assert await tx.fetchall("SELECT note FROM competitor") == []
+        competing = asyncio.ensure_future(holder.__aenter__())  # wants the lock now
+        await asyncio.sleep(1.0)  # time enough for it to start and ask for the lock
+        assert not competing.done(), "another writer got in between the read and the write"
+        await tx.execute("INSERT INTO competitor (note) VALUES ('first')")
+    await competing
+    await holder.__aexit__(None, None, None)
+    notes = [r[0] for r in await store.execute_raw("SELECT note FROM competitor ORDER BY id")]
+    assert notes == ["first", "held"]
+
+
 # -- a worker keeps its leases while the lock is held ----------------------------------------
 async def test_a_worker_keeps_its_leases_while_another_process_holds_the_lock(
     db_path: str,

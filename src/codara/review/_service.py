@@ -469,8 +469,10 @@ class Reviews:
                     break
         return ReviewItem.from_record(r, sorted(set(approvals)))
 
-    async def _visible(self, tx: Tx, who: Principal, review_id: str) -> ReviewRecord:
-        r = await repo.get_review(tx, review_id, lock=True)
+    async def _visible(
+        self, tx: Tx, who: Principal, review_id: str, *, lock: bool = False
+    ) -> ReviewRecord:
+        r = await repo.get_review(tx, review_id, lock=lock)
         if r is None:
             raise NotFoundError(f"no review with id {review_id!r}")
         if not who.may_see(r.role):
@@ -478,7 +480,7 @@ class Reviews:
         return r
 
     async def _open(self, tx: Tx, who: Principal, review_id: str, *, decide: bool) -> ReviewRecord:
-        r = await self._visible(tx, who, review_id)
+        r = await self._visible(tx, who, review_id, lock=True)
         if decide and not who.may_decide(r.role):
             raise ForbiddenError(
                 f"{who.username} does not hold role {r.role!r} and may not decide this review"

@@ -73,6 +73,13 @@ class Tx(abc.ABC):
         on the database look for work at once (:mod:`codara.store._local_wake`)."""
         self.wakes = True
 
+    async def for_update(self) -> None:
+        """What this transaction reads from now on stays as read until it commits: it is
+        about to change it. SQLite takes its write lock here (so a concurrent writer waits,
+        rather than making the read stale); PostgreSQL locks the rows it then reads with
+        ``FOR UPDATE`` instead, so this does nothing there."""
+        return  # PostgreSQL and the transactions that already write: nothing to take
+
     async def execute(self, sql: str, params: Params = ()) -> int:
         """Run one statement; return the affected row count."""
         text, args = bind(self.dialect, sql, params)
@@ -104,6 +111,9 @@ class _OwnSQL(Tx):
 
     def wake_on_commit(self) -> None:
         self.inner.wake_on_commit()  # the backend looks at the transaction it opened
+
+    async def for_update(self) -> None:
+        await self.inner.for_update()
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         if isinstance(params, Mapping):

@@ -97,8 +97,10 @@ async def insert_review(tx: Tx, record: ReviewRecord) -> None:
 
 async def get_review(tx: Tx, review_id: str, *, lock: bool = False) -> ReviewRecord | None:
     sql = f"SELECT {REVIEW_COLUMNS} FROM codara_reviews WHERE id = ?"
-    if lock and tx.dialect == "postgresql":
-        sql += " FOR UPDATE"
+    if lock:  # the caller changes it: nobody else may in between
+        await tx.for_update()
+        if tx.dialect == "postgresql":
+            sql += " FOR UPDATE"
     rows = await tx.fetchall(sql, (review_id,))
     return ReviewRecord(*rows[0]) if rows else None
 

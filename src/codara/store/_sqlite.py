@@ -162,6 +162,9 @@ class _SQLiteTx(Tx):
                     hint="nothing of it was written; try the operation again",
                 )
 
+    async def for_update(self) -> None:
+        await self._start_writing()
+
     def _end_read(self) -> None:
         if self._reader is not None:
             reader, self._reader = self._reader, None
