@@ -57,9 +57,11 @@ _ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 
 
 class _Section(BaseModel):
-    # use_attribute_docstrings: the docstring under each field is its description (and the
-    # reference's text)
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    # The docstring under each field is its description in the reference (field_docs below).
+    # Not pydantic's use_attribute_docstrings: that reads and parses this file's source at
+    # every import (about a tenth of `codara runs list`'s start-up) for text only the
+    # reference generator needs.
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class StoreSettings(_Section):
@@ -147,7 +149,7 @@ class EmbeddingSettings(_Section):
 
 
 class Settings(_Section):
-    model_config = ConfigDict(extra="allow", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     store: StoreSettings = StoreSettings()
     """``[store]``: the database."""
@@ -306,6 +308,28 @@ def _toml(value: Any) -> str:
     return f"`{value}`"
 
 
+def field_docs(model: type) -> dict[str, str]:
+    """The docstring written under each annotated field of ``model``'s class body."""
+    import ast
+    import inspect
+    import itertools
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(model)))
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs: dict[str, str] = {}
+    for field, after in itertools.pairwise(body):
+        if (
+            isinstance(field, ast.AnnAssign)
+            and isinstance(field.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[field.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
 def reference_markdown() -> str:
     """The text of ``docs/reference/config.md``, generated from the settings models."""
     env_of = {key: var for var, key in _ENV_OVERRIDES.items()}
@@ -331,12 +355,13 @@ def reference_markdown() -> str:
             "| key | type | default | environment | description |",
             "| --- | --- | --- | --- | --- |",
         ]
+        docs = field_docs(model)
         for key, f in model.model_fields.items():
             env = env_of.get((section, key))
             out.append(
                 f"| `{key}` | {_type_name(f.annotation)}{_bounds(f.metadata)} | "
                 f"{_toml(f.default)} | {f'`{env}`' if env else '-'} | "
-                f"{_md(f.description or '')} |"
+                f"{_md(f.description or docs.get(key, ''))} |"
             )
     out += [
         "",
