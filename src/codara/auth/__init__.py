@@ -130,7 +130,15 @@ class Users:
     ) -> None:
         self.store = store
         self.clock = clock
-        self.limits = limits or LoginLimits.from_env()
+        self._limits = limits
+
+    @property
+    def limits(self) -> LoginLimits:
+        """The login limits, from the ``CODARA_LOGIN_*`` variables unless given. Read at the
+        first login, not when a Users is made: the API makes one for every request."""
+        if self._limits is None:
+            self._limits = LoginLimits.from_env()
+        return self._limits
 
     async def add(self, username: str, roles: Sequence[str], password: str | None = None) -> None:
         """Create or update a user (roles replace the old ones)."""

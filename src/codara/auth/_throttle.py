@@ -112,6 +112,10 @@ class Charge:
     before_until: float  # the lockout before the charge
 
 
+_LOCKOUT = {"user": "lockout_user", "addr": "lockout_address"}
+"""The login event a failure that starts a lockout of a key of each kind is journaled as."""
+
+
 def keys(username: str, address: str, limits: LoginLimits) -> list[tuple[str, int]]:
     out = [(f"user:{username}", limits.per_user)]
     if address:
@@ -163,9 +167,7 @@ async def settle(tx: Tx, charges: Sequence[Charge], ok: bool) -> list[tuple[str,
     address gets its failure back), or report the lockouts a wrong one started."""
     if not ok:
         return [
-            ("lockout_" + c.key.split(":", 1)[0].replace("addr", "address"), c.until)
-            for c in charges
-            if c.failures >= c.limit
+            (_LOCKOUT[c.key.split(":", 1)[0]], c.until) for c in charges if c.failures >= c.limit
         ]
     for c in charges:
         if c.key.startswith("user:"):
