@@ -13,7 +13,8 @@ import pytest
 import codara
 from codara.config import Settings, StoreSettings, WorkerSettings
 from codara.engine import NO_RETRY
-from codara.errors import ConflictError, InputError, NotFoundError
+from codara.engine._executor import HANDBACK_DELAY
+from codara.errors import ConflictError, InputError, NotFoundError, StoreUnavailableError
 from codara.testing._clock import FakeClock
 
 
@@ -117,6 +118,42 @@ async def test_a_worker_outlives_a_store_failure_and_carries_on_when_it_is_back(
     assert all(r.exc_info is None and "\n" not in r.getMessage() for r in failures)  # one line
     assert record.status == "completed"
     assert record.output == '"hello ops"'
+
+
+async def test_a_run_the_store_failed_under_is_ready_again_after_the_handback_delay(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store failure that reaches the worker (here: recording the result) hands the run
+    back ready in HANDBACK_DELAY seconds, like one met inside a step, not after a whole
+    lease: a PostgreSQL restart must not park the runs it interrupted for 30 s."""
+    clock = FakeClock()
+    app = _app(db_url, clock, lease_seconds=30)
+    executions: list[int] = []
+    _register_crashy(app, executions)
+    async with app:
+        run_id = await app.start_run("crashy")
+        real_finish = app.store.finish
+        failures: list[str] = []
+
+        async def finish_fails_once(*args: Any, **kwargs: Any) -> None:
+            if not failures:
+                failures.append(args[0])
+                raise StoreUnavailableError("the database went away", hint="a test's fault")
+            await real_finish(*args, **kwargs)
+
+        monkeypatch.setattr(app.store, "finish", finish_fails_once)
+        await app.work(until_idle=True)
+        assert failures == [run_id]
+        [(status, ready_at)] = await app.store.execute_raw(
+            "SELECT status, ready_at FROM codara_runs WHERE id = ?", [run_id]
+        )
+        assert status == "queued"
+        assert ready_at - clock() == pytest.approx(HANDBACK_DELAY)
+        clock.advance(HANDBACK_DELAY)
+        await app.work(until_idle=True)
+        record = await app.get_run(run_id)
+    assert record.status == "completed"
+    assert executions == [1]  # the step's journaled result was replayed, not run again
 
 
 # -- 4. poison runs ---------------------------------------------------------------------------

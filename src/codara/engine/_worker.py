@@ -23,7 +23,7 @@ from functools import partial
 from typing import Any
 
 from codara.engine._context import Context
-from codara.engine._executor import Workflow, execute
+from codara.engine._executor import HANDBACK_DELAY, Workflow, execute
 from codara.engine._journal import fail_poisoned
 from codara.engine._retry import RetryPolicy
 from codara.errors import StoreError
@@ -371,12 +371,16 @@ class Worker:
             pass
         except Exception as exc:  # a store failure: hand the run back so that any worker retries
             if _is_store_error(exc):
+                # the store's blip, not the run's fault: ready again as soon as a failure met
+                # inside a step would make it (a restart must not park its runs for a lease)
                 log.warning("run %s: %s; handing it back", claim.id, _reason(exc))
-            else:
+                delay = HANDBACK_DELAY
+            else:  # a bug in the engine: a lease's pause keeps it from spinning
                 log.exception(
                     "run %s: execution failed in the worker; it will be retried", claim.id
                 )
-            await self._hand_back(claim, self.clock() + self.lease)
+                delay = self.lease
+            await self._hand_back(claim, self.clock() + delay)
         finally:
             self.executed += 1
             if self.active.get(claim.id) is task:  # else a newer claim of the run owns them
