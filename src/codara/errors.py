@@ -11,8 +11,9 @@ agree. The tree is split by who has to act, as pydantic-ai does::
     │   ├── UnknownWorkflowError   no workflow of that name is registered
     │   ├── NotFoundError          no run / review / user with that id
     │   ├── NotOpenError           an App or Client used outside `async with`
-    │   └── ForbiddenError         the caller may not do this (a role, four-eyes)
-    │       └── ReservedSignalError  a signal name only Codara itself sends (review:)
+    │   ├── ForbiddenError         the caller may not do this (a role, four-eyes)
+    │   │   └── ReservedSignalError  a signal name only Codara itself sends (review:)
+    │   └── ScopeError             a read outside what its source allows (refused, with why)
     ├── StoreError                 our own database
     │   ├── DatabaseUnreachableError
     │   ├── StoreUnavailableError  a transient failure (connection lost, database locked)
@@ -28,7 +29,9 @@ agree. The tree is split by who has to act, as pydantic-ai does::
         ├── StepTimeoutError       a step ran longer than its timeout
         ├── PoisonRunError         a run crashed its worker too many times in a row
         ├── RunWaitTimeoutError    wait_run gave up before the run finished
-        └── ModelCallError         a model provider failed
+        ├── ModelCallError         a model provider failed
+        └── SourceError            a data source failed to answer (unreachable, bad reply)
+            └── StaleDataError     a read refused because the data is older than allowed
 
 Errors that must not be retried carry ``non_retryable = True`` (as temporalio does).
 """
@@ -54,6 +57,9 @@ __all__ = [
     "RunError",
     "RunWaitTimeoutError",
     "SchemaOutOfDateError",
+    "ScopeError",
+    "SourceError",
+    "StaleDataError",
     "StepFailedError",
     "StepTimeoutError",
     "StoreError",
@@ -255,3 +261,37 @@ class PayloadTooLargeError(InputError):
 
     code = "payload_too_large"
     http_status = 413
+
+
+class ScopeError(UserError):
+    """A read a source's scope does not allow: a table, column, endpoint or path outside
+    what it declares, a write, a second statement, a system catalogue. Never retried: the
+    same request is refused again. ``reason`` is the one-line why; ``rule`` a stable id for
+    code (``table``, ``column``, ``write``, ``statements``, ``function``, ``path``...)."""
+
+    code = "scope_refused"
+    http_status = 403
+    exit_code = 15
+    non_retryable = True
+
+    def __init__(self, message: str, *, rule: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.rule = rule
+
+
+class SourceError(RunError):
+    """A data source did not answer usably: unreachable, timed out, refused the
+    credentials, or sent what cannot be read (not a record's fault: those are quarantined).
+    Retried by the step's retry policy unless ``non_retryable``."""
+
+    code = "source_failed"
+    http_status = 502
+    exit_code = 16
+
+
+class StaleDataError(SourceError):
+    """The source's newest data is older than its freshness limit, and the source is
+    configured to refuse such reads (``on_stale = "refuse"``)."""
+
+    code = "stale_data"
+    non_retryable = True

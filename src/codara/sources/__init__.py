@@ -1,0 +1,6 @@
+"""Governed data sources: SQL databases, HTTP/JSON APIs and files, read in batches that
+are checked against a declared scope before anything is read (see :mod:`._base`)."""
+
+from codara.sources._base import JSON, Batch, Plan, Rejected, Source, SourceConfig, json_value
+
+__all__ = ["JSON", "Batch", "Plan", "Rejected", "Source", "SourceConfig", "json_value"]
