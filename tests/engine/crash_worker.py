@@ -194,6 +194,13 @@ def _options(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--kill-marker", type=Path, help="with --kill-at: kill only once")
     parser.add_argument(
+        "--resume-lease",
+        type=float,
+        help="with --kill-marker: the lease of a worker started after the kill (the resumer "
+        "need not lose its own lease to a loaded machine's pause; the victim's lease is "
+        "what has to lapse)",
+    )
+    parser.add_argument(
         "--fork-server",
         action="store_true",
         help="serve the test: fork a worker per `spawn LOGFILE` line on stdin",
@@ -221,10 +228,13 @@ def _aim(args: argparse.Namespace) -> None:
 
 async def work(args: argparse.Namespace) -> None:
     """Run one worker until the process is killed."""
+    lease = args.lease
+    if args.resume_lease is not None and args.kill_marker is not None and args.kill_marker.exists():
+        lease = args.resume_lease
     settings = Settings(
         store=StoreSettings(url=args.url, durability=args.durability),
         worker=WorkerSettings(
-            concurrency=args.concurrency, lease_seconds=args.lease, poll_interval=args.poll
+            concurrency=args.concurrency, lease_seconds=lease, poll_interval=args.poll
         ),
     )
     app = codara.App(settings=settings, migrate="check")

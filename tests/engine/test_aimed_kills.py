@@ -76,7 +76,7 @@ async def _kill_then_resume(
     marker = tmp_path / "killed"
     fleet = crash_worker.Fleet(
         app.settings.store.url, tmp_path, "--lease", "1.0", "--poll", "0.05",
-        "--kill-at", kill_at, "--kill-marker", str(marker),
+        "--kill-at", kill_at, "--kill-marker", str(marker), "--resume-lease", "30",
     )  # fmt: skip
     try:
         victim = fleet.start()
