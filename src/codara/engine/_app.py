@@ -32,6 +32,7 @@ from codara.errors import (
     WorkflowCodeError,
     WorkflowVersionError,
 )
+from codara.sources._registry import load_sources
 from codara.store import JournalRecord, RunRecord, Store, open_store
 from codara.store import Migrate as _Migrate
 from codara.trace import Anchor, AuditReport, chain_key, genesis_hash, verify_chain
@@ -77,6 +78,10 @@ class App:
         self._workflows: dict[str, dict[str, Workflow]] = {}
         self.tickers: list[Callable[[App], Awaitable[object]]] = []
         self._store: Store | None = None
+        self.sources = load_sources(
+            settings.section("sources"), settings.source_file or "the configuration"
+        )
+        """The ``[sources.NAME]`` of the settings, validated now; opened at first read."""
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> App:
@@ -160,6 +165,7 @@ class App:
         return self
 
     async def close(self) -> None:
+        await self.sources.close()
         if self._store is not None:
             await self._store.close()
             self._store = None
@@ -252,7 +258,14 @@ class App:
         leases = Leases(self.store, owner, worker.lease_seconds, self.clock)
         async with leases.running():
             task = asyncio.ensure_future(
-                execute(self.store, wf, claim, clock=self.clock, retry=self.retry_policy)
+                execute(
+                    self.store,
+                    wf,
+                    claim,
+                    clock=self.clock,
+                    retry=self.retry_policy,
+                    sources=self.sources,
+                )
             )
             leases.watch(claim.id, task)
             try:
@@ -310,6 +323,7 @@ class App:
             tickers=[self._tick(fn) for fn in self.tickers],
             shutdown_grace=self.settings.worker.shutdown_grace_seconds,
             max_claims=self.settings.worker.max_claims,
+            sources=self.sources,
         )
 
     def _tick(self, fn: Callable[[App], Awaitable[object]]) -> Callable[[], Awaitable[object]]:

@@ -21,7 +21,7 @@ import asyncio
 import inspect
 import random as _random
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
 from types import CoroutineType
@@ -36,6 +36,7 @@ from codara.engine._codec import (
     dumps_lenient,
     result_adapter,
 )
+from codara.engine._read import ReadBatch, ReadResult, read_batches
 from codara.errors import (
     NonDeterminismError,
     StepFailedError,
@@ -50,6 +51,7 @@ from codara.trace import ChainKey, row_hash
 
 if TYPE_CHECKING:
     from codara.engine._retry import RetryPolicy
+    from codara.sources import Sources
 
 __all__ = ["Context", "Step", "set_fault_hook"]
 
@@ -160,7 +162,9 @@ class Context:
         default_retry: RetryPolicy,
         step_timeout: float | None = None,
         key: ChainKey,
+        sources: Sources | None = None,
     ) -> None:
+        self._sources = sources
         self._key = key  # hashes journal rows: HMAC with CODARA_AUDIT_KEY, or SHA-256
         self.run_id = run_id
         self.workflow = workflow
@@ -528,6 +532,22 @@ class Context:
             return result  # type: ignore[no-any-return]
         finally:
             self._done_working()
+
+    async def read(self, source: str, target: str, /, **params: Any) -> ReadResult:
+        """Read ``target`` (a query, an endpoint, a path pattern) from the declared source
+        ``source`` with bound ``params``, all of it: see :meth:`read_batches`."""
+        return ReadResult.of([b async for b in self.read_batches(source, target, **params)])
+
+    def read_batches(self, source: str, target: str, /, **params: Any) -> AsyncIterator[ReadBatch]:
+        """Read ``target`` from ``source`` batch by batch, each batch one journal row.
+
+        The request is checked against the source's scope before anything is read (a
+        refusal raises :class:`~codara.errors.ScopeError`). Records the connector or the
+        source's model refuses go to quarantine with their reason; freshness is judged
+        per batch (:class:`~codara.errors.StaleDataError` or ``stale``). On replay the
+        journaled batches come back and the read goes on from the last one: no batch is
+        read twice. See :mod:`codara.engine._read`."""
+        return read_batches(self, self._sources, source, target, dict(params))
 
     async def sleep(self, seconds: float, name: str = "sleep") -> None:
         """Sleep durably: the run is parked in the database and woken after ``seconds``."""

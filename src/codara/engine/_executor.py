@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter
 
@@ -17,6 +17,9 @@ from codara.engine._retry import RetryPolicy
 from codara.errors import CodaraError
 from codara.store import Claim, FencedError, JournalRecord, Store
 from codara.trace import chain_key, genesis_hash
+
+if TYPE_CHECKING:
+    from codara.sources import Sources
 
 __all__ = ["Outcome", "Workflow", "execute"]
 
@@ -54,6 +57,7 @@ async def execute(
     retry: RetryPolicy,
     on_context: Callable[[Context], None] | None = None,
     step_timeout: float | None = None,
+    sources: Sources | None = None,
 ) -> Outcome:
     journal = await store.journal(claim.id)
     key = chain_key()
@@ -70,6 +74,7 @@ async def execute(
         default_retry=retry,
         step_timeout=step_timeout,
         key=key,
+        sources=sources,
     )
     if on_context is not None:
         on_context(ctx)

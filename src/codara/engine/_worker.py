@@ -20,7 +20,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from codara.engine._context import Context
 from codara.engine._executor import HANDBACK_DELAY, Workflow, execute
@@ -28,6 +28,9 @@ from codara.engine._journal import fail_poisoned
 from codara.engine._retry import RetryPolicy
 from codara.errors import StoreError
 from codara.store import Claim, Store
+
+if TYPE_CHECKING:
+    from codara.sources import Sources
 
 __all__ = ["MAX_BACKOFF", "Backoff", "Leases", "Poll", "Worker"]
 
@@ -184,8 +187,10 @@ class Worker:
         tickers: Sequence[Callable[[], Awaitable[object]]] = (),
         shutdown_grace: float = 30.0,
         max_claims: int = 5,
+        sources: Sources | None = None,
     ) -> None:
         self.store = store
+        self.sources = sources
         self.workflows = workflows
         self.concurrency = concurrency
         self.lease = lease_seconds
@@ -354,7 +359,7 @@ class Worker:
             started = self.clock()
             outcome = await execute(
                 self.store, wf, claim, clock=self.clock, retry=self.retry,
-                on_context=partial(self._on_context, claim),
+                on_context=partial(self._on_context, claim), sources=self.sources,
             )  # fmt: skip
             log.info(
                 "run %s (%s@%s): %s after %.3f s",

@@ -2,5 +2,16 @@
 are checked against a declared scope before anything is read (see :mod:`._base`)."""
 
 from codara.sources._base import JSON, Batch, Plan, Rejected, Source, SourceConfig, json_value
+from codara.sources._registry import Sources, load_sources
 
-__all__ = ["JSON", "Batch", "Plan", "Rejected", "Source", "SourceConfig", "json_value"]
+__all__ = [
+    "JSON",
+    "Batch",
+    "Plan",
+    "Rejected",
+    "Source",
+    "SourceConfig",
+    "Sources",
+    "json_value",
+    "load_sources",
+]

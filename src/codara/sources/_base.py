@@ -52,13 +52,22 @@ class SourceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: str
-    """Which connector reads it: ``sql``, ``http`` or ``file``."""
+    """Which connector reads it: ``sql``, ``http`` or ``file``, or ``"package.module:Class"``
+    for a connector of your own (a :class:`Source` subclass with its ``config_model``)."""
     batch_rows: int = Field(default=1000, ge=1, le=1_000_000)
     """The most records one batch (one journal row) holds."""
     max_age: float | None = Field(default=None, gt=0)
     """Freshness limit in seconds: data whose newest timestamp is older is stale."""
     on_stale: Literal["refuse", "flag"] = "flag"
     """A stale read is refused (``StaleDataError``) or read and flagged (``data.stale``)."""
+    record_model: str | None = Field(default=None, pattern=r"^[\w.]+:[\w.]+$")
+    """``"package.module:Model"``: the pydantic model each record must satisfy (its fields,
+    types and validators are the quality rules). None: records are taken as read."""
+    contract: Literal["freeze", "discard_row", "evolve"] = "discard_row"
+    """What a record the model refuses does to the read, in the style of dlt's schema
+    contracts. ``freeze``: the read fails (and the records are quarantined); ``discard_row``:
+    the record is quarantined and the read goes on; ``evolve``: like ``discard_row``, but
+    fields the model does not know are kept instead of refusing the record."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +125,8 @@ class Source(ABC):
     """One configured source. Connectors subclass it, one module per kind."""
 
     kind: ClassVar[str]
+    config_model: ClassVar[type[SourceConfig]] = SourceConfig
+    """The model its ``[sources.NAME]`` table is validated with (a subclass per kind)."""
 
     def __init__(self, name: str, config: SourceConfig) -> None:
         self.name = name
@@ -129,6 +140,11 @@ class Source(ABC):
     @abstractmethod
     def batches(self, plan: Plan, cursor: JSON = None) -> AsyncIterator[Batch]:
         """Read ``plan`` from ``cursor`` (None: from the start), batch by batch."""
+
+    async def check(self) -> None:  # noqa: B027 - a source with nothing to reach
+        """Reach the source once (connect, authenticate, list the root) so that a wrong
+        URL or an unreachable server stops at load with a clear error, not at the first
+        read. Raises ConfigError or SourceError."""
 
     async def close(self) -> None:  # noqa: B027 - most connectors hold nothing to release
         """Release connections and clients."""

@@ -36,6 +36,7 @@ __all__ = [
     "login_events",
     "login_throttle",
     "metadata",
+    "quarantine",
     "review_events",
     "reviews",
     "runs",
@@ -269,4 +270,30 @@ workflows = Table(
     Column("registered_at", _Time, nullable=False),
     Column("seen_at", _Time, nullable=False),
     PrimaryKeyConstraint("name", "version", name="pk_codara_workflows"),
+)
+
+# Quarantine (schema 0004): the records a source read could not accept (a ragged row, bytes
+# that are not the declared encoding, a record its model refuses), one row each, written in
+# the transaction that journals the read, so a record is quarantined exactly once however
+# often the run is resumed. ``record`` holds the record as the journal would (masked);
+# ``status`` is open until a person retries (released) or drops it.
+quarantine = Table(
+    "codara_quarantine",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("at", _Time, nullable=False),
+    Column("run_id", String(40), nullable=False),
+    Column("workflow", String(200), nullable=False),
+    Column("source", String(200), nullable=False),
+    Column("op", Integer, nullable=False),
+    Column("position", String(500), nullable=False),
+    Column("rule", String(200), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("record", Text, nullable=False),
+    Column("status", String(20), nullable=False, server_default=text("'open'")),
+    Column("resolved_at", _Time),
+    Column("resolved_by", String(200)),
+    Index("ix_codara_quarantine_status", "status", "at"),
+    Index("ix_codara_quarantine_source", "source", "rule"),
+    Index("ix_codara_quarantine_run", "run_id"),
 )

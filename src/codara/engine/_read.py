@@ -1,0 +1,326 @@
+"""``ctx.read``: a governed read of a declared source, one journal row per batch.
+
+Per batch, in this order: the request is checked against the source's scope (once per
+read, before anything is read: a refusal is journaled and raised as ScopeError); the
+connector reads the next batch from the last journaled cursor; each record is checked
+against the source's model (:mod:`codara.sources._quality`); the batch's freshness is
+judged against ``max_age``; then ONE transaction writes the quarantined records and the
+journal row, whose output holds the accepted records, the cursor to resume after, and
+the read's lineage (source, target, parameters, what it touched, counts per rule, data
+version, newest timestamp, age, stale). Because both commit together, a record is
+quarantined exactly once and a batch is never read twice for the same operation: after a
+crash the journaled batches replay and the read goes on from the last cursor.
+
+What a record refused by the model does depends on the source's ``contract``: ``freeze``
+fails the read (SourceError, the records quarantined all the same), the others quarantine
+it and go on. A stale batch is refused (StaleDataError) or flagged (``ReadBatch.stale``,
+and ``stale`` in its lineage), by the source's ``on_stale``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from codara.engine._codec import decode, dump_error, dumps
+from codara.errors import (
+    CodaraError,
+    ConfigError,
+    ScopeError,
+    SourceError,
+    StaleDataError,
+    StoreError,
+)
+from codara.sources._base import JSON, Batch, Plan, Rejected, Source
+from codara.sources._quality import sort_records
+from codara.sources._registry import Sources, model_of
+from codara.store import FencedError
+
+if TYPE_CHECKING:
+    from codara.engine._branch import Branch
+    from codara.engine._context import Context
+    from codara.store import JournalRecord, Tx
+
+__all__ = ["ReadBatch", "ReadResult", "read_batches"]
+
+_INSERT_QUARANTINE = (
+    "INSERT INTO codara_quarantine (id, at, run_id, workflow, source, op, position, rule, "
+    "reason, record, status) VALUES "
+    "(:id, :at, :run_id, :workflow, :source, :op, :position, :rule, :reason, :record, 'open')"
+)
+
+_ERRORS: dict[str, type[CodaraError]] = {
+    "codara.errors.ScopeError": ScopeError,
+    "codara.errors.StaleDataError": StaleDataError,
+    "codara.errors.SourceError": SourceError,
+    "codara.errors.ConfigError": ConfigError,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBatch:
+    """One journaled batch of a read: the records accepted, and what the read was."""
+
+    rows: list[dict[str, JSON]]
+    quarantined: int
+    stale: bool
+    lineage: dict[str, JSON]
+    cursor: JSON = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    """All the batches of one ``ctx.read``."""
+
+    rows: list[dict[str, JSON]]
+    quarantined: int = 0
+    stale: bool = False
+    lineage: list[dict[str, JSON]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, batches: list[ReadBatch]) -> ReadResult:
+        return cls(
+            rows=[row for b in batches for row in b.rows],
+            quarantined=sum(b.quarantined for b in batches),
+            stale=any(b.stale for b in batches),
+            lineage=[b.lineage for b in batches],
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def one(self) -> dict[str, JSON] | None:
+        """The only record, None if there is none; ValueError if there are more."""
+        if len(self.rows) > 1:
+            raise ValueError(f"expected at most one record, the read gave {len(self.rows)}")
+        return self.rows[0] if self.rows else None
+
+
+def _batch_of(output: Any) -> ReadBatch:
+    return ReadBatch(
+        rows=output["rows"],
+        quarantined=int(output["lineage"]["quarantined"]),
+        stale=bool(output["lineage"]["stale"]),
+        lineage=output["lineage"],
+        cursor=output["cursor"],
+    )
+
+
+def _replayed_error(row: JournalRecord) -> CodaraError:
+    err = decode(row.error) or {}
+    cls = _ERRORS.get(str(err.get("type")), SourceError)
+    message = str(err.get("message", "")).split("\n  hint: ", 1)[0]
+    if cls is ScopeError:
+        return ScopeError(message, rule=str(err.get("rule", "scope")))
+    return cls(message)
+
+
+async def read_batches(
+    ctx: Context, sources: Sources | None, name: str, target: str, params: dict[str, Any]
+) -> AsyncIterator[ReadBatch]:
+    """The batches of one read, replayed from the journal or read now (see the module)."""
+    source: Source | None = None
+    plan: Plan | None = None
+    live: AsyncIterator[Batch] | None = None
+    cursor: JSON = None
+    index = 0
+    try:
+        while True:
+            branch, op, rows = ctx._take_op(f"read {name!r}")
+            if rows is not None:
+                row = rows[0]
+                ctx._check(branch, row, "read", name)
+                branch.time = max(branch.time, row.finished_at)
+                if row.status != "ok":
+                    raise _replayed_error(row)
+                batch = _batch_of(decode(row.output))
+            else:
+                if source is None:
+                    if sources is None:
+                        raise ConfigError(
+                            f"ctx.read({name!r}): this app declares no sources",
+                            hint=f"add a [sources.{name}] table to codara.toml",
+                        )
+                    source = sources.get(name)
+                ctx._active += 1
+                try:
+                    if plan is None:
+                        plan = await _plan(ctx, branch, op, source, target, params, cursor)
+                    if live is None:
+                        live = source.batches(plan, cursor).__aiter__()
+                    batch, live = await _read_one(ctx, branch, op, source, plan, live, cursor,
+                                                  index)  # fmt: skip
+                finally:
+                    ctx._done_working()
+            yield batch
+            index += 1
+            cursor = batch.cursor
+            if cursor is None:
+                return
+    finally:
+        if live is not None and hasattr(live, "aclose"):
+            await live.aclose()
+
+
+async def _journal_error(
+    ctx: Context,
+    branch: Branch,
+    op: int,
+    name: str,
+    input_json: str,
+    exc: BaseException,
+    started: float,
+    quarantine: list[dict[str, Any]] | None = None,
+) -> None:
+    error = dump_error(exc)
+    if isinstance(exc, ScopeError):
+        error = dumps({**decode(error), "rule": exc.rule})
+
+    def build(_: Any) -> JournalRecord:
+        return ctx._record(op, "read", name, "error", input_json, None, error, started, 1,
+                           branch.path)  # fmt: skip
+
+    await _commit(ctx, quarantine or [], build)
+
+
+async def _commit(ctx: Context, quarantine: list[dict[str, Any]], build: Any) -> JournalRecord:
+    async def body(tx: Tx) -> None:
+        for q in quarantine:
+            await tx.execute(_INSERT_QUARANTINE, q)
+
+    async with ctx._wlock:
+        seq, prev = ctx._seq, ctx._prev
+        try:
+            _, record = await ctx._store.transaction(ctx.run_id, ctx._token, body, build)
+        except BaseException as exc:
+            ctx._seq, ctx._prev = seq, prev
+            if isinstance(exc, FencedError | StoreError):
+                raise ctx._lost(exc) from None
+            raise
+    return record
+
+
+async def _plan(
+    ctx: Context,
+    branch: Branch,
+    op: int,
+    source: Source,
+    target: str,
+    params: dict[str, Any],
+    cursor: JSON,
+) -> Plan:
+    started = ctx._clock()
+    try:
+        return source.plan(target, **params)
+    except CodaraError as exc:
+        input_json = dumps({"target": target, "params": params, "cursor": cursor})
+        await _journal_error(ctx, branch, op, source.name, input_json, exc, started)
+        raise
+
+
+async def _read_one(
+    ctx: Context,
+    branch: Branch,
+    op: int,
+    source: Source,
+    plan: Plan,
+    live: AsyncIterator[Batch],
+    cursor: JSON,
+    index: int,
+) -> tuple[ReadBatch, AsyncIterator[Batch]]:
+    started = ctx._clock()
+    input_json = dumps({"target": plan.target, "params": dict(plan.params), "cursor": cursor})
+    policy = ctx._retry
+    attempt = 1
+    while True:
+        try:
+            batch = await anext(live, None)
+            break
+        except SourceError as exc:
+            if exc.non_retryable or not policy.should_retry(exc, attempt):
+                await _journal_error(ctx, branch, op, source.name, input_json, exc, started)
+                raise
+        except CodaraError as exc:
+            await _journal_error(ctx, branch, op, source.name, input_json, exc, started)
+            raise
+        await asyncio.sleep(policy.delay(attempt))
+        attempt += 1
+        live = source.batches(plan, cursor).__aiter__()  # a failed iterator is spent
+    if batch is None:  # the connector ended without a last batch: an empty one ends the read
+        batch = Batch(rows=[], cursor=None)
+    config = source.config
+    sorted_ = sort_records(batch, model_of(config), config.contract)
+    now = ctx._clock()
+    age = None if batch.newest is None else max(0.0, now - batch.newest)
+    stale = config.max_age is not None and (age is None or age > config.max_age)
+    by_rule = Counter(r.rule for r in sorted_.rejected)
+    lineage: dict[str, JSON] = {
+        "source": source.name,
+        "kind": source.kind,
+        "target": plan.target,
+        "params": {k: v for k, v in plan.params.items()},
+        "touched": list(plan.touched),
+        "batch": index,
+        "seen": batch.seen,
+        "accepted": len(sorted_.rows),
+        "quarantined": len(sorted_.rejected),
+        "by_rule": dict(sorted(by_rule.items())),
+        "version": batch.version,
+        "newest": batch.newest,
+        "age": age,
+        "max_age": config.max_age,
+        "stale": stale,
+        "model": config.record_model,
+        "contract": config.contract,
+    }
+    quarantine = [_quarantine_row(ctx, source.name, op, r, now) for r in sorted_.rejected]
+    if stale and config.on_stale == "refuse":
+        shown = "no timestamp" if age is None else f"{age:.0f} s old"
+        stale_error = StaleDataError(
+            f"source {source.name!r}: the data is stale ({shown}, the limit is "
+            f"{config.max_age:g} s)",
+            hint='refresh the source, or set on_stale = "flag" to read it and let a policy decide',
+        )
+        await _journal_error(ctx, branch, op, source.name, input_json, stale_error, started)
+        raise stale_error
+    if sorted_.rejected and config.contract == "freeze":
+        frozen = SourceError(
+            f"source {source.name!r}: {len(sorted_.rejected)} record(s) break its frozen "
+            f"contract ({', '.join(sorted(by_rule))}); they are in quarantine",
+            hint="fix the data or the model, then `codara quarantine list`; or relax the "
+            "contract to discard_row",
+        )
+        frozen.non_retryable = True
+        await _journal_error(ctx, branch, op, source.name, input_json, frozen, started, quarantine)
+        raise frozen
+    output = dumps({"rows": sorted_.rows, "cursor": batch.cursor, "lineage": lineage})
+
+    def build(_: Any) -> JournalRecord:
+        return ctx._record(op, "read", source.name, "ok", input_json, output, None, started,
+                           attempt, branch.path)  # fmt: skip
+
+    record = await _commit(ctx, quarantine, build)
+    branch.time = max(branch.time, record.finished_at)
+    return (
+        ReadBatch(sorted_.rows, len(sorted_.rejected), stale, lineage, batch.cursor),
+        live,
+    )
+
+
+def _quarantine_row(ctx: Context, source: str, op: int, r: Rejected, now: float) -> dict[str, Any]:
+    return {
+        "id": uuid.uuid4().hex,
+        "at": now,
+        "run_id": ctx.run_id,
+        "workflow": ctx.workflow,
+        "source": source,
+        "op": op,
+        "position": r.where[:500],
+        "rule": r.rule[:200],
+        "reason": r.reason,
+        "record": dumps(r.raw),
+    }
