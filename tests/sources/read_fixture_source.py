@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pydantic import BaseModel, Field
+
 from codara.errors import ScopeError
 from codara.sources import JSON, Batch, Plan, Rejected, Source, SourceConfig
 
@@ -53,3 +55,10 @@ class JsonList(Source):
                         version="v1", newest=self._config.newest)  # fmt: skip
         if not items:
             yield Batch([], [], None, version="v1", newest=self._config.newest)
+
+
+class Ticket(BaseModel):
+    """The record model the tests declare (``record_model = "read_fixture_source:Ticket"``)."""
+
+    id: int
+    text: str = Field(min_length=1)

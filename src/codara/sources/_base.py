@@ -68,6 +68,10 @@ class SourceConfig(BaseModel):
     contracts. ``freeze``: the read fails (and the records are quarantined); ``discard_row``:
     the record is quarantined and the read goes on; ``evolve``: like ``discard_row``, but
     fields the model does not know are kept instead of refusing the record."""
+    release_to: str | None = None
+    """A workflow that a quarantined record released by ``codara quarantine retry`` is
+    started with (the record as its input, once per record). None: a released record is
+    only marked so (for sources read in bulk, the next read picks the fixed data up)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,143 @@
+"""``codara sources list|check`` and ``codara quarantine list|show|retry|drop``, in-process
+(Typer's runner) against a store that a real read filled."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+import codara
+from codara.cli import app as cli_app
+from codara.config import load_settings
+from codara.store import RunRecord
+
+ITEMS: list[Any] = ["garbage", {"id": 2, "text": ""}, {"id": 4, "text": "where is my money"}]
+
+
+def _toml(root: Path, url: str) -> Path:
+    (root / "inbox.json").write_text(json.dumps(ITEMS))
+    config = root / "codara.toml"
+    config.write_text(
+        f'[store]\nurl = "{url}"\ndurability = "os"\n\n'
+        "[sources.inbox]\n"
+        'kind = "read_fixture_source:JsonList"\n'
+        f'root = "{root}"\n'
+        'allowed = ["inbox.json"]\n'
+        'record_model = "read_fixture_source:Ticket"\n'
+        'release_to = "one_ticket"\n'
+    )
+    return config
+
+
+async def _fill(config: Path) -> None:
+    app = codara.App(settings=load_settings(config))
+
+    @app.workflow(name="reader")
+    async def reader(ctx: codara.Context, target: str) -> int:
+        return len((await ctx.read("inbox", target)).rows)
+
+    @app.workflow(name="one_ticket")
+    async def one_ticket(ctx: codara.Context, ticket: dict[str, Any]) -> int:
+        return int(ticket["id"])
+
+    async with app:
+        run_id = await app.start_run("reader", "inbox.json")
+        await app.work(until_idle=True)
+        assert await app.output(run_id) == 1
+
+
+@pytest.fixture
+def config(tmp_path: Path, db_url: str) -> Path:
+    return _toml(tmp_path, db_url)
+
+
+def _cli(config: Path, *args: str) -> Result:
+    result = CliRunner().invoke(cli_app, ["--config", str(config), *args], env={"NO_COLOR": "1"})
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def test_quarantined_records_are_listed_retried_once_fixed_and_dropped(
+    config: Path, tmp_path: Path
+) -> None:
+    asyncio.run(_fill(config))
+    listed = _cli(config, "quarantine", "list", "--json")
+    assert listed.exit_code == 0, listed.output
+    records = {r["rule"]: r for r in json.loads(listed.stdout)["records"]}
+    assert set(records) == {"not_object", "schema.text"}
+    assert all(r["status"] == "open" and r["source"] == "inbox" for r in records.values())
+
+    empty = records["schema.text"]
+    shown = _cli(config, "quarantine", "show", empty["id"])
+    assert shown.exit_code == 0
+    assert "String should have at least 1 character" in shown.stdout
+    assert '"id": 2' in shown.stdout
+
+    still = _cli(config, "quarantine", "retry", empty["id"], "--json")  # nothing fixed yet
+    assert still.exit_code == 4
+    assert json.loads(still.stdout)["released"] is False
+
+    fixed = tmp_path / "fixed.json"
+    fixed.write_text(json.dumps({"id": 2, "text": "my transfer failed"}))
+    released = _cli(config, "quarantine", "retry", empty["id"], "--record-file", str(fixed),
+                    "--by", "ops-anna", "--json")  # fmt: skip
+    assert released.exit_code == 0, released.output
+    answer = json.loads(released.stdout)
+    assert answer["released"] is True
+    assert answer["record"]["resolved_by"] == "ops-anna"
+    assert answer["run_id"]
+    again = _cli(config, "quarantine", "retry", empty["id"], "--record-file", str(fixed))
+    assert again.exit_code == 12  # no longer open: a second retry starts nothing
+
+    dropped = _cli(config, "quarantine", "drop", records["not_object"]["id"], "--by", "ops-ben")
+    assert dropped.exit_code == 0
+    assert json.loads(_cli(config, "quarantine", "list", "--json").stdout)["records"] == []
+    closed = json.loads(_cli(config, "quarantine", "list", "--status", "all", "--json").stdout)
+    assert sorted((r["status"], r["resolved_by"]) for r in closed["records"]) == [
+        ("dropped", "ops-ben"), ("released", "ops-anna"),
+    ]  # fmt: skip
+
+    run = asyncio.run(_run(config, answer["run_id"]))
+    assert (run.workflow, json.loads(run.input)) == (
+        "one_ticket", {"id": 2, "text": "my transfer failed"},
+    )  # fmt: skip
+
+
+async def _run(config: Path, run_id: str) -> RunRecord:
+    async with codara.App(settings=load_settings(config)) as app:
+        return await app.get_run(run_id)
+
+
+def test_quarantine_commands_refuse_bad_input_clearly(config: Path) -> None:
+    assert _cli(config, "db", "upgrade").exit_code == 0
+    unknown = _cli(config, "quarantine", "show", "nope")
+    assert unknown.exit_code == 6
+    assert "no quarantined record 'nope'" in unknown.output
+    status = _cli(config, "quarantine", "list", "--status", "weird")
+    assert status.exit_code == 4
+    assert "unknown quarantine status" in status.output
+
+
+def test_sources_check_says_allowed_or_refused_and_why(config: Path) -> None:
+    listed = json.loads(_cli(config, "sources", "list", "--json").stdout)["sources"]
+    assert [(s["name"], s["contract"]) for s in listed] == [("inbox", "discard_row")]
+    allowed = _cli(config, "sources", "check", "inbox", "inbox.json", "--json")
+    assert allowed.exit_code == 0
+    assert json.loads(allowed.stdout) == {
+        "allowed": True, "source": "inbox", "target": "inbox.json", "params": {},
+        "touches": ["inbox.json"],
+    }  # fmt: skip
+    refused = _cli(config, "sources", "check", "inbox", "../secrets.json")
+    assert refused.exit_code == 15
+    assert "refused (path)" in refused.output
+    neither = _cli(config, "sources", "check", "inbox")
+    assert neither.exit_code == 4
+    unknown = _cli(config, "sources", "check", "crm", "x")
+    assert unknown.exit_code == 3
+    assert "no source named 'crm'" in unknown.output
