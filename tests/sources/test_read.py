@@ -216,3 +216,52 @@ def test_bad_source_declarations_stop_at_load(tmp_path: Path) -> None:
         load({"kind": KIND, "root": str(tmp_path)})
     with pytest.raises(ConfigError, match="batch_rowz"):
         load({"kind": KIND, "root": str(tmp_path), "allowed": [], "batch_rowz": 3})
+
+
+STALE_POLICY: dict[str, Any] = {
+    "workflows": {
+        "answer": {
+            "policy_input": {"data": {"stale": "bool", "quarantined": "int"}},
+            "policies": [
+                {
+                    "name": "stale data",
+                    "when": "data.stale",
+                    "outcome": "ask",
+                    "role": "support",
+                    "deadline": "1h",
+                    "on_timeout": "deny",
+                },
+            ],  # fmt: skip
+        }
+    }
+}
+
+
+@pytest.mark.parametrize("stale", [True, False])
+async def test_policies_see_whether_the_run_read_stale_data(
+    db_url: str, tmp_path: Path, stale: bool
+) -> None:
+    from codara.review import ReviewGate, install_reviews, load_policies
+
+    newest = 1_000_000.0 if stale else None  # None: no timestamp, so judged only without a limit
+    app = _app(db_url, tmp_path, **({"max_age": 60, "newest": newest} if stale else {}))
+    gate = ReviewGate(load_policies(STALE_POLICY, workflow="answer"), workflow="answer")
+    install_reviews(app)
+
+    @app.workflow(name="answer")
+    async def answer(ctx: codara.Context, target: str) -> str:
+        await ctx.read("inbox", target)
+        result = await gate.check(ctx, "reply", {"text": "hello"}, inputs={})
+        return result.outcome
+
+    async with app:
+        run_id = await app.start_run("answer", "inbox.json")
+        await app.work(until_idle=True)
+        record = await app.get_run(run_id)
+        [policy] = [r for r in await app.journal(run_id) if r.name == "policy:reply"]
+    seen = json.loads(policy.output or "{}")
+    assert seen["inputs_seen"]["data"] == {"stale": stale, "quarantined": 4}
+    if stale:
+        assert (record.status, seen["outcome"]) == ("waiting", "ask")  # a person is asked
+    else:
+        assert (record.status, seen["outcome"]) == ("completed", "allow")

@@ -165,6 +165,7 @@ class Context:
         sources: Sources | None = None,
     ) -> None:
         self._sources = sources
+        self._data: dict[str, Any] = {"reads": 0, "stale": False, "quarantined": 0}
         self._key = key  # hashes journal rows: HMAC with CODARA_AUDIT_KEY, or SHA-256
         self.run_id = run_id
         self.workflow = workflow
@@ -532,6 +533,17 @@ class Context:
             return result  # type: ignore[no-any-return]
         finally:
             self._done_working()
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """What this run's reads have met so far, for policies (``data.stale``,
+        ``data.quarantined``, ``data.reads``: batches read). The same on replay."""
+        return dict(self._data)
+
+    def _saw(self, batch: ReadBatch) -> None:
+        self._data["reads"] += 1
+        self._data["stale"] = self._data["stale"] or batch.stale
+        self._data["quarantined"] += batch.quarantined
 
     async def read(self, source: str, target: str, /, **params: Any) -> ReadResult:
         """Read ``target`` (a query, an endpoint, a path pattern) from the declared source

@@ -156,6 +156,7 @@ async def read_batches(
                                                   index)  # fmt: skip
                 finally:
                     ctx._done_working()
+            ctx._saw(batch)
             yield batch
             index += 1
             cursor = batch.cursor

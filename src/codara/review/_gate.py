@@ -81,7 +81,15 @@ class ReviewGate:
         low_risk: bool = False,
         priority: int = 0,
     ) -> GateResult:
-        """Decide whether ``proposal`` (what step ``step`` is about to do) may go ahead."""
+        """Decide whether ``proposal`` (what step ``step`` is about to do) may go ahead.
+
+        When the policy input declares a ``data`` table and ``inputs`` has none, it is what
+        the run's reads met so far (:attr:`Context.data`: ``stale``, ``quarantined``,
+        ``reads``), so a policy can ask a person when a decision rests on stale data."""
+        shape = self.policies.policy_input.get("data")
+        if isinstance(shape, Mapping) and "data" not in inputs:
+            facts = ctx.data
+            inputs = {**inputs, "data": {k: facts[k] for k in shape if k in facts}}
         decision: dict[str, Any] = await ctx.step(
             f"policy:{step}", self._evaluate, dict(inputs), f"{ctx.run_id}:{step}"
         )
