@@ -231,7 +231,7 @@ STALE_POLICY: dict[str, Any] = {
                     "deadline": "1h",
                     "on_timeout": "deny",
                 },
-            ],  # fmt: skip
+            ],
         }
     }
 }
