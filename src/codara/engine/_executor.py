@@ -101,13 +101,22 @@ async def execute(
     if ctx.closing:  # an abort (lease lost) that workflow code swallowed: write nothing more
         return Outcome("lost")
     if failure is None:
-        return await _finish(store, ctx, claim, "completed", task.result(), None, clock)
+        outcome = await _finish(store, ctx, claim, "completed", task.result(), None, clock)
+        return _ended(sources, ctx, outcome)
     if isinstance(failure, Abort | FencedError):
         log.info("run %s: another worker owns it now; stopped here", claim.id)
         return Outcome("lost")
     if not isinstance(failure, Exception):  # SystemExit and the like: the process is ending
         raise failure
-    return await _finish(store, ctx, claim, "failed", None, failure, clock)
+    return _ended(sources, ctx, await _finish(store, ctx, claim, "failed", None, failure, clock))
+
+
+def _ended(sources: Sources | None, ctx: Context, outcome: Outcome) -> Outcome:
+    """Tell the read observers (lineage) that a run which read data has ended."""
+    watched = sources is not None and sources.observers and ctx.data["reads"]
+    if watched and sources is not None and outcome.status in ("completed", "failed"):
+        sources.observe_end(ctx.run_id, ctx.workflow, outcome.status)
+    return outcome
 
 
 async def _finish(

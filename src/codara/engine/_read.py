@@ -152,8 +152,8 @@ async def read_batches(
                         plan = await _plan(ctx, branch, op, source, target, params, cursor)
                     if live is None:
                         live = source.batches(plan, cursor).__aiter__()
-                    batch, live = await _read_one(ctx, branch, op, source, plan, live, cursor,
-                                                  index)  # fmt: skip
+                    batch, live = await _read_one(ctx, sources, branch, op, source, plan, live,
+                                                  cursor, index)  # fmt: skip
                 finally:
                     ctx._done_working()
             ctx._saw(batch)
@@ -225,6 +225,7 @@ async def _plan(
 
 async def _read_one(
     ctx: Context,
+    sources: Sources | None,
     branch: Branch,
     op: int,
     source: Source,
@@ -306,6 +307,8 @@ async def _read_one(
 
     record = await _commit(ctx, quarantine, build)
     branch.time = max(branch.time, record.finished_at)
+    if sources is not None:
+        sources.observe_read(ctx.run_id, ctx.workflow, lineage)
     return (
         ReadBatch(sorted_.rows, len(sorted_.rejected), stale, lineage, batch.cursor),
         live,

@@ -10,16 +10,19 @@ ConfigError naming the source and the key, raised by :func:`load_sources` before
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
 from codara.errors import ConfigError
 from codara.sources._base import Source, SourceConfig
 
-__all__ = ["KINDS", "Sources", "load_sources"]
+__all__ = ["KINDS", "ReadObserver", "Sources", "load_sources"]
+
+log = logging.getLogger("codara.sources")
 
 KINDS: dict[str, tuple[str, str, str]] = {
     "sql": ("codara.sources._sql", "SqlSource", "SqlSourceConfig"),
@@ -102,13 +105,38 @@ def load_sources(section: Mapping[str, Any], where: str = "codara.toml") -> Sour
     return Sources(configs)
 
 
+class ReadObserver(Protocol):
+    """Told of every read as it is journaled (not of replays) and of the end of every run
+    that read something: lineage exporters (OpenLineage) hang here. An observer must not
+    block and must not raise: a failing export never fails a run."""
+
+    def read(self, run_id: str, workflow: str, lineage: Mapping[str, Any]) -> None: ...
+
+    def run_ended(self, run_id: str, workflow: str, status: str) -> None: ...
+
+
 class Sources:
     """The declared sources of one App: configs validated, connectors opened on first use
-    and closed with the App."""
+    and closed with the App; ``observers`` are told of reads (see :class:`ReadObserver`)."""
 
     def __init__(self, configs: Mapping[str, SourceConfig]) -> None:
         self.configs = dict(configs)
         self._open: dict[str, Source] = {}
+        self.observers: list[ReadObserver] = []
+
+    def observe_read(self, run_id: str, workflow: str, lineage: Mapping[str, Any]) -> None:
+        for observer in self.observers:
+            try:
+                observer.read(run_id, workflow, lineage)
+            except Exception:  # an exporter's bug must not fail the read that was journaled
+                log.exception("lineage observer %r failed on a read of run %s", observer, run_id)
+
+    def observe_end(self, run_id: str, workflow: str, status: str) -> None:
+        for observer in self.observers:
+            try:
+                observer.run_ended(run_id, workflow, status)
+            except Exception:
+                log.exception("lineage observer %r failed at the end of run %s", observer, run_id)
 
     def __contains__(self, name: object) -> bool:
         return name in self.configs
