@@ -34,7 +34,7 @@ def _toml(root: Path, url: str) -> Path:
     return config
 
 
-async def _fill(config: Path) -> None:
+async def _fill(config: Path) -> str:
     app = codara.App(settings=load_settings(config))
 
     @app.workflow(name="reader")
@@ -49,6 +49,7 @@ async def _fill(config: Path) -> None:
         run_id = await app.start_run("reader", "inbox.json")
         await app.work(until_idle=True)
         assert await app.output(run_id) == 1
+    return run_id
 
 
 @pytest.fixture
@@ -141,3 +142,13 @@ def test_sources_check_says_allowed_or_refused_and_why(config: Path) -> None:
     unknown = _cli(config, "sources", "check", "crm", "x")
     assert unknown.exit_code == 3
     assert "no source named 'crm'" in unknown.output
+
+
+def test_runs_show_says_which_data_the_run_read(config: Path) -> None:
+    run_id = asyncio.run(_fill(config))
+    shown = _cli(config, "runs", "show", run_id)
+    assert shown.exit_code == 0, shown.output
+    assert (
+        "data: 1 record(s) from inbox (inbox.json), batch 0; 2 quarantined "
+        "(not_object 1, schema.text 1); version v1"
+    ) in shown.stdout
