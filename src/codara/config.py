@@ -260,6 +260,13 @@ _OTHER_SECTIONS: tuple[tuple[str, str, str], ...] = (
         "`NotificationSettings` in `src/codara/review/_notify.py`",
     ),
     (
+        "[sources.NAME]",
+        "a data source workflows read with `ctx.read`: `kind` (`sql`, `http`, `file`, or "
+        "`package.module:Class`), its scope, `batch_rows`, `max_age` and `on_stale`, "
+        "`record_model` and `contract`, `release_to`, and the keys of its kind.",
+        "[sources](../sources.md)",
+    ),
+    (
         "[workflows.NAME]",
         "the review policies of workflow NAME: `policy_input`, `policies`, `sampling`, "
         "`reject_reasons`.",
