@@ -620,7 +620,9 @@ def _check_columns(tree: exp.Expr, scope: SqlScope, seen: _Seen) -> None:
         )
     except OptimizeError as error:
         first = str(error).splitlines()[0]
-        raise _Refused("column", f"a column cannot be placed in the scope: {first}") from None
+        raise _Refused(
+            "column", f"a column is outside the scope or cannot be resolved: {first}"
+        ) from None
     owner: dict[int, Scope] = {}
     for sc in traverse_scope(qualified):
         for inner in sc.walk():
@@ -669,10 +671,11 @@ def _check_column(col: exp.Column, sc: Scope, scope: SqlScope, seen: _Seen) -> N
     if isinstance(col.this, exp.Star):
         raise _Refused("star", f"{col.sql(scope.dialect)} reads columns the check cannot list")
     if not col.table:
-        # ORDER BY a bare output name reads that output (all three dialects); inside an
-        # expression the name would be an input column, one the scope may not list.
-        order = col.parent.parent if isinstance(col.parent, exp.Ordered) else None
-        query = order.parent if isinstance(order, exp.Order) else None
+        # ORDER BY (and PostgreSQL's DISTINCT ON, which follows its rules) a bare output
+        # name reads that output; inside an expression the name would be an input column,
+        # one the scope may not list.
+        holder = col.parent.parent if isinstance(col.parent, exp.Ordered | exp.Tuple) else None
+        query = holder.parent if isinstance(holder, exp.Order | exp.Distinct) else None
         if isinstance(query, exp.Query) and col.name in query.named_selects:
             return
         raise _Refused(
