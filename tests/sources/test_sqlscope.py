@@ -255,7 +255,6 @@ ALLOWED_ANY: list[str] = [
     " 1)",
     "SELECT CAST(amount AS INT) FROM orders",
     "SELECT NAME FROM customers",
-    "(SELECT name FROM customers)",
     "SELECT o.id FROM orders o WHERE EXISTS (SELECT 1 FROM customers c WHERE o.status = 'x')",
     "SELECT name FROM customers -- a comment\n",
     "SELECT name FROM customers;",
@@ -275,6 +274,7 @@ ALLOWED: dict[str, list[str]] = {
         *ALLOWED_ANY,
         'SELECT "name" FROM "customers"',
         "SELECT name FROM CUSTOMERS",
+        "(SELECT name FROM customers)",
         "SELECT c.name, z.amount FROM customers c,"
         " LATERAL (SELECT o.amount FROM orders o WHERE o.customer_id = c.id) z",
         "SELECT name FROM customers TABLESAMPLE SYSTEM (10)",
@@ -291,6 +291,7 @@ ALLOWED: dict[str, list[str]] = {
     "mysql": [
         *ALLOWED_ANY,
         "SELECT `name` FROM `customers`",
+        "(SELECT name FROM customers)",
         "SELECT Name FROM customers",
         "SELECT name FROM customers # a comment\n",
         "SELECT name FROM customers WHERE name = _utf8mb4'x'",
