@@ -26,6 +26,8 @@ def scope_for(dialect: str) -> SqlScope:
 
 
 HOSTILE_ANY: list[tuple[str, str]] = [
+    ("SELECT t.b FROM customers AS t(a, b)", "column"),
+    ("WITH a AS (SELECT secret FROM b), b AS (SELECT 1 AS secret) SELECT secret FROM a", "table"),
     ("", "statements"),
     ("   ;  ", "statements"),
     ("-- nothing", "statements"),

@@ -41,9 +41,15 @@ The check **fails closed**: whatever it cannot prove is inside the scope is refu
     elsewhere). CTE names are resolved, never taken for tables.
 ``column``
     A column that is not allowed for the table it resolves to, or that cannot be resolved
-    to one (unknown, ambiguous, a whole-row reference such as ``row_to_json(c)``, a system
-    column such as ``rowid``/``ctid``), and ``NATURAL JOIN`` (it compares every shared
-    column, listed or not).
+    to one (unknown, ambiguous, a whole-row reference such as ``to_jsonb(c)``, a system
+    column such as ``rowid``/``ctid``). Also what sqlglot would resolve differently from
+    the server because the table has columns the scope does not list: ``NATURAL JOIN``
+    (it compares every shared column), a select alias used bare in WHERE, GROUP BY, HAVING
+    or ON (``SELECT name AS iban ... WHERE iban = ...`` reads the real ``iban`` on the
+    server), a bare name that resolves to an outer query past an inner table not known
+    to be complete (the server may find it in the inner table), a column alias list on
+    a table (``customers AS t(a, b)`` renames by the table's real column order). ORDER BY
+    (and DISTINCT ON) may name an output alias bare: all three servers read the alias.
 ``star``
     ``SELECT *`` or ``t.*`` over a table whose every column the scope does not know to be
     allowed. **Decision:** the checker cannot know a table's real columns from the list it
@@ -467,6 +473,14 @@ def _check_nodes(tree: exp.Expr, scope: SqlScope, seen: _Seen) -> None:
             )
         elif isinstance(node, exp.TableColumn):
             raise _Refused("column", f"{node.sql(scope.dialect)} is a whole-row reference")
+        elif (
+            isinstance(node, exp.TableAlias) and node.columns and isinstance(node.parent, exp.Table)
+        ):
+            raise _Refused(
+                "column",
+                f"{node.name}(...) renames the table's columns by position, and "
+                "the check does not know their order; alias the columns in a subquery",
+            )
 
 
 def _short(node: exp.Expr, scope: SqlScope) -> str:
@@ -543,9 +557,14 @@ def _check_identifier(ident: exp.Identifier, scope: SqlScope) -> None:
         )
 
 
-def _table_name(table: exp.Table, scope: SqlScope) -> str:
-    dialect = Dialect.get_or_raise(scope.dialect)
-    parts = [dialect.normalize_identifier(p.copy()).name for p in table.parts]
+def _table_name(table: exp.Table, scope: SqlScope, *, folded: bool = False) -> str:
+    """The table's name as the scope keys it: each part folded as the dialect folds it
+    (already done by qualify when ``folded``)."""
+    if folded:
+        parts = [p.name for p in table.parts]
+    else:
+        dialect = Dialect.get_or_raise(scope.dialect)
+        parts = [dialect.normalize_identifier(p.copy()).name for p in table.parts]
     if any("." in p for p in parts):
         raise _Refused("table", f"table name {table.sql(scope.dialect)} contains a dot")
     return ".".join(parts)
@@ -703,7 +722,7 @@ def _check_column(col: exp.Column, sc: Scope, scope: SqlScope, seen: _Seen) -> N
         return  # a CTE or subquery: its own columns are checked in its scope
     if not isinstance(source, exp.Table):
         raise _Refused("column", f"column {col.sql(scope.dialect)} cannot be resolved")
-    table = _table_name(source, scope)
+    table = _table_name(source, scope, folded=True)
     allowed = scope.tables.get(table, frozenset())
     if col.name == _UNLISTED:
         raise _Refused(
@@ -723,7 +742,8 @@ def _check_column(col: exp.Column, sc: Scope, scope: SqlScope, seen: _Seen) -> N
 def _has_unlisted(sc: Scope, scope: SqlScope) -> bool:
     """Whether ``sc`` reads a table that may have columns the scope does not list."""
     return any(
-        isinstance(source, exp.Table) and _table_name(source, scope) not in scope.complete
+        isinstance(source, exp.Table)
+        and _table_name(source, scope, folded=True) not in scope.complete
         for source in sc.sources.values()
     )
 
