@@ -102,6 +102,7 @@ HOSTILE_ANY: list[tuple[str, str]] = [
 ]
 
 HOSTILE_SQLITE: list[tuple[str, str]] = [
+    ("SELECT name FROM dbstat", "table"),
     ("SELECT name FROM sqlite_master", "catalogue"),
     ("SELECT sql FROM sqlite_schema", "catalogue"),
     ("SELECT name FROM pragma_table_info('customers')", "catalogue"),
@@ -133,6 +134,12 @@ HOSTILE_SQLITE: list[tuple[str, str]] = [
 ]
 
 HOSTILE_POSTGRES: list[tuple[str, str]] = [
+    ("TABLE customers", "star"),
+    ('SELECT U&"\\0069ban" FROM customers', "column"),
+    ("SELECT c::text FROM customers c", "column"),
+    ("SELECT array_agg(c) FROM customers c", "column"),
+    ("SELECT ROW(c.name, c.iban) FROM customers c", "function"),
+    ("SELECT name FROM customers WHERE " + "(" * 3000 + "1 = 1" + ")" * 3000, "parse"),
     ("SELECT usename FROM pg_user", "catalogue"),
     ("SELECT * FROM pg_catalog.pg_shadow", "catalogue"),
     ("SELECT relname FROM pg_class", "catalogue"),
@@ -174,6 +181,8 @@ HOSTILE_POSTGRES: list[tuple[str, str]] = [
 ]
 
 HOSTILE_MYSQL: list[tuple[str, str]] = [
+    ("SELECT /*+ SET_VAR(sql_mode='ANSI_QUOTES') */ name FROM customers", "function"),
+    ("SELECT name FROM customers WHERE id = 1 INTO @x", "parse"),
     ("SELECT user FROM mysql.user", "catalogue"),
     ("SELECT thread_id FROM performance_schema.threads", "catalogue"),
     ("SELECT @@datadir", "catalogue"),
@@ -283,6 +292,7 @@ ALLOWED: dict[str, list[str]] = {
         "SELECT name FROM ONLY customers",
         "SELECT name FROM customers WHERE name = E'\\x27'",
         "SELECT name FROM customers WHERE name = $$it's$$",
+        "SELECT $a$ $$, iban, $$ $a$ AS x FROM customers",
         "SELECT date_trunc('day', created_at), to_char(created_at, 'YYYY') FROM customers",
         "SELECT json_build_object('name', name) FROM customers",
         "SELECT name::text FROM customers",
@@ -296,6 +306,7 @@ ALLOWED: dict[str, list[str]] = {
         "(SELECT name FROM customers)",
         "SELECT Name FROM customers",
         "SELECT name FROM customers # a comment\n",
+        "SELECT name --\tiban\n FROM customers",
         "SELECT name FROM customers WHERE name = _utf8mb4'x'",
         "SELECT date_format(created_at, '%Y'), ifnull(email, 'none') FROM customers",
         "SELECT group_concat(name SEPARATOR ',') FROM customers",

@@ -76,6 +76,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import sqlglot
 from sqlglot import exp
@@ -309,7 +310,7 @@ class SqlScope:
                 raise ConfigError(f"{f!r} is not a function name")
             if why := _denied(f):
                 raise ConfigError(f"function {f!r} cannot be allowed: it {why}")
-        return cls(normalised, dialect, complete=whole, functions=extra)
+        return cls(MappingProxyType(normalised), dialect, complete=whole, functions=extra)
 
 
 def check_sql(sql: str, scope: SqlScope) -> Verdict:
