@@ -119,3 +119,18 @@ def test_star_over_a_table_with_unlisted_columns_would_read_them(
     with engine.connect() as conn:
         names = list(conn.execute(sa.text("SELECT * FROM customers")).keys())
     assert "iban" in names  # what the refusal protects
+
+
+def test_a_bare_name_an_unlisted_column_shares_makes_the_server_refuse_not_read_it(
+    server: tuple[str, sa.Engine],
+) -> None:
+    """The check allows a bare name it resolves to a subquery's column; where a table of
+    the same query also has an unlisted column of that name, the server calls the name
+    ambiguous and reads nothing (it never silently picks the unlisted column)."""
+    dialect, engine = server
+    sql = "SELECT iban FROM (SELECT name AS iban FROM customers) x JOIN customers c ON 1 = 1"
+    verdict = check_sql(sql, scope_for(dialect))
+    assert verdict.allowed
+    assert verdict.columns == ("customers.name",)
+    with engine.connect() as conn, pytest.raises(sa.exc.DBAPIError, match=r"(?i)ambiguous"):
+        conn.execute(sa.text(sql)).fetchall()
