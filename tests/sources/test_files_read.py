@@ -79,6 +79,13 @@ async def test_dirty_csv_rows_are_rejected_with_rule_and_line_and_nothing_is_los
     assert all(b.cursor is not None for b in batches[:-1])
 
 
+async def test_the_record_right_after_the_header_is_placed_on_line_2(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_bytes(b'"i\nd",text\n1,2,3\n')  # a header over two lines
+    source = make(tmp_path)
+    (batch,) = await read(source, source.plan("a.csv"))
+    assert [r.where for r in batch.rejected] == ["a.csv:3"]
+
+
 async def test_dirty_json_lines_are_rejected_with_rule_and_line(tmp_path: Path) -> None:
     (tmp_path / "events.jsonl").write_bytes(
         b'{"id": 1, "at": "2026-12-02T05:00:00Z"}\n'

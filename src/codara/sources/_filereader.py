@@ -318,6 +318,7 @@ class Reader:
             reader = self._reader(lines)
         against = "the header has" if config.header else "the declared columns have"
         while True:
+            lines.begin()
             where = f"{file.rel}:{lines.start}"
             record: dict[str, JSON] | Rejected
             try:
@@ -334,7 +335,6 @@ class Reader:
             else:
                 record = self._csv_record(lines, fields, columns, where, against)
             yield record, (index, lines.offset, lines.line)
-            lines.begin()
 
     def _csv_record(
         self,
