@@ -21,9 +21,7 @@ from hypothesis import strategies as st
 from codara.sources import Batch, Rejected
 from codara.sources._files import FileSource, FileSourceConfig
 
-TEXT = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\r"), max_size=8
-)
+TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00\r"), max_size=8)
 TOKEN = st.text("abcxyz019", min_size=1, max_size=5)
 BAD_BYTES = st.sampled_from([b"\xff", b"\xc3(", b"\xe2\x82", b"\x80abc", b"caf\xe9"])
 ENDING = st.sampled_from([b"\n", b"\r\n"])
