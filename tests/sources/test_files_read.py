@@ -278,14 +278,23 @@ async def test_version_and_newest_follow_the_files_and_a_changed_file_stops_a_re
     os.utime(tmp_path / "b.csv", ns=(1_750_000_001_000_000_000,) * 2)
     again = await read(source, plan)
     assert again[0].version != first[0].version
-    with pytest.raises(SourceError, match=r"changed .* since this read began") as info:
+    with pytest.raises(
+        SourceError, match=r"the files of this read changed .* since the read began"
+    ) as info:
         await read(source, plan, first[0].cursor)
     assert info.value.non_retryable
+    # a file that changes while the read is under way stops it when the reader reaches it
+    source = make(tmp_path, batch_rows=2)
+    plan = source.plan("*.csv")
+    batches = source.batches(plan)
+    await anext(batches)
+    (tmp_path / "b.csv").write_bytes(b"id\n1\n2\n3\n4\n")
+    with pytest.raises(SourceError, match=r"^b\.csv changed"):
+        await anext(batches)
+    now = (await read(source, plan))[0].version
     for bad in ({"file": 7, "offset": 0, "line": 1}, "x", {"file": 0, "offset": -1, "line": 1}):
         with pytest.raises(InputError, match="not a cursor of file source 'inbox'"):
-            await read(
-                source, plan, {**bad, "version": again[0].version} if isinstance(bad, dict) else bad
-            )
+            await read(source, plan, {**bad, "version": now} if isinstance(bad, dict) else bad)
     with pytest.raises(InputError, match="a plan of source 'other'"):
         await read(source, Plan(source="other", target="*.csv", touched=("a.csv",)))
 

@@ -447,11 +447,13 @@ class Reader:
             parquet.close()
 
 
-def changed(rel: str) -> SourceError:
+def changed(rel: str | None) -> SourceError:
+    """The files under a read are not those it began with (``rel``: the one seen to differ)."""
+    what = f"{rel} changed" if rel else "the files of this read changed"
     return _file_error(
-        f"{rel} changed (size or modification time) since this read began; resuming it would "
-        "skip or repeat records",
-        "start the read again as a new operation to read the file as it is now",
+        f"{what} (size or modification time) since the read began; going on would skip or "
+        "repeat records",
+        "start the read again as a new operation to read the files as they are now",
     )
 
 

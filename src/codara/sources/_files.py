@@ -78,7 +78,7 @@ def _problem(pattern: str) -> str | None:
         return "contains a NUL byte"
     if "\\" in pattern:
         return "contains a backslash (separate directories with /)"
-    if pattern.startswith("/") or (len(pattern) > 1 and pattern[1] == ":"):
+    if pattern.startswith("/") or (pattern[1:2] == ":" and pattern[2:3] in ("", "/")):
         return "is absolute (paths are relative to the source's root)"
     if ".." in _segments(pattern):
         return "climbs out with '..'"
@@ -102,6 +102,17 @@ def _match(pattern: tuple[str, ...], path: tuple[str, ...]) -> bool:
 
 def _is_glob(segments: tuple[str, ...]) -> bool:
     return any(_GLOB_CHARS & set(part) for part in segments)
+
+
+def _raise(error: OSError) -> None:
+    """A folder a glob cannot list would hide its files: the plan fails instead (a folder
+    that is not there, or is a file, holds nothing to hide)."""
+    if isinstance(error, FileNotFoundError | NotADirectoryError):
+        return
+    raise SourceError(
+        f"cannot list a folder of the file source: {error.strerror}",
+        hint="check that the worker may read the source's folders",
+    )
 
 
 # -- the configuration -----------------------------------------------------------------------
@@ -355,7 +366,7 @@ class FileSource(Source):
         root = str(self.config.root)
         deep = "**" in segments
         found: list[str] = []
-        for top, dirs, names in os.walk(os.path.join(root, *segments[:fixed])):
+        for top, dirs, names in os.walk(os.path.join(root, *segments[:fixed]), onerror=_raise):
             here = Path(top).relative_to(root).parts
             if not deep and len(here) >= len(segments) - 1:
                 dirs.clear()
@@ -418,7 +429,7 @@ class FileSource(Source):
         if type(index) is not int or not 0 <= index < len(files):
             raise bad
         if cursor.get("version") != version:
-            raise changed(files[index].rel)
+            raise changed(None)
         keys = ("row_group", "row") if files[index].format == "parquet" else ("offset", "line")
         a, b = (cursor.get(key) for key in keys)
         if type(a) is not int or type(b) is not int or a < 0 or b < 0:
