@@ -255,7 +255,10 @@ async def _read_one(
     if batch is None:  # the connector ended without a last batch: an empty one ends the read
         batch = Batch(rows=[], cursor=None)
     config = source.config
-    sorted_ = sort_records(batch, model_of(config), config.contract)
+    positions = (
+        batch.positions if batch.positions and len(batch.positions) == len(batch.rows) else None
+    )
+    sorted_ = sort_records(batch, model_of(config), config.contract, positions=positions)
     now = ctx._clock()
     age = None if batch.newest is None else max(0.0, now - batch.newest)
     stale = config.max_age is not None and (age is None or age > config.max_age)

@@ -119,6 +119,10 @@ class Batch:
     timestamp column, a Last-Modified header or a file's modification time; None when the
     source declares none."""
 
+    positions: list[str] | None = None
+    """Where each of ``rows`` is in the source (``"inbox.csv:17"``), when the connector
+    knows: a record the source's model refuses is quarantined with it."""
+
     @property
     def seen(self) -> int:
         """Records read in this batch: accepted plus rejected."""

@@ -169,12 +169,27 @@ class Reader:
         self._files = files
         self._records = self._all(start)
         self._peeked: _Record | None = None
+        self._prev = start  # where the next record taken starts (None: the first file's top)
         self.newest = newest
         """With a timestamp field: its largest value read so far, across resumes."""
 
-    def take(self, n: int) -> tuple[list[dict[str, JSON]], list[Rejected], Position | None, bool]:
-        """The next ``n`` records (rows and rejected), the position after the last one, and
-        whether any record follows (one is read ahead to know)."""
+    def _where(self, index: int) -> str:
+        """Where the record that starts at ``self._prev`` (in file ``index``) is."""
+        file = self._files[index]
+        prev = self._prev if self._prev is not None and self._prev[0] == index else None
+        if file.format == "parquet":
+            group, row = (prev[1], prev[2]) if prev is not None else (0, 0)
+            return f"{file.rel}: row group {group}, row {row}"
+        if prev is not None:
+            return f"{file.rel}:{prev[2]}"
+        first = 2 if file.format == "csv" and self._config.header else 1
+        return f"{file.rel}:{first}"
+
+    def take(
+        self, n: int
+    ) -> tuple[list[dict[str, JSON]], list[Rejected], Position | None, bool, list[str]]:
+        """The next ``n`` records (rows and rejected), the position after the last one,
+        whether any record follows (one is read ahead to know), and where each row is."""
         items: list[_Record] = []
         if self._peeked is not None:
             items.append(self._peeked)
@@ -185,15 +200,20 @@ class Reader:
             self._peeked = next(self._records, None)
         rows: list[dict[str, JSON]] = []
         rejected: list[Rejected] = []
+        positions: list[str] = []
         field = self._config.timestamp_field
-        for record, _ in items:
+        for record, after in items:
             if isinstance(record, Rejected):
                 rejected.append(record)
+                self._prev = after
                 continue
+            positions.append(self._where(after[0]))  # a record's next position is in its file
+            self._prev = after
             rows.append(record)
             if field is not None and (when := _epoch(record.get(field))) is not None:
                 self.newest = when if self.newest is None else max(self.newest, when)
-        return rows, rejected, items[-1][1] if items else None, self._peeked is not None
+        last = items[-1][1] if items else None
+        return rows, rejected, last, self._peeked is not None, positions
 
     def close(self) -> None:
         try:

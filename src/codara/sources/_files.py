@@ -253,6 +253,7 @@ class FileSource(Source):
     """Files under one root, read in batches, refused outside the declared globs."""
 
     kind = "file"
+    config_model = FileSourceConfig
     config: FileSourceConfig
 
     def __init__(self, name: str, config: FileSourceConfig) -> None:
@@ -297,11 +298,12 @@ class FileSource(Source):
         try:
             more = True
             while more:
-                rows, rejected, last, more = await asyncio.to_thread(
+                rows, rejected, last, more, where = await asyncio.to_thread(
                     reader.take, self.config.batch_rows
                 )
                 after = self._cursor(files, last, version, reader.newest) if more else None
-                yield Batch(rows, rejected, after, version=version, newest=reader.newest)
+                yield Batch(rows, rejected, after, version=version, newest=reader.newest,
+                            positions=where)  # fmt: skip
         finally:
             reader.close()
 

@@ -28,7 +28,7 @@ class Sorted:
     """The connector's rejects first, then the model's, each in reading order."""
 
 
-def _where(batch: Batch, index: int) -> str:
+def _where(index: int) -> str:
     return f"record {index + 1} of the batch"
 
 
@@ -61,7 +61,7 @@ def sort_records(
     rows: list[dict[str, JSON]] = []
     rejected = list(batch.rejected)
     for index, row in enumerate(batch.rows):
-        where = positions[index] if positions is not None else _where(batch, index)
+        where = positions[index] if positions is not None else _where(index)
         extra = [k for k in row if k not in known]
         if extra and contract != "evolve":
             rejected.append(

@@ -67,7 +67,7 @@ def _validation_message(exc: ValidationError, name: str) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "(table)"
         got = err.get("input")
         shown = "" if isinstance(got, Mapping) else f" (got {got!r})"
-        parts.append(f"{loc}: {err['msg']}{shown}")
+        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}{shown}")
     return f"[sources.{name}]: " + "; ".join(parts)
 
 
@@ -97,6 +97,8 @@ def load_sources(section: Mapping[str, Any], where: str = "codara.toml") -> Sour
         _, config_cls = _kind(kind)
         try:
             configs[name] = config_cls.model_validate(dict(table))
+        except ConfigError as exc:  # a validator that checked the machine (a root, a variable)
+            raise ConfigError(f"[sources.{name}] in {where}: {exc.message}", hint=exc.hint) from exc
         except ValidationError as exc:
             raise ConfigError(
                 _validation_message(exc, name) + f" in {where}",
