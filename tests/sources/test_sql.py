@@ -4,11 +4,13 @@ writes, long statements and oversized results."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 import pytest
 
 from codara.errors import ConfigError, InputError, ScopeError, SourceError
@@ -238,6 +240,21 @@ async def test_a_write_that_got_past_the_scope_check_is_refused_by_the_database(
     assert sql_db.scalar("SELECT count(*) FROM items") == 2
     assert sql_db.scalar("SELECT count(*) FROM items WHERE name = 'changed'") == 0
     sql_db.run("CREATE TABLE stolen (id INTEGER)")  # it was not created by the source
+
+
+@pytest.mark.timeout(30)
+async def test_cancelling_a_read_cancels_its_query_on_postgresql(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
+        admin.execute("INSERT INTO items VALUES (1, 'item 1')")
+    config = SqlSourceConfig(url=pg_url, tables={"items": ["id"]}, statement_timeout=3600)
+    src = opened(SqlSource("crm", config, check=allow(config.tables)))
+    task = asyncio.ensure_future(anext(src.batches(src.plan(SLOW["postgresql"]))))
+    await asyncio.sleep(0.5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await read_all(src, src.plan("SELECT id FROM items")))[0].rows == [{"id": 1}]
 
 
 # -- freshness ---------------------------------------------------------------------------------

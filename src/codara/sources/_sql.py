@@ -49,7 +49,6 @@ import math
 import os
 import re
 import sqlite3
-import threading
 import time
 import urllib.parse
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
@@ -287,6 +286,8 @@ class SqlSource(Source):
         if self.dialect == "postgresql":
             conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             conn.exec_driver_sql(f"SET LOCAL statement_timeout = {math.ceil(seconds * 1000)}")
+            # Times read the same whatever the server's zone: a replay compares equal.
+            conn.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")
         elif self.dialect == "mysql":
             if getattr(self.engine.dialect, "is_mariadb", False):
                 conn.exec_driver_sql(f"SET SESSION max_statement_time = {seconds:.6f}")
@@ -296,6 +297,7 @@ class SqlSource(Source):
             # Both: a read-only transaction alone lets DDL through (it commits implicitly
             # and runs outside it; measured on MariaDB 10.11), the session default stops it.
             conn.exec_driver_sql("SET SESSION TRANSACTION READ ONLY")
+            conn.exec_driver_sql("SET SESSION time_zone = '+00:00'")  # TIMESTAMPs in UTC
             conn.exec_driver_sql("START TRANSACTION READ ONLY, WITH CONSISTENT SNAPSHOT")
         else:
             conn.exec_driver_sql("BEGIN")
@@ -384,15 +386,21 @@ class _Read:
         self._peeked: list[Any] = []
         self._exhausted = False
         self._deadline = math.inf
+        self._cancelled = False
         self._timed_out = False
-        self._lock = threading.Lock()
         ts = source.config.timestamp_column
         self._ts_column = ts.rpartition(".")[2].lower() if ts else None
         self._ts_index: int | None = None
 
     # Worker-thread side.
+    def _go_on(self) -> None:
+        """Raise if the reading task was cancelled before this call got to the database."""
+        if self._cancelled:
+            raise asyncio.CancelledError
+
     def start(self) -> None:
         src = self.source
+        self._go_on()
         try:
             self.conn = src.engine.connect()
         except sa.exc.DBAPIError as exc:
@@ -411,6 +419,7 @@ class _Read:
                         "ELSE pg_current_wal_lsn() END"
                     ).scalar_one()
                 )
+            self._go_on()
             stream = self.conn.execution_options(stream_results=True)
             self.result = stream.execute(sa.text(self.plan.target), dict(self.plan.params))
             if not self.result.returns_rows:
@@ -438,6 +447,7 @@ class _Read:
     def fetch(self, n: int) -> list[list[JSON]]:
         """Up to ``n`` rows as JSON lists, in column order."""
         assert self.result is not None
+        self._go_on()
         self._deadline = time.monotonic() + self.source.config.statement_timeout
         rows: list[Any] = self._peeked[:n]
         self._peeked = self._peeked[n:]
@@ -532,6 +542,8 @@ class _Read:
             conn.close()
 
     def _sqlite_progress(self) -> int:
+        if self._cancelled:
+            return 1
         if time.monotonic() > self._deadline:
             self._timed_out = True
             return 1
@@ -539,7 +551,7 @@ class _Read:
 
     # Event-loop side: called when the awaiting task is cancelled mid-call.
     def interrupt(self) -> None:
-        self._deadline = -math.inf
+        self._cancelled = True
         conn = self.conn
         if conn is None:
             return
