@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from codara.errors import InputError, ScopeError
-from codara.sources import JSON
+from codara.sources import JSON, Plan
 from codara.sources._sql import ScopeCheck, SqlSource, SqlSourceConfig
 
 TABLES = {"customers": ["id", "email"]}
@@ -161,3 +161,13 @@ def test_a_bad_config_is_refused_without_showing_the_url(
         SqlSourceConfig(**config)
     shown = str(err.value) + repr(err.value.errors())
     assert "hunter2-canary" not in shown
+
+
+async def test_a_sqlite_uri_is_opened_read_only_too(crm: str) -> None:
+    path = crm.removeprefix("sqlite:///")
+    src = make(f"sqlite:///file:{path}?uri=true&mode=rw", checker())
+    await src.check()
+    with pytest.raises(ScopeError, match="refused a write"):
+        await anext(src.batches(Plan("crm", "DELETE FROM customers")))
+    assert await rows(src, "SELECT id FROM customers ORDER BY id") == [{"id": 1}, {"id": 2}]
+    await src.close()

@@ -36,6 +36,20 @@ neither a query without ``ORDER BY`` nor data changed in between guarantees, so 
 of trusting it the cursor carries a digest of the rows delivered
 (``{"rows": n, "digest": sha256}``): the skipped rows must hash to it, or the read stops
 with a SourceError rather than deliver a row twice or miss one.
+
+Freshness: with ``timestamp_column`` declared, a batch's ``newest`` is the latest value of
+that column among its rows (matched by the column's name in the result; a naive time is
+taken as UTC, times are read in UTC); a row whose value is not a date or time goes to
+``rejected`` (rule ``timestamp``), not away. A query that does not select the column has
+no ``newest``, and with a ``max_age`` set it is refused before a row is delivered (an
+unknown age must not pass for a fresh one). Not a ``MAX()`` over the whole table: that
+says whether the table is fed, not how old the rows a decision used are.
+
+Version: PostgreSQL's WAL position at the start of the read's snapshot (``pg-lsn:...``;
+the same value twice means nothing was written in between, anywhere in the cluster).
+None on SQLite (``PRAGMA data_version`` only counts other connections' commits, per
+connection) and MariaDB (no change counter without a binary log): freshness there rests
+on the timestamp column.
 """
 
 from __future__ import annotations
@@ -640,13 +654,14 @@ def _engine(name: str, url: URL, config: SqlSourceConfig) -> Engine:
                 f"source {name!r}: an in-memory SQLite database has nothing to read",
                 hint="give the database file: sqlite:///path/to/crm.db",
             )
-        if url.query.get("uri") in ("true", "1"):
-            target, uri = path, True
+        if url.query.get("uri") in ("true", "1"):  # sqlite:///file:crm.db?uri=true&...
+            options = {k: v for k, v in url.query.items() if k not in ("uri", "mode")}
+            target = f"{path}?{urllib.parse.urlencode({**options, 'mode': 'ro'}, doseq=True)}"
         else:
-            target, uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro", True
+            target = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
 
         def creator() -> sqlite3.Connection:
-            conn = sqlite3.connect(target, uri=uri, check_same_thread=False)
+            conn = sqlite3.connect(target, uri=True, check_same_thread=False)
             conn.execute("PRAGMA query_only = 1")
             return conn
 
