@@ -165,6 +165,17 @@ async def test_an_empty_result_is_one_empty_last_batch(sql_db: SqlDatabase) -> N
     ] == [([], None)]
 
 
+async def test_two_result_columns_of_one_name_are_refused_rather_than_one_lost(
+    sql_db: SqlDatabase,
+) -> None:
+    fill_items(sql_db, 1)
+    src = source(sql_db)
+    with pytest.raises(InputError, match="more than one column named id"):
+        await read_all(src, src.plan("SELECT a.id, b.id FROM items a JOIN items b ON a.id = b.id"))
+    sql = "SELECT a.id, b.id AS other_id FROM items a JOIN items b ON a.id = b.id"
+    assert (await read_all(src, src.plan(sql)))[0].rows == [{"id": 1, "other_id": 1}]
+
+
 # -- limits ------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("row_limit", "delivered"), [(25, 25), (20, 10), (15, 10), (5, 0)])
 async def test_a_result_over_row_limit_fails_before_a_row_past_the_limit_is_delivered(

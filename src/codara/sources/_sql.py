@@ -227,7 +227,13 @@ class SqlSource(Source):
             raise self._connect_error(exc) from None
         prep = self.engine.dialect.identifier_preparer
         with conn:
-            self._begin(conn)
+            try:
+                self._begin(conn)
+            except sa.exc.DBAPIError as exc:
+                raise SourceError(
+                    f"source {self.name!r}: {self.redacted_url} refused a read-only "
+                    f"transaction: {self._first_line(exc)}"
+                ) from None
             for table, columns in self.config.tables.items():
                 sql = f"SELECT * FROM {_quoted(prep, table)} WHERE 1 = 0"
                 try:

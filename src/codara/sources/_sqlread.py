@@ -81,6 +81,13 @@ class Read:
             if not self.result.returns_rows:
                 raise final(f"source {src.name!r}: the query returned no rows (not a SELECT?)")
             self.keys = list(self.result.keys())
+            twice = sorted({k for k in self.keys if self.keys.count(k) > 1})
+            if twice:  # a record is a dict: one of the two values would be lost
+                raise InputError(
+                    f"source {src.name!r}: the query returns more than one column named "
+                    f"{', '.join(twice)}",
+                    hint="give each selected column its own name (AS ...)",
+                )
         except sa.exc.DBAPIError as exc:
             raise src._read_error(exc, self.plan, self._timed_out) from None
         self._locate_timestamp()
