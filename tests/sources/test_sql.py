@@ -268,6 +268,24 @@ async def test_cancelling_a_read_cancels_its_query_on_postgresql(pg_url: str) ->
     assert (await read_all(src, src.plan("SELECT id FROM items")))[0].rows == [{"id": 1}]
 
 
+async def test_the_postgresql_version_is_later_after_a_write(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
+        config = SqlSourceConfig(url=pg_url, tables={"items": ["id"]})
+        src = opened(SqlSource("crm", config, check=allow(config.tables)))
+        plan = src.plan("SELECT id FROM items")
+        before = lsn((await read_all(src, plan))[0].version)
+        admin.execute("INSERT INTO items VALUES (1, 'new')")
+        # Cluster-wide (other tests write too), so only "later after a write" is certain.
+        assert lsn((await read_all(src, plan))[0].version) > before
+
+
+def lsn(version: str | None) -> int:
+    assert version is not None
+    high, low = version.removeprefix("pg-lsn:").split("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
 # -- freshness ---------------------------------------------------------------------------------
 async def test_newest_is_the_latest_timestamp_read_and_unreadable_ones_are_quarantined(
     sql_db: SqlDatabase,
