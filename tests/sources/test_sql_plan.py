@@ -47,11 +47,17 @@ async def rows(src: SqlSource, sql: str, **params: Any) -> list[dict[str, Any]]:
     return [r async for b in src.batches(src.plan(sql, **params)) for r in b.rows]
 
 
-def test_without_a_scope_checker_every_query_is_refused(crm: str) -> None:
+def test_by_default_the_sqlglot_scope_check_decides(crm: str) -> None:
     src = make(crm, None)
-    with pytest.raises(ScopeError, match="no scope checker is wired") as err:
-        src.plan("SELECT id FROM customers")
-    assert err.value.rule == "unchecked"
+    plan = src.plan("SELECT c.email FROM customers AS c WHERE c.id = :id", id=1)
+    assert plan.touched == ("customers.email", "customers.id")
+    with pytest.raises(ScopeError) as err:
+        src.plan("SELECT id FROM orders")
+    assert err.value.rule == "table"
+    with pytest.raises(ScopeError, match="every column") as star:
+        src.plan("SELECT * FROM customers")  # customers is not declared complete
+    assert star.value.rule == "star"
+    assert make(crm, None, complete_tables=("customers",)).plan("SELECT * FROM customers")
     src.engine.dispose()
 
 

@@ -108,6 +108,14 @@ class SqlSourceConfig(SourceConfig):
     """Seconds the database may work on a read (see the module docs per database)."""
     timestamp_column: str | None = None
     """``table.column`` whose newest value among the rows read is the data's age."""
+    complete_tables: tuple[str, ...] = ()
+    """Tables whose ``tables`` entry lists every column they have: only over those may a
+    query say ``SELECT *`` or ``t.*`` (elsewhere a star is refused: the check cannot know
+    what it would expand to)."""
+    functions: tuple[str, ...] = ()
+    """SQL functions beyond the built-in safe ones that queries may call (a user-defined
+    function can read any table, so unknown ones are refused); the refused ones (file,
+    system and catalogue functions, sleeps) cannot be allowed."""
 
     @field_validator("url_env")
     @classmethod
@@ -139,10 +147,32 @@ class SqlSourceConfig(SourceConfig):
         return value
 
 
+def _sqlglot_check(name: str, config: SqlSourceConfig, dialect: str) -> ScopeCheck:
+    """The scope checker of :mod:`codara.sources._sqlscope` over the declared tables."""
+    from codara.sources._sqlscope import SqlScope, require_sql
+
+    try:
+        scope = SqlScope.from_config(
+            config.tables,
+            {"postgresql": "postgres"}.get(dialect, dialect),
+            complete=config.complete_tables,
+            functions=config.functions,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"[sources.{name}] tables: {exc.message}", hint=exc.hint) from exc
+
+    def check(sql: str) -> tuple[Iterable[str], Iterable[str]]:
+        verdict = require_sql(sql, scope)
+        return verdict.columns, [p.lstrip(":") for p in verdict.params]
+
+    return check
+
+
 class SqlSource(Source):
     """One SQL database, read through its declared scope."""
 
     kind: ClassVar[str] = "sql"
+    config_model: ClassVar[type[SourceConfig]] = SqlSourceConfig
     config: SqlSourceConfig
 
     def __init__(
@@ -153,16 +183,18 @@ class SqlSource(Source):
         check: ScopeCheck | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
-        """``check`` is the scope checker (None: not wired, every query is refused);
+        """``check`` is the scope checker (None: sqlglot's, over ``tables``);
         ``environ`` where ``url_env`` is looked up (default ``os.environ``)."""
         super().__init__(name, config)
-        self._scope_check = check
         url = _url(name, config, os.environ if environ is None else environ)
         self.redacted_url = url.render_as_string(hide_password=True)
         """The URL with its password hidden: the only form errors and logs show."""
         self._password = url.password
         self.engine = _engine(name, url, config)
         self.dialect: Literal["sqlite", "postgresql", "mysql"] = _dialect(self.engine)
+        if check is None:
+            check = _sqlglot_check(name, config, self.dialect)
+        self._scope_check = check
 
     def __repr__(self) -> str:
         return f"SqlSource({self.name!r}, {self.redacted_url!r})"
@@ -205,12 +237,7 @@ class SqlSource(Source):
         return Plan(self.name, target, dict(params), tuple(touched))
 
     def _check_scope(self, sql: str) -> tuple[list[str], set[str]]:
-        """The one call site of the scope checker. Not wired: nothing may run."""
-        if self._scope_check is None:
-            raise ScopeError(
-                f"source {self.name!r}: no scope checker is wired, so every query is refused",
-                rule="unchecked",
-            )
+        """The one call site of the scope checker."""
         touched, used = self._scope_check(sql)
         return list(touched), set(used)
 
