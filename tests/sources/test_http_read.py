@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import logging
+import re
 import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any, cast
@@ -204,6 +205,20 @@ async def test_5xx_every_time_gives_up_after_the_attempts_retryable_later(
     assert len(api.requests) == 3
 
 
+async def test_the_backoff_doubles_per_attempt_jittered_and_capped(
+    api: FakeAPIServer, make_source: MakeSource, caplog: pytest.LogCaptureFixture
+) -> None:
+    api.add(*[FakeResponse.error(500)] * 4, FakeResponse(body=[{"id": 1}]))
+    source = make_source(retries=5, backoff=0.01, backoff_max=0.03)
+    with caplog.at_level(logging.WARNING, "codara.sources.http"):
+        assert ids(await read(source, source.plan("/v1/transactions"))) == [1]
+    waits = [float(w) for w in re.findall(r"retrying in ([0-9.]+) s", caplog.text)]
+    assert len(waits) == len(api.requests) - 1 == 4
+    for wait, (low, high) in zip(waits, [(0.005, 0.01), (0.01, 0.02), (0.015, 0.03),
+                                         (0.015, 0.03)], strict=True):  # fmt: skip
+        assert low <= wait <= high  # half to all of 0.01, 0.02, then the cap 0.03
+
+
 async def test_a_429_waits_what_retry_after_asks_not_the_backoff(
     api: FakeAPIServer, make_source: MakeSource, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -212,7 +227,7 @@ async def test_a_429_waits_what_retry_after_asks_not_the_backoff(
     with caplog.at_level(logging.WARNING, "codara.sources.http"):
         assert ids(await read(source, source.plan("/v1/transactions"))) == [1]
     assert len(api.requests) == 2
-    assert "HTTP 429 (attempt 1 of 3); retrying in 0.00 s" in caplog.text
+    assert "HTTP 429 (attempt 1 of 3); retrying in 0.000 s" in caplog.text
 
 
 async def test_a_retry_after_date_beyond_the_cap_is_cut_to_the_cap_and_said(

@@ -44,154 +44,29 @@ process goes on exactly there (a split page is fetched again and the read items 
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import email.utils
 import json
 import logging
+import math
 import os
-import random
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Literal
-from urllib.parse import quote, unquote, urlsplit
+from typing import Any, ClassVar
+from urllib.parse import quote, unquote
 
 import httpx
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
-from codara.errors import ConfigError, InputError, ScopeError, SourceError
-from codara.sources._base import JSON, Batch, Plan, Rejected, Source, SourceConfig
+from codara.errors import ConfigError, InputError, ScopeError
+from codara.sources._base import JSON, Batch, Plan, Rejected, Source
+from codara.sources._http_config import METHOD, PLACEHOLDER, HttpSourceConfig, decoded_segments
+from codara.sources._http_wire import HttpSourceError, Wire, origin, retry_after, show_origin
 
-__all__ = ["HttpSource", "HttpSourceConfig", "HttpSourceError"]
+__all__ = ["HttpSource", "HttpSourceConfig", "HttpSourceError", "retry_after"]
 
 log = logging.getLogger("codara.sources.http")
-
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_LITERAL_OK = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an RFC 9110 header name
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_METHOD = re.compile(r"([A-Za-z]+)\s+(\S.*)")
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_MAX_REDIRECTS = 5
-_EXCERPT = 200
-
-
-class HttpSourceConfig(SourceConfig):
-    """``[sources.NAME]`` with ``kind = "http"``: an HTTP/JSON API read with GET."""
-
-    kind: Literal["http"] = "http"
-    base_url: str
-    """``http(s)://host[:port][/prefix]``: every request goes to this origin, under the prefix."""
-    endpoints: tuple[str, ...] = Field(min_length=1)
-    """The scope: path templates under ``base_url`` (``/v1/customers/{id}``), read with GET."""
-    auth_header: str | None = None
-    """The header that carries the credential (``Authorization``, ``X-Api-Key``)."""
-    auth_env: str | None = None
-    """The environment variable holding the header's value; required with ``auth_header``."""
-    timeout: float = Field(default=10.0, gt=0, le=600)
-    """Seconds to connect, and to wait for each read of the reply."""
-    retries: int = Field(default=4, ge=1, le=20)
-    """Attempts per page in all, the first included."""
-    backoff: float = Field(default=0.5, ge=0, le=60)
-    """Seconds before the second attempt, doubling for each further one (jittered)."""
-    backoff_max: float = Field(default=30.0, ge=0, le=3600)
-    """The longest backoff between two attempts."""
-    retry_after_max: float = Field(default=60.0, ge=0, le=3600)
-    """The longest ``Retry-After`` honoured; a server asking more is waited this long."""
-    pagination: Literal["none", "link", "cursor", "offset"] = "none"
-    """``link``: RFC 8288 ``Link: <...>; rel="next"``; ``cursor``: the body names the next
-    cursor (``cursor_field``), sent back as ``cursor_param``; ``offset``: ``limit_param`` and
-    ``offset_param``, ending at a page shorter than ``page_size``."""
-    cursor_field: str | None = None
-    """Dotted path of the next cursor in the body (``meta.next_cursor``); null or absent ends."""
-    cursor_param: str = "cursor"
-    limit_param: str = "limit"
-    offset_param: str = "offset"
-    page_size: int = Field(default=100, ge=1, le=100_000)
-    """Records asked per page with ``offset`` pagination."""
-    records: str = ""
-    """Dotted path of the record list in the body; ``""``: the body is the list (or one object)."""
-    timestamp_header: str | None = None
-    """A header dating the data (``Last-Modified``): freshness."""
-    timestamp_field: str | None = None
-    """A record field dating it (``updated_at``, ISO 8601 or epoch seconds): freshness."""
-    max_page_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
-    """A reply body larger than this is refused rather than held in memory."""
-
-    @field_validator("base_url")
-    @classmethod
-    def _base_url(cls, value: str) -> str:
-        parts = urlsplit(value.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("base_url must be an http:// or https:// URL with a host")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError(
-                "base_url must not hold credentials; use auth_header and auth_env instead"
-            )
-        if parts.query or parts.fragment:
-            raise ValueError("base_url must not have a query or a fragment")
-        try:
-            parts.port  # noqa: B018 - raises on a port that is not a number in range
-        except ValueError as exc:
-            raise ValueError(f"base_url has an invalid port: {exc}") from None
-        return parts._replace(path=parts.path.rstrip("/")).geturl()
-
-    @field_validator("endpoints")
-    @classmethod
-    def _endpoints(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(_check_template(t) for t in value)
-
-    @field_validator("auth_header", "timestamp_header")
-    @classmethod
-    def _header_name(cls, value: str | None) -> str | None:
-        if value is not None and not _TOKEN.fullmatch(value):
-            raise ValueError(f"{value!r} is not a valid HTTP header name")
-        return value
-
-    @field_validator("auth_env")
-    @classmethod
-    def _env_name(cls, value: str | None) -> str | None:
-        if value is not None and not _ENV_NAME.fullmatch(value):
-            raise ValueError(f"{value!r} is not an environment variable name")
-        return value
-
-    @field_validator("records", "cursor_field", "timestamp_field")
-    @classmethod
-    def _dotted(cls, value: str | None) -> str | None:
-        if value and any(part == "" for part in value.split(".")):
-            raise ValueError(f"{value!r} is not a dotted path (a.b.c)")
-        return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> HttpSourceConfig:
-        if (self.auth_header is None) != (self.auth_env is None):
-            raise ValueError("auth_header and auth_env go together: name both, or neither")
-        if self.pagination == "cursor" and not self.cursor_field:
-            raise ValueError('pagination = "cursor" needs cursor_field (where the next one is)')
-        if self.pagination != "cursor" and self.cursor_field:
-            raise ValueError('cursor_field is only read with pagination = "cursor"')
-        if self.timestamp_header and self.timestamp_field:
-            raise ValueError("name timestamp_header or timestamp_field, not both")
-        if self.backoff_max < self.backoff:
-            raise ValueError("backoff_max must be at least backoff")
-        return self
-
-
-class HttpSourceError(SourceError):
-    """An HTTP source failed; ``status`` is the HTTP status when there was one."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        non_retryable: bool = False,
-        hint: str | None = None,
-    ) -> None:
-        super().__init__(message, hint=hint)
-        self.status = status
-        self.non_retryable = non_retryable
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,53 +104,20 @@ class _Page:
     newest: float | None
 
 
-def _check_template(template: str) -> str:
-    method = _METHOD.fullmatch(template.strip())
-    if method:
-        if method.group(1).upper() != "GET":
-            raise ValueError(f"endpoint {template!r}: only GET endpoints can be declared")
-        template = method.group(2)
-    if not template.startswith("/"):
-        raise ValueError(f"endpoint {template!r} must start with /")
-    literal = _PLACEHOLDER.sub("", template)
-    if not _LITERAL_OK.fullmatch(literal) or "{" in literal or "}" in literal:
-        raise ValueError(f"endpoint {template!r} has characters a path template cannot hold")
-    if "//" in template or any(s in (".", "..") for s in _decoded_segments(template)):
-        raise ValueError(f"endpoint {template!r} has an empty, '.' or '..' segment")
-    names = _PLACEHOLDER.findall(template)
-    if len(set(names)) != len(names):
-        raise ValueError(f"endpoint {template!r} names a placeholder twice")
-    return template
-
-
-def _decoded_segments(path: str) -> list[str]:
-    return [unquote(s) for s in path.split("/")[1:]]
-
-
 def _compile(template: str) -> _Endpoint:
     pattern: list[str] = []
     last = 0
-    for match in _PLACEHOLDER.finditer(template):
+    for match in PLACEHOLDER.finditer(template):
         pattern.append(re.escape(template[last : match.start()]))
         pattern.append(f"(?P<{match.group(1)}>[^/]+)")
         last = match.end()
     pattern.append(re.escape(template[last:]))
     return _Endpoint(
         template=template,
-        names=tuple(_PLACEHOLDER.findall(template)),
+        names=tuple(PLACEHOLDER.findall(template)),
         pattern=re.compile("".join(pattern)),
-        literal=len(_PLACEHOLDER.sub("", template)),
+        literal=len(PLACEHOLDER.sub("", template)),
     )
-
-
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    default = {"http": 80, "https": 443}.get(url.scheme)
-    return (url.scheme, url.host.lower(), url.port or default)
-
-
-def _show_origin(url: httpx.URL) -> str:
-    port = f":{url.port}" if url.port else ""
-    return f"{url.scheme}://{url.host}{port}"
 
 
 def _dig(body: Any, path: str) -> tuple[bool, Any]:
@@ -294,7 +136,7 @@ def _timestamp(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value)
+        return float(value) if math.isfinite(value) else None
     if not isinstance(value, str) or not value.strip():
         return None
     text = value.strip()
@@ -305,31 +147,12 @@ def _timestamp(value: Any) -> float | None:
             when = email.utils.parsedate_to_datetime(text)
         except (TypeError, ValueError):
             try:
-                return float(text)
+                return _timestamp(float(text))
             except ValueError:
                 return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return when.timestamp()
-
-
-def retry_after(value: str | None, *, now: float) -> float | None:
-    """Seconds a ``Retry-After`` header asks to wait (delay-seconds or an HTTP-date, which
-    counts from ``now``); None when absent or unreadable."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        return max(0.0, when.timestamp() - now)
-    return seconds if seconds >= 0 and seconds != float("inf") else None
 
 
 def _query_value(name: str, value: Any) -> str | list[str]:
@@ -390,8 +213,7 @@ class HttpSource(Source):
                 )
             self._headers[config.auth_header.lower()] = value
             self._secrets = (value, *(p for p in value.split() if len(p) >= 8))
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        self._wire = Wire(config, self._headers, self._secrets, transport)
 
     @classmethod
     def load(
@@ -447,7 +269,7 @@ class HttpSource(Source):
 
     def _match(self, target: str, params: Mapping[str, Any]) -> tuple[_Endpoint, dict[str, JSON]]:
         text = target.strip()
-        method = _METHOD.fullmatch(text)
+        method = METHOD.fullmatch(text)
         if method and not text.startswith(("http://", "https://")):
             if method.group(1).upper() != "GET":
                 raise self._refuse(target, "only GET is allowed", rule="method")
@@ -465,8 +287,8 @@ class HttpSource(Source):
             url = httpx.URL(text) if "://" in text else httpx.URL(f"{self._base.scheme}:{text}")
             if url.scheme != self._base.scheme:
                 raise self._refuse(target, f"the scheme {url.scheme!r} is not the base URL's")
-            if _origin(url) != _origin(self._base):
-                raise self._refuse(target, f"{_show_origin(url)} is another host or port")
+            if origin(url) != origin(self._base):
+                raise self._refuse(target, f"{show_origin(url)} is another host or port")
             text = url.raw_path.decode("ascii")
             if self._prefix and not text.startswith(self._prefix + "/"):
                 raise self._refuse(target, "it is outside the base URL's path")
@@ -482,7 +304,7 @@ class HttpSource(Source):
     def _match_path(self, path: str) -> tuple[_Endpoint | None, dict[str, JSON]]:
         if not path.startswith("/") or "//" in path:
             return None, {}
-        if any(s in (".", "..") for s in _decoded_segments(path)):
+        if any(s in (".", "..") for s in decoded_segments(path)):
             return None, {}
         found = [(e, m) for e in self._endpoints.values() if (m := e.pattern.fullmatch(path))]
         if not found:
@@ -528,7 +350,7 @@ class HttpSource(Source):
 
     def _in_scope(self, url: httpx.URL) -> bool:
         """Whether a URL the server gave (a next-page link) is on our origin and endpoints."""
-        if _origin(url) != _origin(self._base):
+        if origin(url) != origin(self._base):
             return False
         path = url.raw_path.decode("ascii").split("?", 1)[0]
         if self._prefix and not path.startswith(self._prefix + "/"):
@@ -654,9 +476,11 @@ class HttpSource(Source):
                 self.config.offset_param: str(position.offset),
             }
         where = f"source {self.name!r} GET {request.endpoint.template} page {position.page}"
-        response, body = await self._fetch(url, params, where)
+        response, body = await self._wire.fetch(url, params, where)
         found, items = _dig(body, self.config.records)
-        if self.config.records == "" and isinstance(body, dict):
+        if body is None:  # 204 No Content, or a body of null: no records
+            items = []
+        elif self.config.records == "" and isinstance(body, dict):
             items = [body]
         elif found and items is None:
             items = []
@@ -676,7 +500,7 @@ class HttpSource(Source):
                 if not self._in_scope(target):
                     raise HttpSourceError(
                         f"{where}: the next-page link leads outside the source "
-                        f"({_show_origin(target)}, or a path that is not a declared endpoint); "
+                        f"({show_origin(target)}, or a path that is not a declared endpoint); "
                         "refused",
                         non_retryable=True,
                     )
@@ -698,186 +522,5 @@ class HttpSource(Source):
             newest = _timestamp(response.headers.get(self.config.timestamp_header))
         return _Page(items, after, response.headers.get("etag"), newest)
 
-    # -- the wire --------------------------------------------------------------------------
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.config.timeout),
-                follow_redirects=False,  # followed by hand, on our origin only
-                trust_env=False,  # no proxy or credentials from the ambient environment
-                transport=self._transport,
-            )
-        return self._client
-
-    async def _fetch(
-        self, url: httpx.URL, params: Mapping[str, str | list[str]] | None, where: str
-    ) -> tuple[httpx.Response, Any]:
-        """GET with retries; the response and its body parsed as JSON."""
-        attempts = self.config.retries
-        for attempt in range(1, attempts + 1):
-            asked: float | None = None
-            status: int | None = None
-            try:
-                response, data = await self._get(url, params, where)
-            except httpx.TransportError as exc:
-                problem = _transport_problem(exc, self.config.timeout)
-            else:
-                status = response.status_code
-                if status == 429 or (status >= 500 and status != 501):
-                    problem = f"HTTP {status}"
-                    now = dt.datetime.now(dt.UTC).timestamp()
-                    asked = retry_after(response.headers.get("retry-after"), now=now)
-                elif status >= 400:
-                    raise HttpSourceError(
-                        f"{where}: HTTP {status}: {self._excerpt(data)}",
-                        status=status,
-                        non_retryable=True,
-                        hint=_status_hint(status, self.config),
-                    )
-                elif 200 <= status < 300:
-                    return response, self._json(response, data, where)
-                else:
-                    raise HttpSourceError(
-                        f"{where}: unexpected HTTP {status}", status=status, non_retryable=True
-                    )
-            if attempt == attempts:
-                raise HttpSourceError(
-                    f"{where}: {problem}, {attempts} attempt(s) made; giving up",
-                    status=status,
-                    hint="the source is down or overloaded; the step's retry policy may try "
-                    "again later (raise `retries` or `backoff` to wait longer here)",
-                )
-            delay = self._delay(attempt, asked, where)
-            log.warning(
-                "%s: %s (attempt %d of %d); retrying in %.2f s",
-                where, problem, attempt, attempts, delay,
-            )  # fmt: skip
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _delay(self, attempt: int, asked: float | None, where: str) -> float:
-        if asked is not None:
-            cap = self.config.retry_after_max
-            if asked > cap:
-                log.warning(
-                    "%s: the server asked to wait %.0f s (Retry-After); waiting %.2f s, the "
-                    "source's retry_after_max",
-                    where, asked, cap,
-                )  # fmt: skip
-                return cap
-            return asked
-        base = min(self.config.backoff * 2.0 ** (attempt - 1), self.config.backoff_max)
-        return base * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
-
-    async def _get(
-        self, url: httpx.URL, params: Mapping[str, str | list[str]] | None, where: str
-    ) -> tuple[httpx.Response, bytes]:
-        """One attempt: GET, following redirects on our origin only, body read with a limit."""
-        client = self._http()
-        for _ in range(_MAX_REDIRECTS + 1):
-            if _origin(url) != _origin(self._base):  # never send the credential elsewhere
-                raise HttpSourceError(
-                    f"{where}: redirected to {_show_origin(url)}, another origin than the "
-                    f"source's {_show_origin(self._base)}; refused",
-                    non_retryable=True,
-                    hint="point base_url at the host that serves the API",
-                )
-            async with client.stream("GET", url, params=params, headers=self._headers) as resp:
-                if resp.status_code in _REDIRECTS:
-                    location = resp.headers.get("location")
-                    if not location:
-                        raise HttpSourceError(
-                            f"{where}: HTTP {resp.status_code} redirect without a Location",
-                            status=resp.status_code,
-                            non_retryable=True,
-                        )
-                    url, params = resp.url.join(location), None
-                    continue
-                limit = self.config.max_page_bytes if resp.status_code < 300 else 4096
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in resp.aiter_bytes():
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    if size > limit:
-                        if resp.status_code >= 300:
-                            break  # an error body: its start is enough
-                        raise HttpSourceError(
-                            f"{where}: the reply is larger than max_page_bytes ({limit} bytes)",
-                            non_retryable=True,
-                            hint="ask for smaller pages, or raise max_page_bytes",
-                        )
-                return resp, b"".join(chunks)
-        raise HttpSourceError(f"{where}: more than {_MAX_REDIRECTS} redirects", non_retryable=True)
-
-    def _json(self, response: httpx.Response, data: bytes, where: str) -> Any:
-        if response.status_code == 204:
-            return None
-        content_type = response.headers.get("content-type", "")
-        media, _, rest = content_type.partition(";")
-        media = media.strip().lower()
-        if not (media == "application/json" or (
-            media.startswith("application/") and media.endswith("+json")
-        )):  # fmt: skip
-            raise HttpSourceError(
-                f"{where}: the reply is {media or 'of no content type'}, not JSON",
-                status=response.status_code,
-                non_retryable=True,
-                hint="check base_url and the endpoint: this looks like a web page or a proxy",
-            )
-        charset = "utf-8-sig"
-        for param in rest.split(";"):
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "charset" and value.strip(' "').lower() not in (
-                "utf-8", "utf8", ""
-            ):  # fmt: skip
-                charset = value.strip(' "')
-        try:
-            return json.loads(data.decode(charset), parse_constant=_no_constant)
-        except (LookupError, UnicodeDecodeError, ValueError) as exc:
-            detail = f"{exc.msg} at byte {exc.pos}" if isinstance(exc, json.JSONDecodeError) else (
-                type(exc).__name__
-            )  # fmt: skip
-            raise HttpSourceError(
-                f"{where}: the body ({len(data)} bytes) is not valid JSON ({detail}); it may "
-                "be truncated",
-                status=response.status_code,
-            ) from None
-
-    def _excerpt(self, data: bytes) -> str:
-        text = " ".join(data[: _EXCERPT * 4].decode("utf-8", "replace").split())
-        for secret in self._secrets:
-            text = text.replace(secret, "[redacted]")
-        if len(text) > _EXCERPT:
-            text = text[:_EXCERPT] + "..."
-        return text or "(empty body)"
-
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _transport_problem(exc: httpx.TransportError, timeout: float) -> str:
-    if isinstance(exc, httpx.ConnectTimeout):
-        return f"could not connect within {timeout} s"
-    if isinstance(exc, httpx.TimeoutException):
-        return f"no reply within {timeout} s"
-    if isinstance(exc, httpx.ConnectError):
-        return "could not connect"
-    return f"the connection failed ({type(exc).__name__})"
-
-
-def _status_hint(status: int, config: HttpSourceConfig) -> str:
-    if status in (401, 403):
-        if config.auth_env:
-            return f"check the credential in {config.auth_env} and what it may read"
-        return "the API wants a credential: set auth_header and auth_env"
-    if status == 404:
-        return "check base_url and the endpoint, and that the record exists"
-    return "the API refused the request; retrying will not change its answer"
+        await self._wire.close()
