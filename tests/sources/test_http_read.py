@@ -123,7 +123,7 @@ async def test_records_come_from_the_dotted_path_and_non_objects_are_rejected(
         ([3], "not_object", "page 1, item 4"),
         (None, "not_object", "page 1, item 5"),
     ]
-    assert batch.rejected[0].reason == 'item 2 of page 1 is "oops", not a JSON object'
+    assert batch.rejected[0].reason == "item 2 of page 1 is a string, not a JSON object"
     assert batch.seen == 5
     assert batch.cursor is None
 
@@ -535,7 +535,7 @@ async def test_a_next_link_to_another_origin_is_refused(
     link = f'<{elsewhere.base_url}/v1/transactions?page=2>; rel="next"'
     api.add(FakeResponse(body=[{"id": 1}], headers={"link": link}))
     source = make_source(pagination="link")
-    with pytest.raises(HttpSourceError, match="next-page link leads outside the source"):
+    with pytest.raises(HttpSourceError, match="next-page link leads off the endpoint"):
         await read(source, source.plan("/v1/transactions"))
     assert elsewhere.requests == []
 
@@ -545,7 +545,7 @@ async def test_a_next_link_outside_the_endpoints_is_refused(
 ) -> None:
     api.add(FakeResponse(body=[{"id": 1}], headers={"link": '</v1/admin?page=2>; rel="next"'}))
     source = make_source(pagination="link")
-    with pytest.raises(HttpSourceError, match="not a declared endpoint"):
+    with pytest.raises(HttpSourceError, match=r"not /v1/transactions\); refused"):
         await read(source, source.plan("/v1/transactions"))
     assert len(api.requests) == 1
 
@@ -561,7 +561,7 @@ async def test_a_resume_cursor_leading_elsewhere_or_malformed_is_refused(
     assert caught.value.rule == "endpoint"
     malformed: list[JSON] = ["page-2", {"page": 0, "item": 0}, {"page": 2, "item": 0}]
     for bad in malformed:
-        with pytest.raises(InputError, match="not a cursor it wrote"):
+        with pytest.raises(InputError, match="not one it wrote"):
             await read(source, plan, bad)
     assert api.requests == []
     assert elsewhere.requests == []
@@ -578,3 +578,48 @@ async def test_a_cursor_that_does_not_move_is_an_error_not_a_loop(
     with pytest.raises(HttpSourceError, match="this page's cursor"):
         await read(source, source.plan("/v1/transactions"))
     assert len(api.requests) == 2
+
+
+async def test_a_next_link_to_another_endpoint_of_the_source_is_refused(
+    api: FakeAPIServer, make_source: MakeSource
+) -> None:
+    link = '</v1/customers/5>; rel="next"'  # declared, but not the endpoint being read
+    api.add(FakeResponse(body=[{"id": 1}], headers={"link": link}))
+    source = make_source(pagination="link")
+    with pytest.raises(HttpSourceError, match="leads off the endpoint"):
+        await read(source, source.plan("/v1/transactions"))
+    assert len(api.requests) == 1
+
+
+async def test_a_redirect_from_http_to_https_is_another_origin(
+    api: FakeAPIServer, make_source: MakeSource
+) -> None:
+    api.add(FakeResponse.redirect(api.base_url.replace("http:", "https:") + "/v1/transactions"))
+    source = make_source()
+    with pytest.raises(HttpSourceError, match="another origin"):
+        await read(source, source.plan("/v1/transactions"))
+    assert len(api.requests) == 1
+
+
+async def test_a_base_url_prefix_is_kept_and_links_must_stay_under_it(
+    api: FakeAPIServer, make_source: MakeSource
+) -> None:
+    def pages(request: Any) -> FakeResponse:
+        if request.param("page") == "2":
+            link = '</v1/transactions?page=3>; rel="next"'  # drops the /api prefix
+            return FakeResponse(body=[{"id": 2}], headers={"link": link})
+        link = '</api/v1/transactions?page=2>; rel="next"'
+        return FakeResponse(body=[{"id": 1}], headers={"link": link})
+
+    api.route("/api/v1/transactions", pages)
+    source = make_source(base_url=f"{api.base_url}/api/", pagination="link")
+    plan = source.plan("/v1/transactions")
+    with pytest.raises(HttpSourceError, match="leads off the endpoint"):
+        await read(source, plan)
+    assert [r.target for r in api.requests] == [
+        "/api/v1/transactions",
+        "/api/v1/transactions?page=2",
+    ]
+    with pytest.raises(ScopeError):
+        source.plan(f"{api.base_url}/v1/transactions")  # outside the prefix
+    assert source.plan(f"{api.base_url}/api/v1/transactions").target == "/v1/transactions"

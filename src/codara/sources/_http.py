@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
-import json
 import logging
 import math
 import os
@@ -67,6 +66,9 @@ from codara.sources._http_wire import HttpSourceError, Wire, origin, retry_after
 __all__ = ["HttpSource", "HttpSourceConfig", "HttpSourceError", "retry_after"]
 
 log = logging.getLogger("codara.sources.http")
+
+_KINDS = {list: "a list", str: "a string", int: "a number", float: "a number",
+          bool: "a boolean", type(None): "null"}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,14 +350,15 @@ class HttpSource(Source):
             return frozenset({self.config.limit_param, self.config.offset_param})
         return frozenset()
 
-    def _in_scope(self, url: httpx.URL) -> bool:
-        """Whether a URL the server gave (a next-page link) is on our origin and endpoints."""
+    def _in_scope(self, url: httpx.URL, endpoint: _Endpoint) -> bool:
+        """Whether a next-page URL (from the server, or from a resume cursor) is on our origin
+        and on the plan's own endpoint: pages of one read come from one endpoint."""
         if origin(url) != origin(self._base):
             return False
         path = url.raw_path.decode("ascii").split("?", 1)[0]
         if self._prefix and not path.startswith(self._prefix + "/"):
             return False
-        return self._match_path(path[len(self._prefix) :])[0] is not None
+        return self._match_path(path[len(self._prefix) :])[0] is endpoint
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -365,7 +368,7 @@ class HttpSource(Source):
         if plan.source != self.name or endpoint is None:
             raise self._refuse(plan.target, f"the plan is not one of source {self.name!r}'s")
         request = self._request(endpoint, plan.params)
-        position: _Position | None = self._resume(cursor)
+        position: _Position | None = self._resume(cursor, endpoint)
         size = self.config.batch_rows
         while position is not None:
             page = await self._page(request, position)
@@ -395,7 +398,7 @@ class HttpSource(Source):
             if isinstance(item, dict):
                 rows.append(item)
             else:
-                kind = "a list" if isinstance(item, list) else json.dumps(item)[:40]
+                kind = _KINDS.get(type(item), "not an object")  # never the value itself
                 rejected.append(
                     Rejected(
                         raw=item,
@@ -428,12 +431,12 @@ class HttpSource(Source):
             cursor["offset"] = position.offset
         return cursor
 
-    def _resume(self, cursor: JSON) -> _Position:
+    def _resume(self, cursor: JSON, endpoint: _Endpoint) -> _Position:
         if cursor is None:
             return _Position()
         bad = InputError(
-            f"source {self.name!r} cannot resume from {json.dumps(cursor)[:80]}: not a cursor "
-            "it wrote",
+            f"source {self.name!r} cannot resume from that cursor ({type(cursor).__name__}): "
+            "not one it wrote for this endpoint",
             hint="resume only with the cursor of a batch this source returned",
         )
         if not isinstance(cursor, dict):
@@ -445,8 +448,8 @@ class HttpSource(Source):
             link = cursor.get("url")
             if not isinstance(link, str):
                 raise bad
-            if not self._in_scope(httpx.URL(link)):
-                raise self._refuse(link, "a resume link outside the source's endpoints")
+            if not self._in_scope(httpx.URL(link), endpoint):
+                raise self._refuse(link, f"a resume link off GET {endpoint.template}")
             return _Position(page=page, item=item, link=link)
         if self.config.pagination == "cursor":
             token = cursor.get("cursor")
@@ -458,6 +461,8 @@ class HttpSource(Source):
             if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
                 raise bad
             return _Position(page=page, item=item, offset=offset)
+        if page > 1:
+            raise bad  # without pagination there is one page
         return _Position(page=page, item=item)
 
     async def _page(self, request: _Request, position: _Position) -> _Page:
@@ -497,11 +502,11 @@ class HttpSource(Source):
             link = response.links.get("next", {}).get("url")
             if link:
                 target = response.url.join(link)
-                if not self._in_scope(target):
+                if not self._in_scope(target, request.endpoint):
                     raise HttpSourceError(
-                        f"{where}: the next-page link leads outside the source "
-                        f"({show_origin(target)}, or a path that is not a declared endpoint); "
-                        "refused",
+                        f"{where}: the next-page link leads off the endpoint "
+                        f"({show_origin(target)}, or a path that is not "
+                        f"{request.endpoint.template}); refused",
                         non_retryable=True,
                     )
                 if target == response.url:
