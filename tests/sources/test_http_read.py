@@ -517,6 +517,18 @@ async def test_each_pagination_reads_every_page_and_resumes_in_a_fresh_source(
     assert resumed.query == resumed_with
     assert len(api.requests) == pages + 3  # page 1 once more, then pages 2 and 3 only
 
+    split = make_source(records="data", batch_rows=2, **config)  # pages of 3: split 2 + 1
+    three = await read(split, plan, limit=3)  # [1, 2], [3], then [4, 5] of page 2
+    assert ids(three) == [1, 2, 3, 4, 5]
+    page_two = three[-2].cursor
+    assert isinstance(page_two, dict)
+    assert three[-1].cursor == {**page_two, "item": 2}  # page 2 again, 2 items read
+    before = len(api.requests)
+    rest = await read(make_source(records="data", batch_rows=2, **config), plan, three[-1].cursor)
+    assert ids(rest) == [6, 7]
+    assert api.requests[before].query == resumed_with  # page 2 fetched again, then page 3
+    assert len(api.requests) == before + 2
+
 
 async def test_offset_pagination_reads_an_empty_last_page_and_ends_with_no_cursor(
     api: FakeAPIServer, make_source: MakeSource

@@ -28,7 +28,9 @@ cut and logged) or else ``backoff`` seconds doubling per attempt, jittered, at m
 ``backoff_max``. Any other 4xx fails at once (non-retryable, with the status and a short
 excerpt of the body, the credential blanked out). Redirects are followed only within the
 base URL's origin (scheme, host and port): the credential is never sent anywhere else, and a
-redirect or a next-page link to another origin is refused. A reply that is not JSON (by
+redirect to another origin is refused before connecting. A next-page link (and the link in a
+resume cursor) must stay on the origin *and* on the plan's own endpoint, so every page of a
+read comes from the GET its lineage names. A reply that is not JSON (by
 content type), does not parse, or has no record list where ``records`` says is a
 :class:`~codara.errors.SourceError`: the whole page is unusable, it is not a record's fault.
 An item of the record list that is not a JSON object is :class:`~codara.sources.Rejected`
