@@ -166,6 +166,7 @@ def _hosts(api_base: str) -> list[str]:
         "v1/transactions",
         "",
         "/v1/trans%61ctions",
+        "/v1/customers/./7",  # "." would be removed by URL normalisation: 7 looks like an id
     ],
 )
 def test_plan_refuses_paths_outside_the_endpoints(
@@ -176,6 +177,17 @@ def test_plan_refuses_paths_outside_the_endpoints(
     assert caught.value.rule == "endpoint"
     assert "/v1/customers/{id}" in (caught.value.hint or "")
     assert api.requests == []
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/customers/./7", "/v1/customers/x/../7", "/v1/./transactions"]
+)
+def test_dot_segments_in_an_absolute_url_are_refused_not_normalised_away(
+    make_source: MakeSource, api: FakeAPIServer, path: str
+) -> None:
+    with pytest.raises(ScopeError) as caught:
+        make_source().plan(api.base_url + path)
+    assert caught.value.rule == "endpoint"
 
 
 def test_plan_refuses_other_hosts_ports_and_schemes(

@@ -55,7 +55,7 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 from pydantic import ValidationError
@@ -293,7 +293,9 @@ class HttpSource(Source):
                 raise self._refuse(target, f"the scheme {url.scheme!r} is not the base URL's")
             if origin(url) != origin(self._base):
                 raise self._refuse(target, f"{show_origin(url)} is another host or port")
-            text = url.raw_path.decode("ascii")
+            # The path as written: httpx.URL removes "." and ".." segments, which would let
+            # "/v1/customers/./cards" pass as "/v1/customers/{id}" with id "cards".
+            text = urlsplit(text).path
             if self._prefix and not text.startswith(self._prefix + "/"):
                 raise self._refuse(target, "it is outside the base URL's path")
             text = text[len(self._prefix) :]
