@@ -347,6 +347,16 @@ async def test_json_suffix_types_and_a_declared_charset_are_read(
     assert ids(await read(source, source.plan("/v1/transactions"))) == ["café"]
 
 
+async def test_a_body_that_does_not_match_its_content_encoding_is_a_source_error(
+    api: FakeAPIServer, make_source: MakeSource
+) -> None:
+    api.add(FakeResponse(body=b"[1, 2] not gzip", headers={"content-encoding": "gzip"}))
+    source = make_source()
+    with pytest.raises(HttpSourceError, match="does not decode as its Content-Encoding"):
+        await read(source, source.plan("/v1/transactions"))
+    assert len(api.requests) == 1
+
+
 async def test_a_reply_over_max_page_bytes_is_refused(
     api: FakeAPIServer, make_source: MakeSource
 ) -> None:

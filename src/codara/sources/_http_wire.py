@@ -119,6 +119,11 @@ class Wire:
                 response, data = await self._get(url, params, where)
             except httpx.TransportError as exc:
                 problem = _transport_problem(exc, self.config.timeout)
+            except httpx.DecodingError:
+                raise HttpSourceError(
+                    f"{where}: the body does not decode as its Content-Encoding says",
+                    hint="the server or a proxy sent a corrupt compressed reply",
+                ) from None
             else:
                 status = response.status_code
                 if status == 429 or (status >= 500 and status != 501):
