@@ -380,6 +380,22 @@ async def test_the_credential_arrives_from_the_environment_variable(
     assert request.headers["accept"] == "application/json"
 
 
+async def test_ambient_proxy_variables_do_not_reroute_the_credential(
+    api: FakeAPIServer, make_source: MakeSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Settings come from codara.toml and named variables only: an HTTP_PROXY left in the
+    environment must not receive the API's traffic and its credential."""
+    with FakeAPIServer() as proxy:
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, proxy.base_url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        api.add(FakeResponse(body=[{"id": 1}]))
+        source = make_source()
+        assert ids(await read(source, source.plan("/v1/transactions"))) == [1]
+        assert proxy.requests == []
+
+
 async def test_a_redirect_on_the_same_origin_is_followed_with_the_credential(
     api: FakeAPIServer, make_source: MakeSource, api_token: str
 ) -> None:
