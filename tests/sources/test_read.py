@@ -206,7 +206,7 @@ async def test_the_read_errors_replay_as_what_they_were(db_url: str, tmp_path: P
 def test_bad_source_declarations_stop_at_load(tmp_path: Path) -> None:
     def load(table: dict[str, Any]) -> None:
         settings = load_settings(overrides={"sources": {"inbox": table}})
-        codara.App(settings=settings)
+        assert codara.App(settings=settings).sources  # validated when first asked for
 
     with pytest.raises(ConfigError, match="kind must be one of"):
         load({"kind": "ftp"})
@@ -243,8 +243,8 @@ async def test_policies_see_whether_the_run_read_stale_data(
 ) -> None:
     from codara.review import ReviewGate, install_reviews, load_policies
 
-    newest = 1_000_000.0 if stale else None  # None: no timestamp, so judged only without a limit
-    app = _app(db_url, tmp_path, **({"max_age": 60, "newest": newest} if stale else {}))
+    limits: dict[str, Any] = {"max_age": 60, "newest": 1_000_000.0} if stale else {}
+    app = _app(db_url, tmp_path, **limits)
     gate = ReviewGate(load_policies(STALE_POLICY, workflow="answer"), workflow="answer")
     install_reviews(app)
 

@@ -187,6 +187,7 @@ async def _work(app: App, concurrency: int | None, until_idle: bool) -> int:
             pass
     try:
         async with app:
+            await app.ready_sources()
             worker = app.worker(concurrency=concurrency)
             names = sorted({f"{wf.name}@{wf.version}" for wf in app.workflows()})
             log.info(

@@ -32,7 +32,7 @@ from codara.errors import (
     WorkflowCodeError,
     WorkflowVersionError,
 )
-from codara.sources._registry import load_sources
+from codara.sources._registry import Sources, load_sources
 from codara.store import JournalRecord, RunRecord, Store, open_store
 from codara.store import Migrate as _Migrate
 from codara.trace import Anchor, AuditReport, chain_key, genesis_hash, verify_chain
@@ -78,10 +78,7 @@ class App:
         self._workflows: dict[str, dict[str, Workflow]] = {}
         self.tickers: list[Callable[[App], Awaitable[object]]] = []
         self._store: Store | None = None
-        self.sources = load_sources(
-            settings.section("sources"), settings.source_file or "the configuration"
-        )
-        """The ``[sources.NAME]`` of the settings, validated now; opened at first read."""
+        self._sources: Sources | None = None
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> App:
@@ -164,8 +161,28 @@ class App:
             await register_workflows(self._store, self.workflows(), self.clock())
         return self
 
+    @property
+    def sources(self) -> Sources:
+        """The ``[sources.NAME]`` of the settings, validated when first asked for (a worker
+        asks at start: :meth:`ready_sources`); connectors open at their first read."""
+        if self._sources is None:
+            self._sources = load_sources(
+                self.settings.section("sources"), self.settings.source_file or "the configuration"
+            )
+        return self._sources
+
+    async def ready_sources(self) -> Sources:
+        """Validate every declared source, build its connector and reach it once, so that a
+        wrong URL, a missing variable, an unknown table or column or an unreachable server
+        stops a worker at start, with the source named, not a run later."""
+        sources = self.sources
+        if not sources.checked:
+            await sources.check()
+        return sources
+
     async def close(self) -> None:
-        await self.sources.close()
+        if self._sources is not None:
+            await self._sources.close()
         if self._store is not None:
             await self._store.close()
             self._store = None
@@ -345,6 +362,7 @@ class App:
         stop: asyncio.Event | None = None,
     ) -> int:
         """Run a worker in this process; return how many runs it executed."""
+        await self.ready_sources()
         return await self.worker(concurrency=concurrency).run(until_idle=until_idle, stop=stop)
 
     # -- signals, cancel, inspection -------------------------------------------------------

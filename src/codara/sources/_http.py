@@ -61,7 +61,7 @@ import httpx
 from pydantic import ValidationError
 
 from codara.errors import ConfigError, InputError, ScopeError
-from codara.sources._base import JSON, Batch, Plan, Rejected, Source
+from codara.sources._base import JSON, Batch, Plan, Rejected, Source, SourceConfig
 from codara.sources._http_config import METHOD, PLACEHOLDER, HttpSourceConfig, decoded_segments
 from codara.sources._http_wire import HttpSourceError, Wire, origin, retry_after, show_origin
 
@@ -183,6 +183,7 @@ class HttpSource(Source):
     """
 
     kind: ClassVar[str] = "http"
+    config_model: ClassVar[type[SourceConfig]] = HttpSourceConfig
     config: HttpSourceConfig
 
     def __init__(

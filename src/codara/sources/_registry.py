@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from codara.errors import ConfigError
+from codara.errors import ConfigError, SourceError
 from codara.sources._base import Source, SourceConfig
 
 __all__ = ["KINDS", "ReadObserver", "Sources", "load_sources"]
@@ -125,6 +125,8 @@ class Sources:
         self.configs = dict(configs)
         self._open: dict[str, Source] = {}
         self.observers: list[ReadObserver] = []
+        self.checked = False
+        """Whether :meth:`check` has reached every source once."""
 
     def observe_read(self, run_id: str, workflow: str, lineage: Mapping[str, Any]) -> None:
         for observer in self.observers:
@@ -164,9 +166,17 @@ class Sources:
         return source
 
     async def check(self) -> None:
-        """Reach every declared source once (see :meth:`Source.check`)."""
+        """Build every declared source's connector and reach it once (see
+        :meth:`Source.check`); a ConfigError or SourceError names the source."""
         for name in self.configs:
-            await self.get(name).check()
+            source = self.get(name)
+            try:
+                await source.check()
+            except (ConfigError, SourceError) as exc:
+                if name in exc.message:
+                    raise
+                raise type(exc)(f"source {name!r}: {exc.message}", hint=exc.hint) from exc
+        self.checked = True
 
     async def close(self) -> None:
         opened, self._open = list(self._open.values()), {}
