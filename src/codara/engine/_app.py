@@ -32,6 +32,7 @@ from codara.errors import (
     WorkflowCodeError,
     WorkflowVersionError,
 )
+from codara.sources._openlineage import lineage_observer
 from codara.sources._registry import load_sources
 from codara.store import JournalRecord, RunRecord, Store, open_store
 from codara.store import Migrate as _Migrate
@@ -82,6 +83,8 @@ class App:
             settings.section("sources"), settings.source_file or "the configuration"
         )
         """The ``[sources.NAME]`` of the settings, validated now; opened at first read."""
+        if (lineage := lineage_observer(settings.section("lineage"), self.sources)) is not None:
+            self.sources.observers.append(lineage)  # [lineage]: OpenLineage events, when on
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> App:
