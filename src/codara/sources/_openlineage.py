@@ -299,9 +299,9 @@ class OpenLineageObserver:
                 self.failed += 1
                 if self.failed % WARN_EVERY == 1:
                     log.warning(
-                        "OpenLineage event not sent (%s: %s); %d failed so far",
-                        type(exc).__name__,
-                        str(exc).splitlines()[0][:300] if str(exc) else "",
+                        "OpenLineage event not sent to the %s transport (%s); %d failed so far",
+                        self.settings.transport,
+                        _why(exc),
                         self.failed,
                     )
 
@@ -440,6 +440,13 @@ def _facet_class(attr: Any, base: type) -> type:
     return CodaraReadInputDatasetFacet
 
 
+def _why(exc: BaseException) -> str:
+    """What went wrong, without the exception's text: a requests error's text holds the
+    URL it tried, and a URL may carry a token in its query string."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return type(exc).__name__ + (f", HTTP {status}" if status is not None else "")
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat()
 
@@ -470,7 +477,12 @@ def _client(settings: LineageSettings) -> OpenLineageClient:
         assert settings.path is not None
         path = settings.path / _DEFAULT_FILE if settings.path.is_dir() else settings.path
         transport = FileTransport(FileConfig(log_file_path=str(path), append=True))
-    # The transport is ours; the client's own extras that read the environment or git
-    # (environment-variable facets, source code location) are switched off.
-    config = {"facets": {"environment_variables": [], "source_code_location": {"disabled": True}}}
+    # The transport is ours, and so are the events: the client's own extras (facets read
+    # from the environment or git, filters, dataset renaming), which an openlineage.yml or
+    # OPENLINEAGE__* variables could switch on, are pinned off; this config wins the merge.
+    config = {
+        "facets": {"environment_variables": [], "source_code_location": {"disabled": True}},
+        "filters": [],
+        "dataset": {"reducing_enabled": False},
+    }
     return OpenLineageClient(transport=transport, config=config)
