@@ -46,6 +46,7 @@ ITEMS: list[Any] = [
     {"id": "x", "text": "not a number"},  # the model refuses it
     {"id": 4, "text": "where is my money"},
 ]
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 CANARY = "canary.person@example.com"  # a parameter value: must never reach an event
 
 
@@ -107,6 +108,10 @@ def _check_events(events: list[dict[str, Any]], run_id: str, end: str) -> None:
     assert {r["_schemaURL"] for r in read} == {READ_FACET_SCHEMA}
     assert "DataQualityMetricsInputDatasetFacet" in quality[0]["_schemaURL"]
     assert CANARY not in json.dumps(events)
+    schema = json.loads((DOCS / "openlineage" / "CodaraReadInputDatasetFacet.json").read_text())
+    [_, declared] = schema["$defs"]["CodaraReadInputDatasetFacet"]["allOf"]
+    emitted = set(read[0]) - {"_producer", "_schemaURL"}  # the client leaves out nulls
+    assert set(declared["required"]) <= emitted <= set(declared["properties"])
     assert events[-1]["inputs"] == []
 
 

@@ -130,7 +130,7 @@ class LineageSettings(BaseModel):
 
 
 def lineage_observer(
-    section: Mapping[str, Any], sources: Sources | None = None, where: str = "codara.toml"
+    section: Mapping[str, Any], sources: Sources | None = None, where: str = "the configuration"
 ) -> OpenLineageObserver | None:
     """The observer ``[lineage]`` asks for, None when lineage is off. ConfigError (at load,
     before any run) for a misspelt key, a missing target or a missing environment variable."""
