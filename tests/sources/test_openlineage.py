@@ -317,3 +317,18 @@ def test_dataset_names_by_source_kind_never_hold_a_password(
         (f"file://{os.path.realpath(tmp_path)}", "a.csv", []),
         (f"file://{os.path.realpath(tmp_path)}", "b/c.csv", []),
     ]
+
+
+def test_close_gives_up_after_its_timeout_and_counts_what_was_not_sent(
+    receiver: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver.release.clear()  # the receiver holds every POST: nothing completes
+    url = f"http://127.0.0.1:{receiver.server_address[1]}"
+    observer = OpenLineageObserver(LineageSettings(enabled=True, transport="http", url=url))
+    with caplog.at_level(logging.WARNING, logger="codara.lineage"):
+        for n in range(3):
+            observer.run_ended(f"r-{n}", "reader", "completed")
+        assert receiver.first.wait(30)  # the first is on the wire, two wait in the queue
+        observer.close(timeout=0.2)
+    assert (observer.sent, observer.dropped) == (0, 2)
+    assert any("not sent within close_timeout" in r.getMessage() for r in caplog.records)

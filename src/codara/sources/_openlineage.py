@@ -363,15 +363,19 @@ class OpenLineageObserver:
             except queue.Full:
                 pass
             thread.join(wait)
-            if thread.is_alive():
-                left = self._queue.qsize()
+            if thread.is_alive():  # still in a send: what waits is given up, then it stops
+                left = 0
+                while True:
+                    try:
+                        left += self._queue.get_nowait() is not None
+                    except queue.Empty:
+                        break
+                self._queue.put_nowait(None)
                 self.dropped += left
                 log.warning(
-                    "OpenLineage: %d event(s) not sent within close_timeout (%.0f s)",
-                    left,
-                    wait,
+                    "OpenLineage: %d event(s) not sent within close_timeout (%g s)", left, wait
                 )
-                return  # the daemon thread may still be in a send: leave the transport to it
+                return  # the thread may still be in a send: leave the transport to it
         self._thread = None
         try:
             self._client.close(timeout=max(wait, 0.0))
