@@ -50,8 +50,8 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 CANARY = "canary.person@example.com"  # a parameter value: must never reach an event
 
 
-def _app(db_url: str, root: Path, lineage: dict[str, Any] | None, *, fail: bool = False
-         ) -> codara.App:  # fmt: skip
+def _app(db_url: str, root: Path, lineage: dict[str, Any] | None, *, fail: bool = False,
+         fail_once: bool = False) -> codara.App:  # fmt: skip
     (root / "inbox.json").write_text(json.dumps(ITEMS))
     table = {"kind": KIND, "root": str(root), "allowed": ["inbox.json"], "batch_rows": 2,
              "record_model": "read_fixture_source:Ticket"}  # fmt: skip
@@ -62,12 +62,18 @@ def _app(db_url: str, root: Path, lineage: dict[str, Any] | None, *, fail: bool 
     if lineage is not None:
         overrides["lineage"] = lineage
     app = codara.App(settings=load_settings(overrides=overrides), retry=NO_RETRY)
+    failures: list[int] = []
 
     @app.workflow(name="reader")
     async def reader(ctx: codara.Context, target: str) -> list[Any]:
         result = await ctx.read("inbox", target, customer=CANARY)
-        if fail:
-            raise RuntimeError("the workflow fails after its read")
+
+        def after() -> None:
+            if fail and (fail_once is False or not failures):
+                failures.append(1)
+                raise RuntimeError("a step after the read fails")
+
+        await ctx.step("after", after)
         return [r["id"] for r in result.rows]
 
     return app
@@ -332,3 +338,20 @@ def test_close_gives_up_after_its_timeout_and_counts_what_was_not_sent(
         observer.close(timeout=0.2)
     assert (observer.sent, observer.dropped) == (0, 2)
     assert any("not sent within close_timeout" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_retried_run_replays_its_reads_silently_and_ends_again(
+    db_url: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "events.jsonl"
+    app = _app(db_url, tmp_path, {"enabled": True, "path": str(out)}, fail=True, fail_once=True)
+    async with app:
+        run_id = await app.start_run("reader", "inbox.json")
+        await app.work(until_idle=True)
+        assert (await app.get_run(run_id)).status == "failed"
+        await app.retry(run_id, by="test")
+        await app.work(until_idle=True)
+        assert (await app.get_run(run_id)).status == "completed"
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [e["eventType"] for e in events] == ["RUNNING"] * 3 + ["FAIL", "COMPLETE"]
+    assert {e["run"]["runId"] for e in events} == {run_uuid(run_id)}
