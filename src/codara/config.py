@@ -253,6 +253,13 @@ _OTHER_SECTIONS: tuple[tuple[str, str, str], ...] = (
         "[operations](../operations.md)",
     ),
     (
+        "[lineage]",
+        "OpenLineage run events for reads, off by default: `enabled`, `namespace`, "
+        "`transport` (`file` with `path`, or `http` with `url`, `endpoint`, `api_key_env`, "
+        "`timeout`, `retries`), `queue_size`, `close_timeout`.",
+        "[lineage](../lineage.md)",
+    ),
+    (
         "[notifications]",
         "the webhook told of review events: `webhook_url`, `secret_env` (the name of the "
         "variable holding the signing secret; the secret itself is never in the file), "

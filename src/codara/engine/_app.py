@@ -32,6 +32,7 @@ from codara.errors import (
     WorkflowCodeError,
     WorkflowVersionError,
 )
+from codara.sources._openlineage import lineage_observer
 from codara.sources._registry import Sources, load_sources
 from codara.store import JournalRecord, RunRecord, Store, open_store
 from codara.store import Migrate as _Migrate
@@ -166,9 +167,13 @@ class App:
         """The ``[sources.NAME]`` of the settings, validated when first asked for (a worker
         asks at start: :meth:`ready_sources`); connectors open at their first read."""
         if self._sources is None:
-            self._sources = load_sources(
+            sources = load_sources(
                 self.settings.section("sources"), self.settings.source_file or "the configuration"
             )
+            lineage = lineage_observer(self.settings.section("lineage"), sources)
+            if lineage is not None:  # [lineage]: OpenLineage events, when on
+                sources.observers.append(lineage)
+            self._sources = sources
         return self._sources
 
     async def ready_sources(self) -> Sources:

@@ -9,6 +9,7 @@ ConfigError naming the source and the key, raised by :func:`load_sources` before
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import re
@@ -179,9 +180,18 @@ class Sources:
         self.checked = True
 
     async def close(self) -> None:
+        """Close the opened connectors, then the observers that have a ``close`` (an
+        exporter flushing its queue: in a thread, so the event loop is not held)."""
         opened, self._open = list(self._open.values()), {}
         for source in opened:
             await source.close()
+        for observer in self.observers:
+            close = getattr(observer, "close", None)
+            if callable(close):
+                try:
+                    await asyncio.to_thread(close)
+                except Exception:
+                    log.exception("lineage observer %r failed to close", observer)
 
 
 def model_of(config: SourceConfig) -> type[BaseModel] | None:
