@@ -277,11 +277,11 @@ print(sorted(m for m in sys.modules if m.split(".")[0] == "openlineage"))
           "api_key_env": "CODARA_TEST_NO_SUCH_VARIABLE"}, "CODARA_TEST_NO_SUCH_VARIABLE"),
     ],
 )  # fmt: skip
-def test_bad_lineage_config_stops_the_app_at_construction(
+def test_bad_lineage_config_stops_the_app_when_its_sources_load(
     tmp_path: Path, table: dict[str, Any], match: str
 ) -> None:
     with pytest.raises(ConfigError, match=match) as caught:
-        codara.App(settings=load_settings(overrides={"lineage": table}))
+        assert codara.App(settings=load_settings(overrides={"lineage": table})).sources
     assert "pw" not in str(caught.value)
     assert "[lineage]" in str(caught.value)
 
