@@ -178,7 +178,7 @@ def test_canaries_seeded_in_banking77_tickets_are_all_found_and_nothing_else(
 
 
 def test_canaries_in_nested_records_declared_or_not(masker: Masker) -> None:
-    record = {
+    record: dict[str, Any] = {
         "customer": {"name": "Alice  SMITH", "email": EMAILS[0], "phone": PHONES[0]},
         "items": [
             {"iban": IBANS[0], "memo": f"card {CARDS[0]} lost"},
