@@ -54,6 +54,7 @@ _NUMBER_WORD = re.compile(r"[+(]?\d[\d().\-]*")
 _NUMBER_RUN = re.compile(r"[+(]?\d[\d().\-]*(?:[ \t]+[+(]?\d[\d().\-]*)+")
 _GLUED_WORDS = 7  # "+33 6 12 34 56 78" is six
 _PHONE_MIN, _PHONE_MAX = 7, 17  # E.164 has at most 15 digits; "0044 (0)20 ..." adds two
+_PHONE_RUN = re.compile(r"\d[\d \-.()]*")
 _CLAUSE_END = re.compile(r"[.,;:!?](?=\s)|\n")
 
 _IBAN_MIN, _IBAN_MAX = 15, 34
@@ -179,7 +180,7 @@ class Detector:
         at = start
         for stop in [*(m.start() for m in _CLAUSE_END.finditer(text, start, end)), end]:
             piece = text[at:stop]
-            if _ANY_DIGIT.search(piece):  # the matcher costs far more than this test
+            if _may_hold_phone(piece):  # the matcher costs far more than this test
                 yield from self._phones_in(piece, at)
             at = stop
 
@@ -228,6 +229,15 @@ class Detector:
                     continue
                 yield hit
                 i = j + 1
+
+
+def _may_hold_phone(text: str) -> bool:
+    """Whether ``text`` has a run of at least seven digits (spaces, dashes, dots and brackets
+    between them): no valid phone number is shorter (Niue's ``+683 4002`` is seven), and
+    the amounts, dates and times of ticket text mostly are, so the matcher is spared them."""
+    return any(
+        sum(c.isdigit() for c in run.group()) >= _PHONE_MIN for run in _PHONE_RUN.finditer(text)
+    )
 
 
 def _longest_iban(candidate: str, offset: int) -> Hit | None:
