@@ -185,6 +185,7 @@ def test_canaries_in_nested_records_declared_or_not(masker: Masker) -> None:
             {"iban": IBANS[1], "memo": "nothing here"},
         ],
         "note": f"alice smith wrote from {EMAILS[1]} about {IBANS[2]}",
+        "body": "Dear bank, this is ALICE SMITH again",
         "payload": json.dumps({"deep": [f"phone {PHONES[5]}"]}),
     }
     fields = {
@@ -192,6 +193,7 @@ def test_canaries_in_nested_records_declared_or_not(masker: Masker) -> None:
         "customer.email": "email",
         "customer.phone": "phone",
         "items[].iban": "iban",
+        "body": "text",
     }
     masked = masker.mask_record(record, fields)
     dumped = json.dumps(masked.value)
@@ -202,6 +204,7 @@ def test_canaries_in_nested_records_declared_or_not(masker: Masker) -> None:
     name = masker.token("name", "alice smith")
     assert masked.value["customer"]["name"] == name
     assert masked.value["note"].startswith(f"{name} wrote from <email:")
+    assert masked.value["body"] == f"Dear bank, this is {name} again"  # declared free text too
     paths = {(f.path, f.kind) for f in masked.found}
     assert ("items[1].iban", "iban") in paths
     assert ("items[0].memo", "card") in paths

@@ -200,12 +200,21 @@ class Masker:
 
     # -- the machinery the walkers share ---------------------------------------------------
 
-    def declared(self, kind: str, value: Any, path: str, found: list[Finding], depth: int) -> Any:
-        """``value`` masked as a declared ``kind`` at ``path``, findings appended."""
+    def declared(
+        self,
+        kind: str,
+        value: Any,
+        path: str,
+        found: list[Finding],
+        depth: int,
+        known: KnownValues = (),
+    ) -> Any:
+        """``value`` masked as a declared ``kind`` at ``path``, findings appended; a ``text``
+        field is scanned, for ``known`` values of its record too."""
         from codara.privacy._redact import walk
 
         if kind == "text":
-            return walk(self, value, path, found, depth, ())
+            return walk(self, value, path, found, depth, known)
         if value is None or isinstance(value, bool):
             return value
         if isinstance(value, list | tuple):

@@ -183,7 +183,7 @@ def walk_record(
     if depth > MAX_DEPTH:
         return DEEP
     if isinstance(node, str):
-        return masker.declared(node, value, path, found, depth)
+        return masker.declared(node, value, path, found, depth, known)
     if isinstance(value, Mapping):
         out: dict[Any, Any] = {}
         for k, v in value.items():
