@@ -34,7 +34,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from codara.errors import DatabaseUnreachableError, StoreUnavailableError
-from codara.store import _audit, _local_wake
+from codara.store import _audit, _local_wake, _pgwire
 from codara.store import _base as q
 from codara.store._base import FencedError, Tx, own_sql
 from codara.store._group import Write
@@ -87,11 +87,14 @@ _APPEND = (
     "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
     "WHERE EXISTS (SELECT 1 FROM codara_runs WHERE id = ? AND token = ? FOR SHARE)"
 )
-_APPEND_PG = _pg(_APPEND)
 _JOURNAL_TYPES = (
     "text", "int4", "int4", "text", "text", "text", "text", "text", "text", "float8", "float8",
     "int4", "text", "text", "text", "int4",
 )  # fmt: skip
+_APPEND_PREPARED = _pgwire.Prepared(
+    "codara_append_v1", _pgwire.numbered(_APPEND), (*_JOURNAL_TYPES[:-1], "text", "int4")
+)
+"""The direct append (journal row, run id, token), prepared on every pooled connection."""
 _APPEND_MANY = (
     "INSERT INTO codara_journal (run_id, seq, op, kind, name, status, input, output, error, "
     "started_at, finished_at, attempts, prev_hash, hash, branch) "
@@ -209,6 +212,7 @@ class PostgresStore(SQLStore):
             connect_kwargs={
                 "autocommit": True,
                 "prepare_threshold": 0,
+                "client_encoding": "UTF8",  # what _pgwire sends its text parameters in
                 "connect_timeout": connect_timeout,
             },
         )
@@ -327,14 +331,16 @@ class PostgresStore(SQLStore):
         try:
             async with self._conn() as conn:
                 try:
-                    cur = await conn.execute(_APPEND_PG, (*q.journal_params(record), run_id, token))
+                    n = await _APPEND_PREPARED.execute(
+                        conn, (*q.journal_params(record), run_id, token)
+                    )
                 except pg_errors.UniqueViolation as exc:
                     if _journal_key(exc):  # another owner wrote this seq already
                         raise FencedError(run_id) from exc
                     raise
         finally:
             group.inflight -= 1
-        if cur.rowcount != 1:
+        if n != 1:
             raise FencedError(run_id)
 
     async def _write_group(self, group: Sequence[Write]) -> list[bool]:

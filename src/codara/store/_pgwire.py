@@ -1,0 +1,170 @@
+"""The journal append, PostgreSQL's hottest statement, sent through libpq itself.
+
+A durable step on PostgreSQL is one statement, and psycopg's async ``execute`` spent more
+client CPU on it than the server spent on the statement's commit: a cursor and a set of
+adapters per call, the connection's lock, the prepared-statement cache, and for every wait an
+epoll registration, a future and a timer (measured: about 80 µs of CPU per statement on the
+benchmark machine, against about 25 µs for the path below; ``docs/architecture.md``, "The
+write path"). For a statement whose text and parameter types never change none of that is
+needed, so :class:`Prepared` keeps psycopg's connection and its libpq wrapper
+(:mod:`psycopg.pq`, a public interface) and does the rest itself:
+
+- the statement is prepared once per connection under a name of its own (``PQprepare``
+  with the parameter types fixed), and each call is one ``PQsendQueryPrepared``: Bind,
+  Execute, Sync, one round trip;
+- parameters go as text, encoded here (``str``, ``int``, ``float`` by ``repr``, which the
+  server reads back to the same double; ``None`` as NULL), on a connection whose client
+  encoding is UTF-8 (the store opens its connections so);
+- the reply is awaited with one reader callback on the connection's socket.
+
+Errors are psycopg's own: the server's error becomes the same :class:`psycopg.Error`
+subclass psycopg raises (with its diagnostics: the store reads the violated constraint's
+name), and a failure of the connection an :class:`psycopg.OperationalError`. A call
+cancelled while it waits leaves the connection with a statement in flight; the pool sees
+that (its transaction status is not idle) and discards the connection, as it does for
+psycopg's own cancelled calls.
+
+The connection must be lent to one caller at a time (the store's pool does that) and in
+autocommit mode; it stays usable by psycopg afterwards, which never learns of the name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import pq
+
+__all__ = ["Prepared", "numbered"]
+
+Conn = psycopg.AsyncConnection[Any]
+
+_OK = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)
+
+
+def numbered(sql: str) -> str:
+    """Codara's ``?`` SQL with PostgreSQL's numbered placeholders ``$1``, ``$2``..."""
+    parts = sql.split("?")
+    return parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+
+
+def _encode(value: Any) -> bytes | None:
+    """One parameter in PostgreSQL's text format."""
+    if value is None:
+        return None
+    kind = type(value)
+    if kind is str:
+        return value.encode()  # type: ignore[no-any-return]
+    if kind is int:
+        return str(value).encode()
+    if kind is float:
+        return repr(value).encode()  # the shortest text that reads back to the same double
+    if kind is bool:
+        return b"t" if value else b"f"
+    raise TypeError(f"cannot send a {kind.__name__} as a text parameter")
+
+
+class Prepared:
+    """One statement with fixed parameter types, prepared on each connection it meets."""
+
+    def __init__(self, name: str, sql: str, types: Sequence[str]) -> None:
+        """``sql`` uses ``$1``, ``$2``... placeholders; ``types`` names their types (``text``,
+        ``int4``, ``float8``: psycopg's type registry gives their oids)."""
+        registry = psycopg.adapters.types
+        oids = []
+        for t in types:
+            info = registry.get(t)
+            if info is None:
+                raise ValueError(f"unknown PostgreSQL type {t!r}")
+            oids.append(info.oid)
+        self.name = name.encode()
+        self.sql = sql.encode()
+        self.oids = oids
+        self._ready: weakref.WeakSet[Conn] = weakref.WeakSet()
+
+    async def execute(self, conn: Conn, params: Sequence[Any]) -> int:
+        """Run the statement on ``conn`` (preparing it first if this connection has not
+        seen it); return its row count."""
+        args = [_encode(v) for v in params]
+        if conn not in self._ready:
+            await self._prepare(conn)
+        try:
+            result = await _call(conn, lambda pg: pg.send_query_prepared(self.name, args))
+        except pg_errors.InvalidSqlStatementName:  # deallocated behind our back: once more
+            self._ready.discard(conn)
+            await self._prepare(conn)
+            result = await _call(conn, lambda pg: pg.send_query_prepared(self.name, args))
+        return result.command_tuples or 0
+
+    async def _prepare(self, conn: Conn) -> None:
+        if not (conn.autocommit and conn.pgconn.parameter_status(b"client_encoding") == b"UTF8"):
+            raise RuntimeError("Prepared needs an autocommit connection with a UTF-8 client")
+        await _call(conn, lambda pg: pg.send_prepare(self.name, self.sql, self.oids))
+        self._ready.add(conn)
+
+
+async def _call(conn: Conn, send: Any) -> pq.abc.PGresult:
+    """Send one request (``send(pgconn)``), wait for its reply; its one result, or raise."""
+    pg = conn.pgconn
+    send(pg)
+    if pg.flush():
+        await _flush(pg)
+    result: pq.abc.PGresult | None = None
+    error: psycopg.Error | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    while True:
+        pg.consume_input()
+        if pg.is_busy():
+            if loop is None:
+                loop = asyncio.get_running_loop()
+            await _readable(loop, pg.socket)
+            continue
+        got = pg.get_result()
+        if got is None:
+            break
+        if got.status not in _OK and error is None:
+            error = pg_errors.error_from_result(got, encoding="utf-8")
+        result = got
+    if error is not None:
+        raise error
+    if result is None:
+        raise psycopg.OperationalError("the server sent no result for the statement")
+    return result
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """Wait until ``fd`` has something to read."""
+    waiter = loop.create_future()
+    loop.add_reader(fd, _wake, waiter)
+    try:
+        await waiter
+    finally:
+        loop.remove_reader(fd)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def _flush(pg: pq.abc.PGconn) -> None:
+    """Send what libpq could not write at once (a large row), reading meanwhile so that
+    the server, should it answer early, never blocks on a full socket."""
+    loop = asyncio.get_running_loop()
+    fd = pg.socket
+    while True:
+        waiter = loop.create_future()
+        loop.add_writer(fd, _wake, waiter)
+        loop.add_reader(fd, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            loop.remove_writer(fd)
+            loop.remove_reader(fd)
+        pg.consume_input()
+        if not pg.flush():
+            return
