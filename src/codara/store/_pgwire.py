@@ -13,8 +13,9 @@ needed, so :class:`Prepared` keeps psycopg's connection and its libpq wrapper
   with the parameter types fixed), and each call is one ``PQsendQueryPrepared``: Bind,
   Execute, Sync, one round trip;
 - parameters go as text, encoded here (``str``, ``int``, ``float`` by ``repr``, which the
-  server reads back to the same double; ``None`` as NULL), on a connection whose client
-  encoding is UTF-8 (the store opens its connections so);
+  server reads back to the same double; ``None`` as NULL; a ``list`` as a one-dimensional
+  array literal), on a connection whose client encoding is UTF-8 (the store opens its
+  connections so); rows come back as text;
 - the reply is awaited with one reader callback on the connection's socket.
 
 Errors are psycopg's own: the server's error becomes the same :class:`psycopg.Error`
@@ -24,8 +25,9 @@ cancelled while it waits leaves the connection with a statement in flight; the p
 that (its transaction status is not idle) and discards the connection, as it does for
 psycopg's own cancelled calls.
 
-The connection must be lent to one caller at a time (the store's pool does that) and in
-autocommit mode; it stays usable by psycopg afterwards, which never learns of the name.
+The connection must be lent to one caller at a time (the store's pool does that); a
+transaction psycopg opened on it may be open. It stays usable by psycopg afterwards, which
+never learns of the statement's name.
 """
 
 from __future__ import annotations
@@ -65,7 +67,26 @@ def _encode(value: Any) -> bytes | None:
         return repr(value).encode()  # the shortest text that reads back to the same double
     if kind is bool:
         return b"t" if value else b"f"
+    if kind is list:
+        return _array(value).encode()
     raise TypeError(f"cannot send a {kind.__name__} as a text parameter")
+
+
+def _array(values: list[Any]) -> str:
+    """A one-dimensional array in PostgreSQL's text format (elements quoted, NULL bare)."""
+    items = []
+    for v in values:
+        if v is None:
+            items.append("NULL")
+        elif type(v) is str:
+            items.append('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        elif type(v) is float:
+            items.append(repr(v))
+        elif type(v) is int:
+            items.append(str(v))
+        else:
+            raise TypeError(f"cannot send a {type(v).__name__} in a text array")
+    return "{" + ",".join(items) + "}"
 
 
 class Prepared:
@@ -73,14 +94,14 @@ class Prepared:
 
     def __init__(self, name: str, sql: str, types: Sequence[str]) -> None:
         """``sql`` uses ``$1``, ``$2``... placeholders; ``types`` names their types (``text``,
-        ``int4``, ``float8``: psycopg's type registry gives their oids)."""
+        ``int4``, ``float8``, ``text[]``: psycopg's type registry gives their oids)."""
         registry = psycopg.adapters.types
         oids = []
         for t in types:
             info = registry.get(t)
             if info is None:
                 raise ValueError(f"unknown PostgreSQL type {t!r}")
-            oids.append(info.oid)
+            oids.append(info.array_oid if t.endswith("[]") else info.oid)
         self.name = name.encode()
         self.sql = sql.encode()
         self.oids = oids
@@ -89,20 +110,32 @@ class Prepared:
     async def execute(self, conn: Conn, params: Sequence[Any]) -> int:
         """Run the statement on ``conn`` (preparing it first if this connection has not
         seen it); return its row count."""
+        return (await self._run(conn, params)).command_tuples or 0
+
+    async def fetch(self, conn: Conn, params: Sequence[Any]) -> list[tuple[str | None, ...]]:
+        """Run the statement; return its rows, each value as text (None for NULL)."""
+        result = await self._run(conn, params)
+        fields = range(result.nfields)
+        get = result.get_value
+        return [
+            tuple(None if (v := get(i, j)) is None else v.decode() for j in fields)
+            for i in range(result.ntuples)
+        ]
+
+    async def _run(self, conn: Conn, params: Sequence[Any]) -> pq.abc.PGresult:
         args = [_encode(v) for v in params]
         if conn not in self._ready:
             await self._prepare(conn)
         try:
-            result = await _call(conn, lambda pg: pg.send_query_prepared(self.name, args))
+            return await _call(conn, lambda pg: pg.send_query_prepared(self.name, args))
         except pg_errors.InvalidSqlStatementName:  # deallocated behind our back: once more
             self._ready.discard(conn)
             await self._prepare(conn)
-            result = await _call(conn, lambda pg: pg.send_query_prepared(self.name, args))
-        return result.command_tuples or 0
+            return await _call(conn, lambda pg: pg.send_query_prepared(self.name, args))
 
     async def _prepare(self, conn: Conn) -> None:
-        if not (conn.autocommit and conn.pgconn.parameter_status(b"client_encoding") == b"UTF8"):
-            raise RuntimeError("Prepared needs an autocommit connection with a UTF-8 client")
+        if conn.pgconn.parameter_status(b"client_encoding") != b"UTF8":
+            raise RuntimeError("Prepared needs a connection with a UTF-8 client encoding")
         await _call(conn, lambda pg: pg.send_prepare(self.name, self.sql, self.oids))
         self._ready.add(conn)
 

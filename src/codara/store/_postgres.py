@@ -41,7 +41,7 @@ from codara.store._group import Write
 from codara.store._notify_pg import WAKE_SQL, WakeListener
 from codara.store._pgpool import ConnectionPool, PoolTimeout
 from codara.store._sql import SQLStore, WriteParams
-from codara.store._types import JournalRecord
+from codara.store._types import Claim, JournalRecord
 from codara.store._url import DatabaseURL
 
 __all__ = ["PostgresStore"]
@@ -95,54 +95,77 @@ _APPEND_PREPARED = _pgwire.Prepared(
     "codara_append_v1", _pgwire.numbered(_APPEND), (*_JOURNAL_TYPES[:-1], "text", "int4")
 )
 """The direct append (journal row, run id, token), prepared on every pooled connection."""
-_APPEND_MANY = (
-    "INSERT INTO codara_journal (run_id, seq, op, kind, name, status, input, output, error, "
-    "started_at, finished_at, attempts, prev_hash, hash, branch) "
-    "SELECT v.run_id, v.seq, v.op, v.kind, v.name, v.status, v.input, v.output, v.error, "
-    "v.started_at, v.finished_at, v.attempts, v.prev_hash, v.hash, v.branch FROM unnest("
-    + ", ".join(f"%s::{t}[]" for t in _JOURNAL_TYPES)
-    + ") AS v(run_id, seq, op, kind, name, status, input, output, error, started_at, "
-    "finished_at, attempts, prev_hash, hash, branch, token) "
-    "WHERE EXISTS (SELECT 1 FROM codara_runs r WHERE r.id = v.run_id AND r.token = v.token "
-    "FOR SHARE) RETURNING run_id, seq"
+_APPEND_MANY = _pgwire.Prepared(
+    "codara_append_many_v1",
+    _pgwire.numbered(
+        "INSERT INTO codara_journal (run_id, seq, op, kind, name, status, input, output, error, "
+        "started_at, finished_at, attempts, prev_hash, hash, branch) "
+        "SELECT v.run_id, v.seq, v.op, v.kind, v.name, v.status, v.input, v.output, v.error, "
+        "v.started_at, v.finished_at, v.attempts, v.prev_hash, v.hash, v.branch FROM unnest("
+        + ", ".join("?" for _ in _JOURNAL_TYPES)
+        + ") AS v(run_id, seq, op, kind, name, status, input, output, error, started_at, "
+        "finished_at, attempts, prev_hash, hash, branch, token) "
+        "WHERE EXISTS (SELECT 1 FROM codara_runs r WHERE r.id = v.run_id AND r.token = v.token "
+        "FOR SHARE) RETURNING run_id, seq"
+    ),
+    [f"{t}[]" for t in _JOURNAL_TYPES],
 )
 """Many fenced journal rows in one statement: each row only if its token owns its run."""
 
 
-_FINISH_MANY = (
+_FINISH_MANY = _pgwire.Prepared(
+    "codara_finish_many_v1",
     "UPDATE codara_runs r SET status = v.status, output = v.output, error = v.error, "
-    "ready_at = NULL, owner = NULL, waiting_for = NULL, updated_at = v.now, finished_at = v.now "
-    "FROM unnest(%s::text[], %s::int4[], %s::text[], %s::text[], %s::text[], %s::float8[]) "
-    "AS v(id, token, status, output, error, now) WHERE r.id = v.id AND r.token = v.token"
+    "ready_at = NULL, owner = NULL, waiting_for = NULL, updated_at = v.now, "
+    "finished_at = v.now FROM unnest($1, $2, $3, $4, $5, $6) "
+    "AS v(id, token, status, output, error, now) WHERE r.id = v.id AND r.token = v.token",
+    ("text[]", "int4[]", "text[]", "text[]", "text[]", "float8[]"),
 )
 """``FINISH_RUN`` for many runs in one statement."""
+
+_LOCK_HEADS = _pgwire.Prepared("codara_lock_heads_v1", _audit.LOCK_HEADS, ())
+_LAST_HEAD = _pgwire.Prepared("codara_last_head_v1", _audit.LAST_HEAD, ())
+_INSERT_HEADS = _pgwire.Prepared(
+    "codara_insert_heads_v1",
+    f"INSERT INTO codara_chain_heads ({_audit.HEAD_COLUMNS}) "
+    "SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    ("int4[]", "text[]", "text[]", "int4[]", "text[]", "text[]", "float8[]", "text[]", "text[]"),
+)
+"""The heads rows of a group's finishes (``_audit.append_heads``, with the same lock and
+the same chaining, as prepared statements)."""
 
 
 async def _finish_many(conn: psycopg.AsyncConnection[Any], finished: Sequence[Write]) -> None:
     """The final status of runs whose result rows this transaction just wrote (so their rows
-    are locked and their tokens still own them: every UPDATE must land)."""
-    fs = [(w.run_id, w.token, w.finish) for w in finished if w.finish is not None]
-    cur = await conn.execute(
-        _FINISH_MANY,
+    are locked and their tokens still own them: every UPDATE must land), and their heads."""
+    fs = [(w.run_id, w.token, w.record, w.finish) for w in finished if w.finish is not None]
+    n = await _FINISH_MANY.execute(
+        conn,
         (
-            [r for r, _, _ in fs],
-            [t for _, t, _ in fs],
-            [f.status for _, _, f in fs],
-            [f.output for _, _, f in fs],
-            [f.error for _, _, f in fs],
-            [f.now for _, _, f in fs],
+            [r for r, _, _, _ in fs],
+            [t for _, t, _, _ in fs],
+            [f.status for _, _, _, f in fs],
+            [f.output for _, _, _, f in fs],
+            [f.error for _, _, _, f in fs],
+            [f.now for _, _, _, f in fs],
         ),
     )
-    if cur.rowcount != len(fs):  # cannot happen while the rows hold their locks: give up
-        raise RuntimeError(f"finished {cur.rowcount} of {len(fs)} runs whose rows were written")
+    if n != len(fs):  # cannot happen while the rows hold their locks: give up
+        raise RuntimeError(f"finished {n} of {len(fs)} runs whose rows were written")
+    await _LOCK_HEADS.execute(conn, ())
+    last = await _LAST_HEAD.fetch(conn, ())
+    heads = _audit.chained_heads(
+        last[0] if last else None,
+        [("run", r, rec.seq + 1, rec.hash, f.status, f.now) for r, _, rec, f in fs],
+    )
+    await _INSERT_HEADS.execute(conn, [list(c) for c in zip(*heads, strict=True)])
 
 
 async def _append_many(conn: psycopg.AsyncConnection[Any], group: Sequence[Write]) -> list[int]:
     """Insert the rows of ``group`` in one statement; the indexes of those written."""
     params = [(*q.journal_params(w.record), w.token) for w in group]
     columns = [list(c) for c in zip(*params, strict=True)]
-    cur = await conn.execute(_APPEND_MANY, columns)
-    done = {(r[0], r[1]) for r in await cur.fetchall()}
+    done = {(r[0], int(r[1] or 0)) for r in await _APPEND_MANY.fetch(conn, columns)}
     return [i for i, w in enumerate(group) if (w.run_id, w.record.seq) in done]
 
 
@@ -157,6 +180,25 @@ _CLAIM_ONE = (
     "WHERE id = ? AND ready_at IS NOT NULL AND ready_at <= ? AND {keys} "
     f"RETURNING {q.CLAIM_RETURNING}"
 )
+
+
+_CLAIM_MANY = _pgwire.Prepared(
+    "codara_claim_v1",
+    _pgwire.numbered(_CLAIM.format(keys="workflow_key = ANY(?)")),
+    ("text", "float8", "float8", "float8", "text[]", "int4"),
+)
+"""The worker's claim of up to ``limit`` ready runs (owner, lease end, now, now, keys)."""
+_SELECT_JOURNAL = _pgwire.Prepared(
+    "codara_journal_v1", _pgwire.numbered(q.SELECT_JOURNAL), ("text",)
+)
+
+
+def _journal_record(r: Sequence[Any]) -> JournalRecord:
+    """A journal row read as text (``_pgwire``) as the record psycopg would have made."""
+    return JournalRecord(
+        r[0], int(r[1]), int(r[2]), r[3], r[4], r[5], r[6], r[7], r[8],
+        float(r[9]), float(r[10]), int(r[11]), r[12], r[13], r[14],
+    )  # fmt: skip
 
 
 class _PgTx(Tx):
@@ -317,6 +359,28 @@ class PostgresStore(SQLStore):
         assert isinstance(tx, _PgTx)
         return connection_lost(exc, tx._conn)
 
+    async def journal(self, run_id: str) -> list[JournalRecord]:
+        async with self._conn() as conn:
+            rows = await _SELECT_JOURNAL.fetch(conn, (run_id,))
+        return [_journal_record(r) for r in rows]
+
+    async def claim(
+        self,
+        owner: str,
+        workflow_keys: Sequence[str],
+        limit: int,
+        now: float,
+        lease_until: float,
+        run_id: str | None = None,
+    ) -> list[Claim]:
+        if run_id is not None or not workflow_keys:
+            return await super().claim(owner, workflow_keys, limit, now, lease_until, run_id)
+        async with self._conn() as conn:
+            rows = await _CLAIM_MANY.fetch(
+                conn, (owner, lease_until, now, now, list(workflow_keys), limit)
+            )
+        return [Claim(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6])) for r in rows]  # type: ignore[arg-type]
+
     # -- the hot path ----------------------------------------------------------------------
     async def append(self, run_id: str, token: int, record: JournalRecord) -> None:
         """One round trip: the fenced INSERT ... SELECT ... WHERE EXISTS, autocommitted."""
@@ -356,14 +420,6 @@ class PostgresStore(SQLStore):
                 finished = [w for i, w in enumerate(group) if i in done and w.finish]
                 if finished:
                     await _finish_many(conn, finished)
-                    await _audit.append_heads(
-                        own_sql(_PgTx(conn)),
-                        [
-                            ("run", w.run_id, w.record.seq + 1, w.record.hash, f.status, f.now)
-                            for w in finished
-                            if (f := w.finish) is not None
-                        ],
-                    )
         return [i in done for i in range(len(group))]
 
     async def execute_raw(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
