@@ -14,8 +14,8 @@ needed, so :class:`Prepared` keeps psycopg's connection and its libpq wrapper
   Execute, Sync, one round trip;
 - parameters go as text, encoded here (``str``, ``int``, ``float`` by ``repr``, which the
   server reads back to the same double; ``None`` as NULL; a ``list`` as a one-dimensional
-  array literal), on a connection whose client encoding is UTF-8 (the store opens its
-  connections so); rows come back as text;
+  array literal; ``bytes`` as they are, e.g. a JSON document), on a connection whose
+  client encoding is UTF-8 (the store opens its connections so); rows come back as text;
 - the reply is awaited with one reader callback on the connection's socket.
 
 Errors are psycopg's own: the server's error becomes the same :class:`psycopg.Error`
@@ -69,6 +69,8 @@ def _encode(value: Any) -> bytes | None:
         return b"t" if value else b"f"
     if kind is list:
         return _array(value).encode()
+    if kind is bytes:  # already text (a JSON document)
+        return value  # type: ignore[no-any-return]
     raise TypeError(f"cannot send a {kind.__name__} as a text parameter")
 
 
