@@ -38,7 +38,7 @@ from codara.errors import DatabaseUnreachableError, StoreUnavailableError
 from codara.store import _audit, _local_wake, _pgwire
 from codara.store import _base as q
 from codara.store._base import FencedError, Tx, own_sql
-from codara.store._group import Write
+from codara.store._group import Finish, Write
 from codara.store._notify_pg import WAKE_SQL, WakeListener
 from codara.store._pgpool import ConnectionPool, PoolTimeout
 from codara.store._sql import SQLStore, WriteParams
@@ -239,7 +239,9 @@ class PostgresStore(SQLStore):
         self._password = url.password
         self._pool = pool
         self._down = False
-        self._init_group()
+        # groups in flight at once, each on its own connection; one is left for the claims,
+        # reads and heartbeats that run beside them
+        self._init_group(max(1, pool.size - 1))
 
     @classmethod
     async def connect(
@@ -411,6 +413,19 @@ class PostgresStore(SQLStore):
         finally:
             group.inflight -= 1
         if n != 1:
+            raise FencedError(run_id)
+
+    async def _finish_now(
+        self, run_id: str, token: int, finish: Finish, record: JournalRecord
+    ) -> None:
+        """A lone finish is a group of one: the same prepared statements in one transaction
+        (the result row, fenced; the run's status; its chain head)."""
+        self._group.inflight += 1
+        try:
+            written = await self._write_group([Write(run_id, token, record, finish)])
+        finally:
+            self._group.inflight -= 1
+        if not written[0]:
             raise FencedError(run_id)
 
     async def _write_group(self, group: Sequence[Write]) -> list[bool]:
