@@ -15,7 +15,9 @@ row with its status) goes one of two ways:
 - **grouped** otherwise: it is queued and its caller awaits a future. A flusher task takes
   everything queued, writes it in one transaction and only then resolves the futures: no
   caller learns its row is written before the commit that holds it has returned, so no step
-  result reaches its workflow, and no later effect starts, before its row is durable.
+  result reaches its workflow, and no later effect starts, before its row is durable. Up to
+  ``max_groups`` flushers write groups at once (PostgreSQL: one connection each; SQLite,
+  with its one connection, has one).
 
 Each row of a group is still fenced on its own: a row whose run this worker no longer owns
 is not written and its caller (only that one) gets :class:`~codara.store.FencedError`. A

@@ -9,7 +9,11 @@ claim by another worker (which updates that row) is then ordered strictly before
 the append, so a worker that lost its lease can never add a row after the new owner has read
 the journal.
 
-Connections (autocommit, ``prepare_threshold=0``) come from a small self-healing pool
+The hot statements (the journal append and read, the claim, a group commit's statements)
+go through :mod:`codara.store._pgwire`: prepared once per connection and sent through
+libpq directly, which costs a fraction of psycopg's async ``execute`` in client CPU.
+
+Connections (autocommit, ``prepare_threshold=0``, UTF-8) come from a small self-healing pool
 (:mod:`codara.store._pgpool`). A connection that a server restart or a network cut broke is
 discarded when it is handed back and the pool opens a new one in the background (with
 backoff); the first such failure also has the pool test its idle connections, so that one
@@ -301,6 +305,20 @@ class PostgresStore(SQLStore):
         or inside a transaction is discarded and replaced."""
         # While the server is known to be away, callers wait less for a connection: the API
         # answers 503 at once, a worker hands its run back sooner.
+        conn = await self._acquire()
+        try:
+            yield conn
+        except (psycopg.Error, OSError) as exc:
+            failed = self._failed(exc, conn)
+            if failed is exc:
+                raise
+            raise failed from exc
+        finally:
+            self._pool.release(conn)
+
+    async def _acquire(self) -> psycopg.AsyncConnection[Any]:
+        # While the server is known to be away, callers wait less for a connection: the API
+        # answers 503 at once, a worker hands its run back sooner.
         timeout = min(self._pool.timeout, _DOWN_TIMEOUT) if self._down else self._pool.timeout
         try:
             conn = await self._pool.acquire(timeout)
@@ -308,18 +326,20 @@ class PostgresStore(SQLStore):
             self._down = True
             raise self._unavailable(exc, timeout) from exc
         self._down = False
-        try:
-            yield conn
-        except (psycopg.Error, OSError) as exc:
-            if connection_lost(exc, conn):
-                self._down = True
-                self._pool.check_soon()
-                raise self._unavailable(exc) from exc
-            if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-                raise self._unavailable(exc) from exc  # transient, e.g. a deadlock
-            raise
-        finally:
-            self._pool.release(conn)
+        return conn
+
+    def _failed(
+        self, exc: psycopg.Error | OSError, conn: psycopg.AsyncConnection[Any]
+    ) -> Exception:
+        """What a driver error on ``conn`` leaves the store as: StoreUnavailableError for a
+        failure of the connection (or a transient one, e.g. a deadlock), else itself."""
+        if connection_lost(exc, conn):
+            self._down = True
+            self._pool.check_soon()
+            return self._unavailable(exc)
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            return self._unavailable(exc)  # transient, e.g. a deadlock
+        return exc
 
     @asynccontextmanager
     async def wakeups(self) -> AsyncIterator[asyncio.Event | None]:
@@ -398,18 +418,22 @@ class PostgresStore(SQLStore):
             await self._group.submit(Write(run_id, token, record))
 
     async def _append_now(self, run_id: str, token: int, record: JournalRecord) -> None:
+        # ``_conn`` inlined: this is the hot path, one call per step
         group = self._group
         group.inflight += 1
         try:
-            async with self._conn() as conn:
-                try:
-                    n = await _APPEND_PREPARED.execute(
-                        conn, (*q.journal_params(record), run_id, token)
-                    )
-                except pg_errors.UniqueViolation as exc:
-                    if _journal_key(exc):  # another owner wrote this seq already
-                        raise FencedError(run_id) from exc
+            conn = await self._acquire()
+            try:
+                n = await _APPEND_PREPARED.execute(conn, (*q.journal_params(record), run_id, token))
+            except (psycopg.Error, OSError) as exc:
+                if isinstance(exc, pg_errors.UniqueViolation) and _journal_key(exc):
+                    raise FencedError(run_id) from exc  # another owner wrote this seq already
+                failed = self._failed(exc, conn)
+                if failed is exc:
                     raise
+                raise failed from exc
+            finally:
+                self._pool.release(conn)
         finally:
             group.inflight -= 1
         if n != 1:
