@@ -19,6 +19,7 @@ from psycopg.pq import TransactionStatus
 
 import codara
 from codara.store import JournalRecord
+from codara.store._group import Finish, Write
 from codara.store._pgwire import Prepared
 from codara.store._sql import SQLStore
 from codara.trace import verify_chain
@@ -132,3 +133,43 @@ async def test_grouped_rows_with_awkward_text_read_back_and_verify(pg_url: str) 
             assert [json.loads(r.output or "null") for r in rows[:-1]] == AWKWARD
         report = await verify_chain(store)
         assert report.ok, report.problems
+
+
+async def test_a_refused_group_with_finishes_commits_nothing_and_leaves_the_pool_usable(
+    pg_url: str,
+) -> None:
+    """A group whose pipelined transaction fails (a taken seq) is rolled back whole: no
+    finish of it lands, and the connection is usable again (the group commit then writes
+    the group's writes one by one)."""
+    url = pg_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    app = codara.App(url)
+
+    @app.workflow(name="one", version="1")
+    async def one(ctx: object) -> int:
+        return 1
+
+    async with app:
+        store = app.store
+        assert isinstance(store, SQLStore)
+        a, b = await app.start_runs("one", [None, None])
+        now = app.clock()
+        tokens = {c.id: c.token for c in await store.claim("me", ["one@1"], 2, now, now + 60)}
+
+        def result(run_id: str) -> JournalRecord:
+            return JournalRecord(
+                run_id, 0, -1, "result", "completed", "completed", None, "1", None, now, now,
+                1, "p" * 64, "h" * 64, "",
+            )  # fmt: skip
+
+        await store.append(b, tokens[b], result(b))  # seq 0 of run b is taken now
+        done = Finish("completed", "1", None, now)
+        group = [Write(a, tokens[a], result(a), done), Write(b, tokens[b], result(b), done)]
+        with pytest.raises(pg_errors.UniqueViolation):
+            await store._write_group(group)
+        run_a = await app.get_run(a)
+        assert run_a.status == "running"
+        assert await store.journal(a) == []
+        for _ in range(8):  # every pooled connection answers again
+            assert len(await store.journal(b)) == 1
+        await store.finish(a, tokens[a], "completed", "1", None, result(a), now)
+        assert (await app.get_run(a)).status == "completed"

@@ -41,7 +41,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import pq
 
-__all__ = ["Prepared", "numbered"]
+__all__ = ["Call", "Prepared", "numbered", "pipeline", "rows"]
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -116,13 +116,7 @@ class Prepared:
 
     async def fetch(self, conn: Conn, params: Sequence[Any]) -> list[tuple[str | None, ...]]:
         """Run the statement; return its rows, each value as text (None for NULL)."""
-        result = await self._run(conn, params)
-        fields = range(result.nfields)
-        get = result.get_value
-        return [
-            tuple(None if (v := get(i, j)) is None else v.decode() for j in fields)
-            for i in range(result.ntuples)
-        ]
+        return rows(await self._run(conn, params))
 
     async def _run(self, conn: Conn, params: Sequence[Any]) -> pq.abc.PGresult:
         args = [_encode(v) for v in params]
@@ -140,6 +134,71 @@ class Prepared:
             raise RuntimeError("Prepared needs a connection with a UTF-8 client encoding")
         await _call(conn, lambda pg: pg.send_prepare(self.name, self.sql, self.oids))
         self._ready.add(conn)
+
+
+Call = tuple["Prepared | bytes", Sequence[Any]]
+"""One statement of a pipeline: a prepared statement and its parameters, or plain SQL
+without parameters (``b"BEGIN"``) and ``()``."""
+
+
+async def pipeline(conn: Conn, calls: Sequence[Call]) -> list[pq.abc.PGresult]:
+    """Send ``calls`` in one libpq pipeline (one round trip) and return their results.
+
+    The first error raises once every reply is read (the server skips what follows an
+    error until the pipeline's end); the caller rolls back a transaction the pipeline
+    opened. Statements are prepared on ``conn`` first (once per connection)."""
+    for stmt, _ in calls:
+        if isinstance(stmt, Prepared) and conn not in stmt._ready:
+            await stmt._prepare(conn)
+    pg = conn.pgconn
+    encoded = [(stmt, [_encode(v) for v in params]) for stmt, params in calls]
+    pg.enter_pipeline_mode()
+    for stmt, args in encoded:
+        if isinstance(stmt, Prepared):
+            pg.send_query_prepared(stmt.name, args)
+        else:
+            pg.send_query_params(stmt, None)
+    pg.pipeline_sync()
+    if pg.flush():
+        await _flush(pg)
+    loop = asyncio.get_running_loop()
+    results: list[pq.abc.PGresult] = []
+    error: psycopg.Error | None = None
+    while True:
+        got = await _next_result(loop, pg)
+        if got is None:
+            continue  # the end of one statement's results
+        if got.status == pq.ExecStatus.PIPELINE_SYNC:
+            break
+        if got.status == pq.ExecStatus.PIPELINE_ABORTED:
+            continue  # skipped after an earlier error
+        if got.status not in _OK and error is None:
+            error = pg_errors.error_from_result(got, encoding="utf-8")
+        results.append(got)
+    pg.exit_pipeline_mode()
+    if error is not None:
+        raise error
+    return results
+
+
+async def _next_result(
+    loop: asyncio.AbstractEventLoop, pg: pq.abc.PGconn
+) -> pq.abc.PGresult | None:
+    pg.consume_input()
+    while pg.is_busy():
+        await _readable(loop, pg.socket)
+        pg.consume_input()
+    return pg.get_result()
+
+
+def rows(result: pq.abc.PGresult) -> list[tuple[str | None, ...]]:
+    """A result's rows, each value as text (None for NULL)."""
+    fields = range(result.nfields)
+    get = result.get_value
+    return [
+        tuple(None if (v := get(i, j)) is None else v.decode() for j in fields)
+        for i in range(result.ntuples)
+    ]
 
 
 async def _call(conn: Conn, send: Any) -> pq.abc.PGresult:

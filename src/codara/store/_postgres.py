@@ -28,6 +28,7 @@ database error of a transaction body is the body's error and propagates unchange
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -37,6 +38,7 @@ from typing import Any
 import orjson
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.pq import TransactionStatus
 
 from codara.errors import DatabaseUnreachableError, StoreUnavailableError
 from codara.store import _audit, _local_wake, _pgwire
@@ -143,40 +145,81 @@ _INSERT_HEADS = _pgwire.Prepared(
 the same chaining, as prepared statements)."""
 
 
-async def _finish_many(conn: psycopg.AsyncConnection[Any], finished: Sequence[Write]) -> None:
-    """The final status of runs whose result rows this transaction just wrote (so their rows
-    are locked and their tokens still own them: every UPDATE must land), and their heads."""
-    fs = [(w.run_id, w.token, w.record, w.finish) for w in finished if w.finish is not None]
-    n = await _FINISH_MANY.execute(
+def _journal_json(group: Sequence[Write]) -> bytes:
+    """The rows of ``group`` as the JSON document ``_APPEND_MANY`` reads."""
+    return orjson.dumps(
+        [
+            dict(zip(_JOURNAL_FIELDS, (*q.journal_params(w.record), w.token), strict=True))
+            for w in group
+        ]
+    )
+
+
+def _written(group: Sequence[Write], returned: Sequence[tuple[str | None, ...]]) -> set[int]:
+    """The indexes in ``group`` of the rows ``_APPEND_MANY`` returned (run_id, seq)."""
+    done = {(r[0], int(r[1] or 0)) for r in returned}
+    return {i for i, w in enumerate(group) if (w.run_id, w.record.seq) in done}
+
+
+def _finish_params(fs: Sequence[tuple[str, int, Finish]]) -> tuple[list[Any], ...]:
+    return (
+        [r for r, _, _ in fs],
+        [t for _, t, _ in fs],
+        [f.status for _, _, f in fs],
+        [f.output for _, _, f in fs],
+        [f.error for _, _, f in fs],
+        [f.now for _, _, f in fs],
+    )
+
+
+async def _write_with_finishes(
+    conn: psycopg.AsyncConnection[Any], group: Sequence[Write]
+) -> set[int]:
+    """A group with finishes in one transaction, in two pipelines (two round trips): BEGIN,
+    the rows, the finished runs' status, the heads lock and the newest head; then the heads
+    rows and COMMIT. The status UPDATE is fenced by the same token as the rows: a finish
+    whose result row was fenced updates nothing, and one whose row was written holds that
+    run row's share lock, so its token cannot change between the two statements. The
+    newest head is read by a statement after the lock's, so under the lock."""
+    fs = [(w.run_id, w.token, w.finish) for w in group if w.finish is not None]
+    _, appended, updated, _, last = await _pgwire.pipeline(
         conn,
-        (
-            [r for r, _, _, _ in fs],
-            [t for _, t, _, _ in fs],
-            [f.status for _, _, _, f in fs],
-            [f.output for _, _, _, f in fs],
-            [f.error for _, _, _, f in fs],
-            [f.now for _, _, _, f in fs],
-        ),
+        [
+            (b"BEGIN", ()),
+            (_APPEND_MANY, (_journal_json(group),)),
+            (_FINISH_MANY, _finish_params(fs)),
+            (_LOCK_HEADS, ()),
+            (_LAST_HEAD, ()),
+        ],
     )
-    if n != len(fs):  # cannot happen while the rows hold their locks: give up
-        raise RuntimeError(f"finished {n} of {len(fs)} runs whose rows were written")
-    await _LOCK_HEADS.execute(conn, ())
-    last = await _LAST_HEAD.fetch(conn, ())
-    heads = _audit.chained_heads(
-        last[0] if last else None,
-        [("run", r, rec.seq + 1, rec.hash, f.status, f.now) for r, _, rec, f in fs],
-    )
-    await _INSERT_HEADS.execute(conn, [list(c) for c in zip(*heads, strict=True)])
+    done = _written(group, _pgwire.rows(appended))
+    finished = [w for i, w in enumerate(group) if i in done and w.finish is not None]
+    if (updated.command_tuples or 0) != len(finished):  # cannot happen: see above
+        raise RuntimeError(f"finished {updated.command_tuples} of {len(finished)} runs")
+    calls: list[_pgwire.Call] = []
+    if finished:
+        newest = _pgwire.rows(last)
+        heads = _audit.chained_heads(
+            newest[0] if newest else None,
+            [
+                ("run", w.run_id, w.record.seq + 1, w.record.hash, f.status, f.now)
+                for w in finished
+                if (f := w.finish) is not None
+            ],
+        )
+        calls.append((_INSERT_HEADS, [list(c) for c in zip(*heads, strict=True)]))
+    calls.append((b"COMMIT", ()))
+    await _pgwire.pipeline(conn, calls)
+    return done
 
 
-async def _append_many(conn: psycopg.AsyncConnection[Any], group: Sequence[Write]) -> list[int]:
-    """Insert the rows of ``group`` in one statement; the indexes of those written."""
-    rows = [
-        dict(zip(_JOURNAL_FIELDS, (*q.journal_params(w.record), w.token), strict=True))
-        for w in group
-    ]
-    done = {(r[0], int(r[1] or 0)) for r in await _APPEND_MANY.fetch(conn, (orjson.dumps(rows),))}
-    return [i for i, w in enumerate(group) if (w.run_id, w.record.seq) in done]
+async def _rollback(conn: psycopg.AsyncConnection[Any]) -> None:
+    """End a transaction a failed pipeline left open (else the pool discards the
+    connection when it is handed back, which is as safe)."""
+    status = conn.pgconn.transaction_status
+    if status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+        with contextlib.suppress(psycopg.Error, OSError):
+            await conn.execute("ROLLBACK")
 
 
 _CLAIM = (
@@ -454,17 +497,17 @@ class PostgresStore(SQLStore):
 
     async def _write_group(self, group: Sequence[Write]) -> list[bool]:
         """Rows alone: one autocommitted multi-row statement, one round trip. With finishes:
-        one transaction of that statement (result rows too), one UPDATE of the finished
-        runs' status and one INSERT of their chain heads."""
+        one transaction in two round trips (``_write_with_finishes``)."""
         async with self._conn() as conn:
             if not any(w.finish for w in group):
-                done = set(await _append_many(conn, group))
-                return [i in done for i in range(len(group))]
-            async with conn.transaction():
-                done = set(await _append_many(conn, group))
-                finished = [w for i, w in enumerate(group) if i in done and w.finish]
-                if finished:
-                    await _finish_many(conn, finished)
+                returned = await _APPEND_MANY.fetch(conn, (_journal_json(group),))
+                done = _written(group, returned)
+            else:
+                try:
+                    done = await _write_with_finishes(conn, group)
+                except Exception:
+                    await _rollback(conn)
+                    raise
         return [i in done for i in range(len(group))]
 
     async def execute_raw(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
