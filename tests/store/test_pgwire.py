@@ -145,7 +145,7 @@ async def test_a_refused_group_with_finishes_commits_nothing_and_leaves_the_pool
     app = codara.App(url)
 
     @app.workflow(name="one", version="1")
-    async def one(ctx: object) -> int:
+    async def one(ctx: object, _: object) -> int:
         return 1
 
     async with app:

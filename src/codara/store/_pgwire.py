@@ -1,13 +1,14 @@
-"""The journal append, PostgreSQL's hottest statement, sent through libpq itself.
+"""PostgreSQL's hot statements (the journal append and read, the claim, a group commit's
+statements) sent through libpq itself.
 
-A durable step on PostgreSQL is one statement, and psycopg's async ``execute`` spent more
-client CPU on it than the server spent on the statement's commit: a cursor and a set of
-adapters per call, the connection's lock, the prepared-statement cache, and for every wait an
-epoll registration, a future and a timer (measured: about 80 µs of CPU per statement on the
-benchmark machine, against about 25 µs for the path below; ``docs/architecture.md``, "The
-write path"). For a statement whose text and parameter types never change none of that is
-needed, so :class:`Prepared` keeps psycopg's connection and its libpq wrapper
-(:mod:`psycopg.pq`, a public interface) and does the rest itself:
+A durable step on PostgreSQL is one statement, and psycopg's async ``execute`` added a lot
+of client CPU to it: a cursor and a set of adapters per call, the connection's lock, the
+prepared-statement cache, and for every wait an epoll registration, a future and a timer.
+Measured on the benchmark machine: about 80 µs more client CPU per statement than the path
+below, which costs about 25 µs more than a synchronous psycopg ``execute``
+(``docs/architecture.md``, "The write path"). For a statement whose text and parameter
+types never change none of that is needed, so :class:`Prepared` keeps psycopg's connection
+and its libpq wrapper (:mod:`psycopg.pq`, a public interface) and does the rest itself:
 
 - the statement is prepared once per connection under a name of its own (``PQprepare``
   with the parameter types fixed), and each call is one ``PQsendQueryPrepared``: Bind,
