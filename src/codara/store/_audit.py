@@ -29,6 +29,8 @@ from codara.store._types import JournalRecord
 __all__ = [
     "HEADS_GENESIS",
     "HEAD_COLUMNS",
+    "LAST_HEAD",
+    "LOCK_HEADS",
     "UNKEYED",
     "ChainKey",
     "HeadEntry",
@@ -37,6 +39,7 @@ __all__ = [
     "append_heads",
     "chain_key",
     "chain_review_event",
+    "chained_heads",
     "event_text",
     "head_text",
     "heads_from_rows",
@@ -50,7 +53,8 @@ _NULL = "\x00"
 HEADS_GENESIS = hashlib.sha256(b"codara-heads-v1").hexdigest()
 _KEYED_DIGITS = 56
 # One lock for the whole heads sequence (a PostgreSQL advisory lock id: "codara" in ASCII).
-_LOCK_HEADS = "SELECT pg_advisory_xact_lock(109330076627553)"
+LOCK_HEADS = "SELECT pg_advisory_xact_lock(109330076627553)"
+LAST_HEAD = "SELECT seq, hash FROM codara_chain_heads ORDER BY seq DESC LIMIT 1"
 
 
 class ChainKey:
@@ -195,17 +199,27 @@ async def append_heads(tx: Tx, entries: Sequence[HeadEntry]) -> None:
     if not entries:
         return
     if tx.dialect == "postgresql":
-        await tx.fetchall(_LOCK_HEADS)
-    last = await tx.fetchall("SELECT seq, hash FROM codara_chain_heads ORDER BY seq DESC LIMIT 1")
-    seq, prev = (int(last[0][0]) + 1, str(last[0][1])) if last else (1, HEADS_GENESIS)
+        await tx.fetchall(LOCK_HEADS)
+    last = await tx.fetchall(LAST_HEAD)
+    rows = chained_heads(last[0] if last else None, entries)
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(entries))
+    params = [v for row in rows for v in row]
+    await tx.execute(f"INSERT INTO codara_chain_heads ({HEAD_COLUMNS}) VALUES {values}", params)
+
+
+def chained_heads(
+    last: Sequence[Any] | None, entries: Sequence[HeadEntry]
+) -> list[tuple[Any, ...]]:
+    """The heads rows (``HEAD_COLUMNS``) for ``entries``, chained after ``last`` (the newest
+    heads row's seq and hash, read under the heads lock; None: the sequence is empty)."""
+    seq, prev = (int(last[0]) + 1, str(last[1])) if last else (1, HEADS_GENESIS)
     key = chain_key()
-    params: list[Any] = []
+    rows: list[tuple[Any, ...]] = []
     for kind, subject, length, head, state, at in entries:
         h = key.seal(head_text(seq, kind, subject, length, head, state, at, prev))
-        params += (seq, kind, subject, length, head, state, at, prev, h)
+        rows.append((seq, kind, subject, length, head, state, at, prev, h))
         seq, prev = seq + 1, h
-    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(entries))
-    await tx.execute(f"INSERT INTO codara_chain_heads ({HEAD_COLUMNS}) VALUES {values}", params)
+    return rows
 
 
 async def record_finish(tx: Tx, record: JournalRecord, status: str, now: float) -> None:

@@ -15,7 +15,9 @@ row with its status) goes one of two ways:
 - **grouped** otherwise: it is queued and its caller awaits a future. A flusher task takes
   everything queued, writes it in one transaction and only then resolves the futures: no
   caller learns its row is written before the commit that holds it has returned, so no step
-  result reaches its workflow, and no later effect starts, before its row is durable.
+  result reaches its workflow, and no later effect starts, before its row is durable. Up to
+  ``max_groups`` flushers write groups at once (PostgreSQL: one connection each; SQLite,
+  with its one connection, has one).
 
 Each row of a group is still fenced on its own: a row whose run this worker no longer owns
 is not written and its caller (only that one) gets :class:`~codara.store.FencedError`. A
@@ -87,7 +89,7 @@ class GroupCommit:
     """The group-commit queue of one store (see the module docstring)."""
 
     __slots__ = (
-        "_flusher",
+        "_flushers",
         "_grouping",
         "_last_at",
         "_last_run",
@@ -97,16 +99,21 @@ class GroupCommit:
         "_write_one",
         "groups",
         "inflight",
+        "max_groups",
         "window",
     )
 
-    def __init__(self, write_group: WriteGroup, write_one: WriteOne, window: float) -> None:
+    def __init__(
+        self, write_group: WriteGroup, write_one: WriteOne, window: float, max_groups: int = 1
+    ) -> None:
         self._write_group = write_group
         self._write_one = write_one
         self.window = window
+        self.max_groups = max_groups
+        """How many groups may be in flight at once (each on a connection of its own)."""
         """SQLite: another run's write this recently means runs are writing concurrently."""
         self._queue: list[Write] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flushers: set[asyncio.Task[None]] = set()
         self._grouping = False
         self._solo = 0
         self._last_run = ""
@@ -118,7 +125,7 @@ class GroupCommit:
 
     def direct(self, run_id: str) -> bool:
         """Whether ``run_id``'s write may go directly: nothing to share a commit with."""
-        if self._queue or self._flusher is not None or self.inflight:
+        if self._queue or self._flushers or self.inflight:
             return False
         if self.window:
             now = time.perf_counter()
@@ -130,9 +137,10 @@ class GroupCommit:
     async def submit(self, write: Write) -> None:
         """Queue ``write`` for the next group; return once it is committed."""
         self._queue.append(write)
-        if self._flusher is None:  # in a context of its own: never a branch of the caller's run
+        if len(self._flushers) < self.max_groups:
+            # in a context of its own: never a branch of the caller's run
             loop = asyncio.get_running_loop()
-            self._flusher = loop.create_task(self._flush(), context=contextvars.Context())
+            self._flushers.add(loop.create_task(self._flush(), context=contextvars.Context()))
         await write.future  # a cancelled caller cancels the future: a queued write is dropped
 
     async def _flush(self) -> None:
@@ -142,8 +150,8 @@ class GroupCommit:
                 self._queue = []
                 if group:
                     await self._commit(group)
-        finally:
-            self._flusher = None
+        finally:  # at once, not in a done callback: a write queued now must start a flusher
+            self._flushers.discard(asyncio.current_task())
 
     async def _commit(self, group: list[Write]) -> None:
         if len(self.groups) >= 1000:

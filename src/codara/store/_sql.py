@@ -75,8 +75,8 @@ class SQLStore(Store):
 
     _group: GroupCommit
 
-    def _init_group(self) -> None:
-        self._group = GroupCommit(self._write_group, self._write_one, self.GROUP_WINDOW)
+    def _init_group(self, max_groups: int = 1) -> None:
+        self._group = GroupCommit(self._write_group, self._write_one, self.GROUP_WINDOW, max_groups)
 
     @property
     def group_sizes(self) -> list[int]:
