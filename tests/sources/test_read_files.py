@@ -73,5 +73,6 @@ async def test_a_dirty_csv_is_read_once_with_its_bad_lines_in_quarantine(
 
 
 def test_a_file_source_whose_root_is_missing_stops_at_load(tmp_path: Path) -> None:
+    app = _app("sqlite:///" + str(tmp_path / "c.db"), tmp_path / "nowhere")
     with pytest.raises(ConfigError, match=r"\[sources.inbox\]"):
-        _app("sqlite:///" + str(tmp_path / "c.db"), tmp_path / "nowhere")
+        assert app.sources  # validated when first asked for: at a worker's start

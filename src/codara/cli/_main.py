@@ -39,7 +39,7 @@ from ._output import (
 from ._review import review_app
 from ._runs import EXIT_NOT_FINISHED, run_command, runs_app, signal_command
 from ._serve import serve_command, tokens_app, users_app
-from ._sources import quarantine_app, sources_app
+from ._sources import privacy_app, quarantine_app, sources_app
 
 if TYPE_CHECKING:  # commands import what they need: `codara --help` loads no engine or store
     from codara.engine import App
@@ -143,6 +143,7 @@ app.add_typer(tokens_app, name="tokens")
 app.add_typer(review_app, name="review")
 app.add_typer(sources_app, name="sources")
 app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(privacy_app, name="privacy")
 
 
 # -- codara worker -----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # imported by the commands that use them (fast --help)
     from codara.engine._quarantine import QuarantinedRecord, Retried
     from codara.sources import Plan, Sources
 
-__all__ = ["quarantine_app", "sources_app"]
+__all__ = ["privacy_app", "quarantine_app", "sources_app"]
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -295,3 +295,51 @@ def drop_command(
         print_json(_record_dict(record))
     else:
         err_console().print(f"dropped {record_id}")
+
+
+# -- codara privacy ---------------------------------------------------------------------------
+privacy_app = typer.Typer(
+    help="Personal data: erase a person's originals from the vault (right to erasure).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+
+@privacy_app.command("erase", no_args_is_help=True)
+def erase_command(
+    ctx: typer.Context,
+    subject: Annotated[
+        str,
+        typer.Option(
+            "--subject",
+            help="The personal value (an email, IBAN, card or phone number, a name); '-' reads "
+            "it from standard input, which keeps it out of the shell's history.",
+        ),
+    ],
+    by: Annotated[str | None, typer.Option("--by", help="Who erases (default: OS user).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Delete the vault's originals of SUBJECT: its tokens stay in journals, reviews and
+    quarantine, but nothing can turn them back into the value, and the audit trail (which
+    hashes tokens only) stays intact. The erasure is recorded, without the value."""
+    import asyncio
+    import sys
+
+    opts = options(ctx, json_out)
+
+    async def body() -> list[str]:
+        from codara.engine._privacy import erase, privacy
+
+        value = sys.stdin.readline().strip() if subject == "-" else subject
+        if not value:
+            raise InputError("the subject is empty", hint="give the personal value to erase")
+        async with open_app(opts, workflows=False) as app:
+            return await erase(app.store, privacy(), value, by=_by(by))
+
+    erased = guard(opts.json, lambda: asyncio.run(body()))
+    if opts.json:
+        print_json({"erased": erased})
+    elif erased:
+        err_console().print(f"erased {len(erased)} vault entr{'y' if len(erased) == 1 else 'ies'}")
+    else:
+        err_console().print("nothing of that subject is in the vault")

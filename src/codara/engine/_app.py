@@ -8,7 +8,7 @@ import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from codara.config import Settings, load_settings
 from codara.engine._client import Client, register_workflows
@@ -21,6 +21,7 @@ from codara.engine._journal import (
     operator_name,
     retry_run,
 )
+from codara.engine._privacy import mask_input, privacy
 from codara.engine._retry import RetryPolicy
 from codara.engine._worker import Leases, Worker
 from codara.errors import (
@@ -37,6 +38,9 @@ from codara.sources._registry import Sources, load_sources
 from codara.store import JournalRecord, RunRecord, Store, open_store
 from codara.store import Migrate as _Migrate
 from codara.trace import Anchor, AuditReport, chain_key, genesis_hash, verify_chain
+
+if TYPE_CHECKING:
+    from codara.privacy import Finding
 
 __all__ = ["App", "new_run_id"]
 
@@ -225,6 +229,7 @@ class App:
         """Enqueue many runs in one transaction (all or none)."""
         wf = self.latest(workflow)
         rows = []
+        found: list[Finding] = []
         audit = chain_key()
         for i, value in enumerate(inputs):
             validate_input(wf.input_adapter, value, workflow)
@@ -232,10 +237,13 @@ class App:
                 text = dumps(value)
             except TypeError as exc:
                 raise InputError(f"input #{i} for {workflow!r} is not JSON: {exc}") from exc
+            text = mask_input(text, found)  # stored, journaled and executed masked
             run_id = new_run_id()
             key = keys[i] if keys is not None else None
             genesis = genesis_hash(run_id, wf.name, wf.version, text, key=audit)
             rows.append((run_id, wf.name, wf.version, text, key, genesis, started_by))
+        if found:
+            await privacy().keep(self.store, found)
         return await self.store.create_runs(rows, self.clock())
 
     async def run(self, workflow: str, input: Any = None) -> Any:

@@ -17,7 +17,7 @@ import time
 import typing
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter
 
@@ -25,6 +25,7 @@ from codara.config import Settings, load_settings
 from codara.engine._codec import decode, decode_stored, dumps
 from codara.engine._executor import Workflow
 from codara.engine._jsonschema import schema_problems
+from codara.engine._privacy import mask_input, privacy
 from codara.engine._signals import check_signal_name
 from codara.errors import (
     ConflictError,
@@ -45,6 +46,9 @@ from codara.store import (
     reviews,
 )
 from codara.store import Migrate as _Migrate
+
+if TYPE_CHECKING:
+    from codara.privacy import Finding
 from codara.trace import AuditReport, genesis_hash, verify_chain
 
 __all__ = ["Client", "input_json_schema", "register_workflows"]
@@ -235,6 +239,7 @@ class Client:
         wf = await self._version(workflow, version)
         schema = decode(wf.input_schema)
         rows = []
+        found: list[Finding] = []
         for i, value in enumerate(inputs):
             try:
                 text = dumps(value)
@@ -250,10 +255,15 @@ class Client:
                         hint="pass input of the shape the workflow declares (see its JSON "
                         "Schema: `Client.workflows()`)",
                     )
+            # The choke point for inputs: from here on the run, its journal and its reviews
+            # hold tokens, never the personal values (engine/_privacy.py)
+            text = mask_input(text, found)
             run_id = _new_run_id()
             key = keys[i] if keys is not None else None
             genesis = genesis_hash(run_id, wf.name, wf.version, text)
             rows.append((run_id, wf.name, wf.version, text, key, genesis, started_by))
+        if found:
+            await privacy().keep(self.store, found)
         return await self.store.create_runs(rows, self.clock())
 
     # -- signals and cancel ----------------------------------------------------------------

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from codara.engine._codec import decode, dump_error, dumps
+from codara.engine._privacy import privacy
 from codara.errors import (
     CodaraError,
     ConfigError,
@@ -43,6 +44,7 @@ from codara.store import FencedError
 if TYPE_CHECKING:
     from codara.engine._branch import Branch
     from codara.engine._context import Context
+    from codara.privacy import Finding
     from codara.store import JournalRecord, Tx
 
 __all__ = ["ReadBatch", "ReadResult", "read_batches"]
@@ -188,10 +190,17 @@ async def _journal_error(
     await _commit(ctx, quarantine or [], build)
 
 
-async def _commit(ctx: Context, quarantine: list[dict[str, Any]], build: Any) -> JournalRecord:
+async def _commit(
+    ctx: Context,
+    quarantine: list[dict[str, Any]],
+    build: Any,
+    vault: list[tuple[Any, ...]] | None = None,
+) -> JournalRecord:
     async def body(tx: Tx) -> None:
         for q in quarantine:
             await tx.execute(_INSERT_QUARANTINE, q)
+        if vault:
+            await privacy().keep_in(tx, vault)
 
     async with ctx._wlock:
         seq, prev = ctx._seq, ctx._prev
@@ -282,7 +291,33 @@ async def _read_one(
         "model": config.record_model,
         "contract": config.contract,
     }
-    quarantine = [_quarantine_row(ctx, source.name, op, r, now) for r in sorted_.rejected]
+    # The choke point for reads: records, quarantined records and parameters are masked
+    # before the transaction stores them (engine/_privacy.py); originals go to the vault
+    shield = privacy()
+    found: list[Finding] = []
+    rows: list[dict[str, JSON]] = []
+    for row in sorted_.rows:
+        masked, personal = shield.mask_record(row, config.personal)
+        rows.append(masked)
+        found.extend(personal)
+    lineage["params"], personal = shield.mask(lineage["params"])
+    found.extend(personal)
+    rejected = []
+    for r in sorted_.rejected:
+        if isinstance(r.raw, dict):
+            raw, personal = shield.mask_record(r.raw, config.personal)
+        elif isinstance(r.raw, str) and config.personal:
+            # a line that did not parse: which part of it is personal cannot be told, so
+            # the whole line is one token (its original is in the vault, for the fix)
+            raw, personal = shield.mask_whole("text", r.raw)
+        else:
+            raw, personal = shield.mask(r.raw)
+        found.extend(personal)
+        reason, personal = shield.mask(r.reason)
+        found.extend(personal)
+        rejected.append(Rejected(raw=raw, reason=reason, rule=r.rule, where=r.where))
+    vault = shield.vault_rows(found, now)
+    quarantine = [_quarantine_row(ctx, source.name, op, r, now) for r in rejected]
     if stale and config.on_stale == "refuse":
         shown = "no timestamp" if age is None else f"{age:.0f} s old"
         stale_error = StaleDataError(
@@ -302,18 +337,18 @@ async def _read_one(
         frozen.non_retryable = True
         await _journal_error(ctx, branch, op, source.name, input_json, frozen, started, quarantine)
         raise frozen
-    output = dumps({"rows": sorted_.rows, "cursor": batch.cursor, "lineage": lineage})
+    output = dumps({"rows": rows, "cursor": batch.cursor, "lineage": lineage})
 
     def build(_: Any) -> JournalRecord:
         return ctx._record(op, "read", source.name, "ok", input_json, output, None, started,
                            attempt, branch.path)  # fmt: skip
 
-    record = await _commit(ctx, quarantine, build)
+    record = await _commit(ctx, quarantine, build, vault)
     branch.time = max(branch.time, record.finished_at)
     if sources is not None:
         sources.observe_read(ctx.run_id, ctx.workflow, lineage)
     return (
-        ReadBatch(sorted_.rows, len(sorted_.rejected), stale, lineage, batch.cursor),
+        ReadBatch(rows, len(rejected), stale, lineage, batch.cursor),
         live,
     )
 

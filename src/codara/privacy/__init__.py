@@ -16,7 +16,7 @@ codara.privacy`` stays cheap.
 
 from codara.privacy._keys import MASK_KEY_ENV, VAULT_KEY_ENV, secret_from_env, vault_key_from_env
 from codara.privacy._masker import KINDS, TOKEN, Finding, Masked, Masker, is_token
-from codara.privacy._redact import redact
+from codara.privacy._redact import redact, redact_found
 from codara.privacy._vault import VaultCipher, VaultEntryAlteredError, VaultKeyError
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "VaultKeyError",
     "is_token",
     "redact",
+    "redact_found",
     "secret_from_env",
     "vault_key_from_env",
 ]

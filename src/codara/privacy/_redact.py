@@ -13,6 +13,7 @@ cut off and replaced by a placeholder, so a hostile structure cannot exhaust the
 
 from __future__ import annotations
 
+import contextvars
 import json
 import re
 from collections.abc import Mapping
@@ -21,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from codara.errors import ConfigError
 from codara.privacy._masker import KINDS, Finding, KnownValues, is_token
+
+_NO_NUMBERS: contextvars.ContextVar[bool] = contextvars.ContextVar("_NO_NUMBERS", default=False)
 
 if TYPE_CHECKING:
     from codara.privacy._masker import Masker
@@ -39,6 +42,20 @@ def redact(value: Any, masker: Masker) -> Any:
     """A copy of ``value`` with every personal value masked: the function every export
     path (journal, logs, spans, API) passes. Idempotent; never raises on odd input."""
     return walk(masker, value, "", [], 0, ())
+
+
+def redact_found(value: Any, masker: Masker, *, numbers: bool = True) -> tuple[Any, list[Finding]]:
+    """:func:`redact`, with what it masked (for the vault). ``numbers=False`` leaves JSON
+    numbers as they are: for values whose numbers are amounts, ids and times (a run's
+    input), where a card number would be a string."""
+    found: list[Finding] = []
+    if numbers:
+        return walk(masker, value, "", found, 0, ()), found
+    token = _NO_NUMBERS.set(True)
+    try:
+        return walk(masker, value, "", found, 0, ()), found
+    finally:
+        _NO_NUMBERS.reset(token)
 
 
 def _child(path: str, key: str) -> str:
@@ -66,7 +83,7 @@ def walk(
     if isinstance(value, str):
         return _string(masker, value, path, found, depth, known)
     if isinstance(value, int | float | Decimal):
-        return _number(masker, value, path, found)
+        return value if _NO_NUMBERS.get() else _number(masker, value, path, found)
     if isinstance(value, Mapping):
         out: dict[Any, Any] = {}
         for k, v in value.items():

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, ClassVar, Literal, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["JSON", "Batch", "Plan", "Rejected", "Source", "SourceConfig", "json_value"]
 
@@ -68,10 +68,29 @@ class SourceConfig(BaseModel):
     contracts. ``freeze``: the read fails (and the records are quarantined); ``discard_row``:
     the record is quarantined and the read goes on; ``evolve``: like ``discard_row``, but
     fields the model does not know are kept instead of refusing the record."""
+    personal: dict[str, str] = Field(default_factory=dict)
+    """The record's personal fields, as ``path = kind`` (``email = "email"``,
+    ``"holder.name" = "name"``; kinds: email, phone, iban, card, name, address, text): each
+    is replaced by its token whole before anything stores or shows the record. Every other
+    string is scanned for emails, IBANs, card and phone numbers all the same."""
     release_to: str | None = None
     """A workflow that a quarantined record released by ``codara quarantine retry`` is
     started with (the record as its input, once per record). None: a released record is
     only marked so (for sources read in bulk, the next read picks the fixed data up)."""
+
+    @field_validator("personal")
+    @classmethod
+    def _kinds(cls, value: dict[str, str]) -> dict[str, str]:
+        for path, kind in value.items():
+            if kind not in _PERSONAL_KINDS:
+                raise ValueError(
+                    f"personal field {path!r}: kind {kind!r} is not one of "
+                    + ", ".join(_PERSONAL_KINDS)
+                )
+        return value
+
+
+_PERSONAL_KINDS = ("email", "phone", "iban", "card", "name", "address", "text")
 
 
 @dataclass(frozen=True, slots=True)

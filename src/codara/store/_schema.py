@@ -42,7 +42,9 @@ __all__ = [
     "runs",
     "signals",
     "tokens",
+    "unmask_events",
     "users",
+    "vault",
     "workflows",
 ]
 
@@ -296,4 +298,31 @@ quarantine = Table(
     Index("ix_codara_quarantine_status", "status", "at"),
     Index("ix_codara_quarantine_source", "source", "rule"),
     Index("ix_codara_quarantine_run", "run_id"),
+)
+
+# The vault (schema 0004): the original of each personal value that was masked, sealed
+# (AES-GCM, key from CODARA_VAULT_KEY; base64 text), one row per token. The journal, runs,
+# reviews and quarantine hold only tokens; erasing a person deletes their rows here, which
+# leaves every hash chain intact (crypto-shredding).
+vault = Table(
+    "codara_vault",
+    metadata,
+    Column("token", String(100), primary_key=True),
+    Column("kind", String(20), nullable=False),
+    Column("sealed", Text, nullable=False),
+    Column("created_at", _Time, nullable=False),
+)
+
+# Every unmasking: who saw which token's original, when, for which run and why.
+unmask_events = Table(
+    "codara_unmask_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", _Time, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("token", String(100), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("run_id", String(40)),
+    Column("purpose", String(500), nullable=False),
+    Index("ix_codara_unmask_events_token", "token", "at"),
 )

@@ -1,0 +1,154 @@
+"""The choke point where personal data becomes tokens before anything is stored.
+
+Two ways data enters a run: its input (``Client.start_runs``) and its reads
+(``ctx.read``). Both pass :meth:`Privacy.mask` here before they reach the store: every
+string is scanned (emails, IBANs, card numbers, phone numbers; :mod:`codara.privacy`), a
+read's declared personal fields are tokenised whole, and what the workflow, the journal,
+the reviews and the quarantine hold from then on is the masked form. The hash chain is
+computed over it, so deleting an original never breaks ``audit verify``.
+
+The originals go to the vault (``codara_vault``), sealed with ``CODARA_VAULT_KEY``, when
+that key is set; without it they are not kept at all. Erasing a person
+(:func:`erase`) deletes their vault rows: their tokens stay, meaning nothing any more.
+
+Without ``CODARA_MASK_KEY`` tokens are keyed with a fixed public key, and a warning says
+so: values are still never stored, but anyone could test a guess against a token.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from codara.privacy import (
+    KINDS,
+    Finding,
+    Masker,
+    VaultCipher,
+    redact_found,
+    secret_from_env,
+    vault_key_from_env,
+)
+
+if TYPE_CHECKING:
+    from codara.store import Store, Tx
+
+__all__ = ["Privacy", "erase", "mask_input", "privacy"]
+
+log = logging.getLogger("codara.privacy")
+
+_PUBLIC_KEY = hashlib.sha256(b"codara: the public default masking key, not a secret").digest()
+UNKEYED_WARNING = (
+    "CODARA_MASK_KEY is not set: personal values are masked with a public key, so anyone "
+    "who can read a token can test a guess against it; set a secret key (see docs/privacy.md)"
+)
+
+_INSERT_VAULT = (
+    "INSERT INTO codara_vault (token, kind, sealed, created_at) "
+    "VALUES (:token, :kind, :sealed, :at) ON CONFLICT (token) DO NOTHING"
+)
+
+
+class Privacy:
+    """One process's masker and vault cipher, from the environment."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        secret = secret_from_env(env)
+        self.keyed = secret is not None
+        self.masker = Masker(secret if secret is not None else _PUBLIC_KEY)
+        vault_key = vault_key_from_env(env)
+        self.cipher = VaultCipher(vault_key) if vault_key is not None else None
+        if not self.keyed:
+            log.warning(UNKEYED_WARNING)
+
+    def mask(self, value: Any, *, numbers: bool = False) -> tuple[Any, list[Finding]]:
+        """``value`` with every personal value in it tokenised, and what was masked."""
+        return redact_found(value, self.masker, numbers=numbers)
+
+    def mask_record(
+        self, record: Mapping[str, Any], fields: Mapping[str, str]
+    ) -> tuple[Any, list[Finding]]:
+        """A read's record: ``fields`` (path -> kind) tokenised whole, the rest scanned."""
+        masked = self.masker.mask_record(record, fields)
+        return masked.value, list(masked.found)
+
+    def mask_whole(self, kind: str, value: str) -> tuple[str, list[Finding]]:
+        """``value`` replaced by one token of ``kind`` (its original for the vault)."""
+        token = self.masker.token(kind, value)
+        return token, [Finding(kind, token, value, "")]
+
+    def vault_rows(self, found: Sequence[Finding], now: float) -> list[tuple[Any, ...]]:
+        """The vault rows of ``found`` (none without a vault key: originals not kept)."""
+        if self.cipher is None:
+            return []
+        seen: dict[str, tuple[Any, ...]] = {}
+        for f in found:
+            if f.token not in seen:
+                sealed = base64.b64encode(self.cipher.seal(f.token, f.original)).decode()
+                seen[f.token] = (f.token, f.kind, sealed, now)
+        return list(seen.values())
+
+    async def keep(self, store: Store, found: Sequence[Finding]) -> None:
+        """Store the originals of ``found`` in the vault (its own transaction)."""
+        rows = self.vault_rows(found, time.time())
+        if not rows:
+            return
+        async with store.tx() as tx:
+            await self.keep_in(tx, rows)
+
+    async def keep_in(self, tx: Tx, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Store vault rows inside an open transaction (a read's, with its journal row)."""
+        for token, kind, sealed, at in rows:
+            await tx.execute(_INSERT_VAULT, {"token": token, "kind": kind, "sealed": sealed,
+                                             "at": at})  # fmt: skip
+
+
+_CACHE: dict[tuple[str, str], Privacy] = {}
+
+
+def privacy() -> Privacy:
+    """This process's Privacy for the current keys (made once per pair of keys: the
+    masker's detectors take a few hundred milliseconds to load)."""
+    key = (os.environ.get("CODARA_MASK_KEY", ""), os.environ.get("CODARA_VAULT_KEY", ""))
+    found = _CACHE.get(key)
+    if found is None:
+        found = _CACHE[key] = Privacy()
+    return found
+
+
+def mask_input(text: str, found: list[Finding]) -> str:
+    """A run's input (JSON text) masked, what was masked appended to ``found``: the choke
+    point every way of starting a run passes (App and Client)."""
+    from codara.engine._codec import decode, dumps
+
+    masked, personal = privacy().mask(decode(text))
+    if not personal:
+        return text
+    found.extend(personal)
+    return dumps(masked)
+
+
+async def erase(store: Store, privacy: Privacy, subject: str, *, by: str) -> list[str]:
+    """Delete the vault entries of ``subject`` (a personal value, as any kind): its tokens
+    stay in journals and reviews, but nothing can turn them back into the value. Returns
+    the tokens erased; the erasure is recorded (who, when, which tokens; never the value)."""
+    tokens = sorted({privacy.masker.token(kind, subject) for kind in KINDS})
+    marks = ", ".join("?" for _ in tokens)
+    gone = await store.execute_raw(
+        f"DELETE FROM codara_vault WHERE token IN ({marks}) RETURNING token", tokens
+    )
+    erased = sorted(str(t) for (t,) in gone)
+    now = time.time()
+    for token in erased:
+        await store.execute_raw(
+            "INSERT INTO codara_unmask_events (at, actor, token, kind, run_id, purpose) "
+            "VALUES (?, ?, ?, ?, NULL, ?)",
+            [now, by, token, token[1:].split(":", 1)[0], "erased (right to erasure)"],
+        )
+    return erased
