@@ -36,7 +36,7 @@ def _app(url: str) -> codara.App:
 
 
 async def _dump(app: codara.App) -> str:
-    parts = []
+    parts: list[str] = []
     for table in ("codara_runs", "codara_journal", "codara_vault", "codara_chain_heads"):
         parts.extend(repr(r) for r in await app.store.execute_raw(f"SELECT * FROM {table}"))
     return "\n".join(parts)

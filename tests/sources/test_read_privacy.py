@@ -45,7 +45,7 @@ async def test_a_reads_personal_fields_never_reach_the_store_unmasked(
         run_id = await app.start_run("look", None)
         await app.work(until_idle=True)
         seen = await app.output(run_id)
-        stored = []
+        stored: list[str] = []
         for table in ("codara_runs", "codara_journal", "codara_quarantine", "codara_vault"):
             stored.extend(repr(r) for r in await app.store.execute_raw(f"SELECT * FROM {table}"))
         [(vaulted,)] = await app.store.execute_raw("SELECT COUNT(*) FROM codara_vault")
