@@ -3,6 +3,7 @@ logistic regression), with a confidence threshold set on held-out tuning example
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 
@@ -37,6 +38,7 @@ class TriageModel:
         self._classifier: EmbeddingClassifier | None = None
         self._threshold: float | None = None
         self._batcher: TextBatcher[Prediction] | None = None
+        self._preparing: asyncio.Future[tuple[None, None]] | None = None
 
     @property
     def embedder(self) -> Embedder:
@@ -96,9 +98,7 @@ class TriageModel:
         """One message's intent. Concurrent runs' texts share model calls, grouped by
         token length (see ``TextBatcher``)."""
         if self._classifier is None:
-            import asyncio
-
-            await asyncio.to_thread(self.prepare)
+            await asyncio.shield(self._prepare_once())
         prediction = await self.batcher(text)
         return Intent(
             label=prediction.label,
@@ -106,6 +106,24 @@ class TriageModel:
             model=self.name,
             threshold=self.threshold,
         )
+
+    def _prepare_once(self) -> asyncio.Future[tuple[None, None]]:
+        """The classifier's cache load and the ONNX session's, side by side in two threads
+        (each about 0.2-0.6 s at a worker's start, mostly outside the GIL), shared by every
+        run that arrives meanwhile. A failure is not kept: the next run tries again."""
+        if self._preparing is None:
+            preparing = asyncio.gather(
+                asyncio.to_thread(self.prepare), asyncio.to_thread(self.embedder.load)
+            )
+
+            def forget_failure(done: asyncio.Future[tuple[None, None]]) -> None:
+                if done.cancelled() or done.exception() is not None:
+                    self._preparing = None
+
+            preparing.add_done_callback(forget_failure)
+            self._preparing = preparing
+            return preparing
+        return self._preparing
 
     @property
     def name(self) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from pydantic import BaseModel
@@ -269,3 +269,38 @@ async def test_a_decision_racing_a_cancel_never_answers_success_for_a_dead_run(
             )
             assert woke[0][0] == 1, "the decision reached the run before it was cancelled"
         assert (await app.get_run(run_id)).status == "cancelled"
+
+
+# -- the proposal's schema ---------------------------------------------------------------------
+class CountedRefund(Refund):
+    """Refund that counts how often pydantic is asked for its schema."""
+
+    schema_builds: ClassVar[int] = 0
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        cls.schema_builds += 1
+        return super().model_json_schema(*args, **kwargs)
+
+
+async def test_every_item_carries_the_proposal_schema_built_once_per_type(db_url: str) -> None:
+    """Each review item stores its proposal type's JSON schema (an edit is validated against
+    it), and the gate builds that schema once per type, not once per item."""
+    app = codara.App(db_url, clock=FakeClock())
+    gate = ReviewGate(load_policies(POLICIES, workflow="refunds"), workflow="refunds")
+
+    @app.workflow(name="refunds")
+    async def refunds(ctx: codara.Context, req: dict[str, Any]) -> str:
+        proposal = CountedRefund(amount=req["amount"], note="refund as asked")
+        result = await gate.check(ctx, "refund", proposal, inputs={"amount": req["amount"]})
+        return result.outcome
+
+    async with app:
+        reviews = Reviews(app.store, app.clock)
+        run_ids = [await app.start_run("refunds", {"amount": 200.0 + i}) for i in range(3)]
+        await app.work(until_idle=True)
+        items = [(await reviews.queue(ALICE, run_id=run_id))[0] for run_id in run_ids]
+    expected = Refund.model_json_schema() | {"title": "CountedRefund"}
+    expected["description"] = CountedRefund.__doc__
+    assert [item.proposal_schema for item in items] == [expected] * 3
+    assert CountedRefund.schema_builds == 1
