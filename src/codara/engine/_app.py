@@ -21,7 +21,6 @@ from codara.engine._journal import (
     operator_name,
     retry_run,
 )
-from codara.engine._privacy import mask_input, privacy
 from codara.engine._retry import RetryPolicy
 from codara.engine._worker import Leases, Worker
 from codara.errors import (
@@ -33,14 +32,13 @@ from codara.errors import (
     WorkflowCodeError,
     WorkflowVersionError,
 )
-from codara.sources._openlineage import lineage_observer
-from codara.sources._registry import Sources, load_sources
 from codara.store import JournalRecord, RunRecord, Store, open_store
 from codara.store import Migrate as _Migrate
 from codara.trace import Anchor, AuditReport, chain_key, genesis_hash, verify_chain
 
 if TYPE_CHECKING:
     from codara.privacy import Finding
+    from codara.sources import Sources
 
 __all__ = ["App", "new_run_id"]
 
@@ -171,6 +169,9 @@ class App:
         """The ``[sources.NAME]`` of the settings, validated when first asked for (a worker
         asks at start: :meth:`ready_sources`); connectors open at their first read."""
         if self._sources is None:
+            from codara.sources._openlineage import lineage_observer
+            from codara.sources._registry import load_sources
+
             sources = load_sources(
                 self.settings.section("sources"), self.settings.source_file or "the configuration"
             )
@@ -228,6 +229,8 @@ class App:
     ) -> list[str]:
         """Enqueue many runs in one transaction (all or none)."""
         wf = self.latest(workflow)
+        from codara.engine._privacy import mask_input, privacy
+
         rows = []
         found: list[Finding] = []
         audit = chain_key()

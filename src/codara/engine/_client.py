@@ -25,7 +25,6 @@ from codara.config import Settings, load_settings
 from codara.engine._codec import decode, decode_stored, dumps
 from codara.engine._executor import Workflow
 from codara.engine._jsonschema import schema_problems
-from codara.engine._privacy import mask_input, privacy
 from codara.engine._signals import check_signal_name
 from codara.errors import (
     ConflictError,
@@ -239,6 +238,8 @@ class Client:
         wf = await self._version(workflow, version)
         schema = decode(wf.input_schema)
         rows = []
+        from codara.engine._privacy import mask_input, privacy
+
         found: list[Finding] = []
         for i, value in enumerate(inputs):
             try:

@@ -36,7 +36,6 @@ from codara.engine._codec import (
     dumps_lenient,
     result_adapter,
 )
-from codara.engine._read import ReadBatch, ReadResult, read_batches
 from codara.errors import (
     NonDeterminismError,
     StepFailedError,
@@ -50,6 +49,7 @@ from codara.store import FencedError, JournalRecord, Store, Tx
 from codara.trace import ChainKey, row_hash
 
 if TYPE_CHECKING:
+    from codara.engine._read import ReadBatch, ReadResult
     from codara.engine._retry import RetryPolicy
     from codara.sources import Sources
 
@@ -548,6 +548,8 @@ class Context:
     async def read(self, source: str, target: str, /, **params: Any) -> ReadResult:
         """Read ``target`` (a query, an endpoint, a path pattern) from the declared source
         ``source`` with bound ``params``, all of it: see :meth:`read_batches`."""
+        from codara.engine._read import ReadResult
+
         return ReadResult.of([b async for b in self.read_batches(source, target, **params)])
 
     def read_batches(self, source: str, target: str, /, **params: Any) -> AsyncIterator[ReadBatch]:
@@ -559,6 +561,8 @@ class Context:
         per batch (:class:`~codara.errors.StaleDataError` or ``stale``). On replay the
         journaled batches come back and the read goes on from the last one: no batch is
         read twice. See :mod:`codara.engine._read`."""
+        from codara.engine._read import read_batches
+
         return read_batches(self, self._sources, source, target, dict(params))
 
     async def sleep(self, seconds: float, name: str = "sleep") -> None:
