@@ -10,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.synced
 
-.PHONY: demo test lint types imports unit bench env pg-start clean help
+.PHONY: demo test lint types imports unit bench env pg-start mariadb-start clean help
 
 help:
 	@echo "make demo   - run the reference workload (bank support inbox triage) and print the report"
@@ -53,7 +53,18 @@ pg-start:
 	    echo "!!! PostgreSQL is not running here: its tests will be skipped (set CODARA_TEST_POSTGRES_URL to enable)"; \
 	  fi; }
 
-unit: env pg-start
+mariadb-start:
+	@mariadb-admin -h 127.0.0.1 -u root --connect-timeout=2 ping >/dev/null 2>&1 || { \
+	  if [ -x /usr/sbin/mariadbd ] && command -v start-stop-daemon >/dev/null; then \
+	    echo "starting MariaDB"; \
+	    mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld 2>/dev/null; \
+	    start-stop-daemon --start --oknodo --background --chuid mysql --exec /usr/sbin/mariadbd || true; \
+	    for i in 1 2 3 4 5 6 7 8 9 10; do mariadb-admin -h 127.0.0.1 -u root ping >/dev/null 2>&1 && break; sleep 1; done; \
+	  else \
+	    echo "!!! MariaDB is not running here: the SQL source's MariaDB tests will be skipped (set CODARA_TEST_MARIADB_URL to enable)"; \
+	  fi; }
+
+unit: env pg-start mariadb-start
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint types imports unit
