@@ -124,3 +124,24 @@ def test_codara_privacy_erase_reads_the_subject_from_stdin(tmp_path: Path, keys:
     assert json.loads(again.stdout)["erased"] == []
     empty = runner.invoke(cli_app, args, input="\n")
     assert empty.exit_code == 4
+
+
+def test_log_lines_are_written_with_tokens_not_personal_values(
+    keys: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from codara.cli._output import log_to_stderr
+
+    with log_to_stderr("info"):
+        log = logging.getLogger("codara.test")
+        log.warning("customer %s wrote from %s", "7", EMAIL)
+        try:
+            raise ValueError(f"bad card {CARD}")
+        except ValueError:
+            log.exception("a step failed")
+    err = capsys.readouterr().err
+    assert "customer 7 wrote from <email:" in err
+    assert "ValueError: bad card <card:" in err  # the traceback too
+    for canary in CANARIES:
+        assert canary not in err, canary

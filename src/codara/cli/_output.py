@@ -178,6 +178,9 @@ def log_to_stderr(level: str) -> Iterator[None]:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    from codara.engine._privacy import RedactingFilter
+
+    handler.addFilter(RedactingFilter())  # personal values are written as their tokens
     logger = logging.getLogger("codara")
     saved = (logger.level, logger.propagate)
     logger.addHandler(handler)

@@ -21,6 +21,7 @@ import base64
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -38,7 +39,7 @@ from codara.privacy import (
 if TYPE_CHECKING:
     from codara.store import Store, Tx
 
-__all__ = ["Privacy", "erase", "mask_input", "privacy"]
+__all__ = ["Privacy", "RedactingFilter", "erase", "mask_input", "privacy"]
 
 log = logging.getLogger("codara.privacy")
 
@@ -152,3 +153,40 @@ async def erase(store: Store, privacy: Privacy, subject: str, *, by: str) -> lis
             [now, by, token, token[1:].split(":", 1)[0], "erased (right to erasure)"],
         )
     return erased
+
+
+class RedactingFilter(logging.Filter):
+    """Masks personal values in log records before a handler writes them: the message with
+    its arguments, and the traceback text. On the CLI's log handler (``codara worker``,
+    ``codara serve``), so a value that reaches a log line (an error quoting a record, a
+    workflow's own warning) is written as its token."""
+
+    _busy = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(self._busy, "on", False):  # a record logged while masking (the key warning)
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a record whose arguments do not format: leave it to logging
+            return True
+        self._busy.on = True
+        try:
+            return self._mask(record, message)
+        finally:
+            self._busy.on = False
+
+    def _mask(self, record: logging.LogRecord, message: str) -> bool:
+        shield = privacy()
+        masked, found = shield.mask(message)
+        if found:
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            import traceback
+
+            text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+            record.exc_text, _ = shield.mask(text)
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text, _ = shield.mask(record.exc_text)
+        return True
