@@ -55,3 +55,54 @@ async def test_a_reads_personal_fields_never_reach_the_store_unmasked(
         assert canary not in text, canary
         assert all(canary not in s for s in seen), canary
     assert vaulted >= 7  # 2 names, 2 emails, 2 IBANs, a phone (and the ragged row's name)
+
+
+async def test_an_allowed_workflow_reads_a_field_unmasked_and_it_is_recorded(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from codara.errors import ScopeError
+
+    monkeypatch.setenv("CODARA_MASK_KEY", secrets.token_urlsafe(32))
+    monkeypatch.setenv("CODARA_VAULT_KEY", secrets.token_urlsafe(32))
+    (tmp_path / "crm").mkdir()
+    (tmp_path / "crm" / "customers.csv").write_text(ROWS)
+    source = {"kind": "file", "root": str(tmp_path), "paths": ["crm/*.csv"],
+              "personal": {"name": "name", "email": "email", "iban": "iban"},
+              "unmasked": {"fraud": ["iban"]}}  # fmt: skip
+    settings = load_settings(
+        overrides={"store": {"url": db_url, "durability": "os"}, "sources": {"crm": source}}
+    )
+    app = codara.App(settings=settings)
+
+    revealed: list[str] = []
+
+    @app.workflow(name="fraud")
+    async def fraud(ctx: codara.Context, _: None) -> list[str]:
+        rows = (await ctx.read("crm", "crm/*.csv", unmasked=["iban"])).rows
+        revealed.extend(str(r["iban"]) for r in rows)
+        return [f"{r['name']} {r['iban']}" for r in rows]
+
+    @app.workflow(name="support")
+    async def support(ctx: codara.Context, _: None) -> str:
+        try:
+            await ctx.read("crm", "crm/*.csv", unmasked=["iban"])
+        except ScopeError as exc:
+            return exc.rule
+        return "read"
+
+    async with app:
+        fraud_run = await app.start_run("fraud", None)
+        support_run = await app.start_run("support", None)
+        await app.work(until_idle=True)
+        seen = await app.output(fraud_run)
+        refused = await app.output(support_run)
+        journal = "".join(r.output or "" for r in await app.journal(fraud_run))
+        events = await app.store.execute_raw("SELECT actor, kind, run_id FROM codara_unmask_events")
+    # the workflow saw the iban (the name stays masked: only the iban was asked for), but
+    # what it journals from then on, its result included, is masked again
+    assert seen[0].startswith("<name:")
+    assert "<iban:" in seen[0]
+    assert "GB82" not in journal
+    assert "GB82 WEST 1234 5698 7654 32" in revealed
+    assert refused == "unmask"
+    assert sorted(events) == [("workflow fraud", "iban", fraud_run)] * 2

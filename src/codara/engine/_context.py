@@ -21,7 +21,7 @@ import asyncio
 import inspect
 import random as _random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from functools import partial
 from types import CoroutineType
@@ -166,6 +166,7 @@ class Context:
     ) -> None:
         self._sources = sources
         self._data: dict[str, Any] = {"reads": 0, "stale": False, "quarantined": 0}
+        self._revealed = False  # a read gave this run originals: mask what it journals
         self._key = key  # hashes journal rows: HMAC with CODARA_AUDIT_KEY, or SHA-256
         self.run_id = run_id
         self.workflow = workflow
@@ -261,6 +262,8 @@ class Context:
         attempts: int,
         branch: str = "",
     ) -> JournalRecord:
+        if self._revealed:
+            input, output, error = self._masked(input), self._masked(output), self._masked(error)
         seq = self._seq
         prev = self._prev
         finished = self._clock()
@@ -274,6 +277,17 @@ class Context:
             self.run_id, seq, op, kind, name, status, input, output, error,
             started, finished, attempts, prev, h, branch,
         )  # fmt: skip
+
+    @staticmethod
+    def _masked(text: str | None) -> str | None:
+        """A journal value with personal values masked (only once the run has read some
+        unmasked: then its originals must not reach the journal through a step)."""
+        if text is None:
+            return None
+        from codara.engine._privacy import privacy
+
+        masked, found = privacy().mask(decode(text), numbers=False)
+        return dumps(masked) if found else text
 
     def _lost(self, exc: BaseException) -> Abort:
         self.closing = True
@@ -450,6 +464,13 @@ class Context:
             branch.time = max(branch.time, record.finished_at)
             if _fault_hook is not None:
                 _fault_hook("step.journaled", opts.name)
+            if self._revealed:  # what a replay will return: the journaled (masked) value
+                value = decode(record.output)
+                return (
+                    value
+                    if adapter is None or adapter is PASS_THROUGH
+                    else (adapter.validate_python(value))
+                )
             return result
         finally:
             self._done_working()
@@ -545,14 +566,19 @@ class Context:
         self._data["stale"] = self._data["stale"] or batch.stale
         self._data["quarantined"] += batch.quarantined
 
-    async def read(self, source: str, target: str, /, **params: Any) -> ReadResult:
+    async def read(
+        self, source: str, target: str, /, *, unmasked: Sequence[str] = (), **params: Any
+    ) -> ReadResult:
         """Read ``target`` (a query, an endpoint, a path pattern) from the declared source
         ``source`` with bound ``params``, all of it: see :meth:`read_batches`."""
         from codara.engine._read import ReadResult
 
-        return ReadResult.of([b async for b in self.read_batches(source, target, **params)])
+        batches = self.read_batches(source, target, unmasked=unmasked, **params)
+        return ReadResult.of([b async for b in batches])
 
-    def read_batches(self, source: str, target: str, /, **params: Any) -> AsyncIterator[ReadBatch]:
+    def read_batches(
+        self, source: str, target: str, /, *, unmasked: Sequence[str] = (), **params: Any
+    ) -> AsyncIterator[ReadBatch]:
         """Read ``target`` from ``source`` batch by batch, each batch one journal row.
 
         The request is checked against the source's scope before anything is read (a
@@ -560,10 +586,14 @@ class Context:
         source's model refuses go to quarantine with their reason; freshness is judged
         per batch (:class:`~codara.errors.StaleDataError` or ``stale``). On replay the
         journaled batches come back and the read goes on from the last one: no batch is
-        read twice. See :mod:`codara.engine._read`."""
+        read twice. See :mod:`codara.engine._read`.
+
+        Personal fields come masked (tokens), except those named in ``unmasked`` that the
+        source allows this workflow to see (``[sources.NAME] unmasked``; else ScopeError):
+        their originals come from the vault, and each such read is recorded."""
         from codara.engine._read import read_batches
 
-        return read_batches(self, self._sources, source, target, dict(params))
+        return read_batches(self, self._sources, source, target, dict(params), tuple(unmasked))
 
     async def sleep(self, seconds: float, name: str = "sleep") -> None:
         """Sleep durably: the run is parked in the database and woken after ``seconds``."""

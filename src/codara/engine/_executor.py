@@ -141,7 +141,9 @@ async def _finish(
         RESULT_OP, "result", status, status, None, output, error, started, 1
     )
     try:
-        await store.finish(claim.id, claim.token, status, output, error, record, clock())
+        # the run's row stores what the journal holds (masked if the run read originals)
+        await store.finish(claim.id, claim.token, status, record.output, record.error, record,
+                           clock())  # fmt: skip
     except FencedError:
         return Outcome("lost")
     if exc is not None:

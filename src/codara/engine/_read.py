@@ -122,9 +122,16 @@ def _replayed_error(row: JournalRecord) -> CodaraError:
 
 
 async def read_batches(
-    ctx: Context, sources: Sources | None, name: str, target: str, params: dict[str, Any]
+    ctx: Context,
+    sources: Sources | None,
+    name: str,
+    target: str,
+    params: dict[str, Any],
+    unmasked: tuple[str, ...] = (),
 ) -> AsyncIterator[ReadBatch]:
     """The batches of one read, replayed from the journal or read now (see the module)."""
+    if unmasked:
+        _may_unmask(ctx, sources, name, unmasked)
     source: Source | None = None
     plan: Plan | None = None
     live: AsyncIterator[Batch] | None = None
@@ -140,6 +147,8 @@ async def read_batches(
                 if row.status != "ok":
                     raise _replayed_error(row)
                 batch = _batch_of(decode(row.output))
+                if unmasked:
+                    batch = await _reveal(ctx, name, batch, unmasked, record=False)
             else:
                 if source is None:
                     if sources is None:
@@ -156,6 +165,8 @@ async def read_batches(
                         live = source.batches(plan, cursor).__aiter__()
                     batch, live = await _read_one(ctx, sources, branch, op, source, plan, live,
                                                   cursor, index)  # fmt: skip
+                    if unmasked:
+                        batch = await _reveal(ctx, name, batch, unmasked, record=True)
                 finally:
                     ctx._done_working()
             ctx._saw(batch)
@@ -167,6 +178,63 @@ async def read_batches(
     finally:
         if live is not None and hasattr(live, "aclose"):
             await live.aclose()
+
+
+def _may_unmask(ctx: Context, sources: Sources | None, name: str, fields: tuple[str, ...]) -> None:
+    config = sources.configs.get(name) if sources is not None else None
+    allowed = set(config.unmasked.get(ctx.workflow, ())) if config is not None else set()
+    refused = sorted(set(fields) - allowed)
+    if refused:
+        raise ScopeError(
+            f"workflow {ctx.workflow!r} may not read {', '.join(refused)} of source {name!r} "
+            "unmasked",
+            rule="unmask",
+            hint=f"allow it in codara.toml: [sources.{name}] unmasked = "
+            f"{{ {ctx.workflow} = {sorted(fields)!r} }}",
+        )
+
+
+async def _reveal(
+    ctx: Context, name: str, batch: ReadBatch, fields: tuple[str, ...], *, record: bool
+) -> ReadBatch:
+    """``batch`` with ``fields`` turned back into their originals from the vault, for the
+    workflow only (the journal keeps the tokens). A token whose original was erased stays a
+    token. ``record``: write who saw what (not on replay: the run saw it already)."""
+    from base64 import b64decode
+
+    from codara.privacy import is_token
+
+    shield = privacy()
+    tokens = sorted({str(r[f]) for r in batch.rows for f in fields
+                     if isinstance(r.get(f), str) and is_token(r[f])})  # fmt: skip
+    if not tokens:
+        return batch
+    if shield.cipher is None:
+        raise ConfigError(
+            f"ctx.read({name!r}, unmasked=...) needs the vault: CODARA_VAULT_KEY is not set",
+            hint="set CODARA_VAULT_KEY (docs/privacy.md), or read the field masked",
+        )
+    marks = ", ".join("?" for _ in tokens)
+    found = await ctx._store.execute_raw(
+        f"SELECT token, kind, sealed FROM codara_vault WHERE token IN ({marks})", tokens
+    )
+    originals = {str(t): shield.cipher.open(str(t), b64decode(str(s))) for t, _, s in found}
+    if record and found:
+        now = ctx._clock()
+        for token, kind, _ in found:
+            await ctx._store.execute_raw(
+                "INSERT INTO codara_unmask_events (at, actor, token, kind, run_id, purpose) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [now, f"workflow {ctx.workflow}", str(token), str(kind), ctx.run_id,
+                 f"ctx.read {name} unmasked {', '.join(fields)}"],
+            )  # fmt: skip
+    ctx._revealed = True  # from here on, what the run journals is masked
+    rows = [
+        {k: originals.get(v, v) if k in fields and isinstance(v, str) else v
+         for k, v in r.items()}
+        for r in batch.rows
+    ]  # fmt: skip
+    return ReadBatch(rows, batch.quarantined, batch.stale, batch.lineage, batch.cursor)
 
 
 async def _journal_error(

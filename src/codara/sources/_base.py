@@ -73,6 +73,10 @@ class SourceConfig(BaseModel):
     ``"holder.name" = "name"``; kinds: email, phone, iban, card, name, address, text): each
     is replaced by its token whole before anything stores or shows the record. Every other
     string is scanned for emails, IBANs, card and phone numbers all the same."""
+    unmasked: dict[str, list[str]] = Field(default_factory=dict)
+    """Which workflows may read which personal fields unmasked (``triage = ["iban"]``):
+    ``ctx.read(..., unmasked=["iban"])`` then gives the originals from the vault (the journal
+    still holds tokens), and every such read is recorded with the run that made it."""
     release_to: str | None = None
     """A workflow that a quarantined record released by ``codara quarantine retry`` is
     started with (the record as its input, once per record). None: a released record is
