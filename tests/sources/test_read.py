@@ -101,6 +101,13 @@ async def test_a_read_quarantines_what_it_cannot_accept_and_journals_its_lineage
         "stale": False, "model": f"{__name__}:Ticket", "contract": "discard_row",
     }  # fmt: skip
     assert lineage[0]["by_rule"] == {"not_object": 1}
+    from codara.console._view import journal_rows  # the console's run page says the same
+
+    shown = [r["data"] for r in journal_rows(reads)]
+    assert (
+        shown[0]
+        == "1 record(s) from inbox (inbox.json), batch 0; 1 quarantined (not_object 1); version v1"
+    )
 
 
 async def test_a_replayed_read_reads_nothing_and_quarantines_nothing_again(

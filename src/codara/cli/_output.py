@@ -295,35 +295,12 @@ def run_header(run: RunRecord, *, full: bool = False) -> Table:
     return grid
 
 
-def read_summary(row: JournalRecord) -> str | None:
-    """What a ``read`` row read, in one line: the data a run's decisions used."""
-    if row.kind != "read" or row.status != "ok" or row.output is None:
-        return None
-    try:
-        lineage = json.loads(row.output)["lineage"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    touched = ", ".join(lineage.get("touched") or []) or lineage.get("target", "")
-    text = (
-        f"{lineage.get('accepted', 0)} record(s) from {lineage.get('source')} ({touched}), "
-        f"batch {lineage.get('batch', 0)}"
-    )
-    if lineage.get("quarantined"):
-        rules = ", ".join(f"{k} {v}" for k, v in (lineage.get("by_rule") or {}).items())
-        text += f"; {lineage['quarantined']} quarantined ({rules})"
-    if lineage.get("version"):
-        text += f"; version {lineage['version']}"
-    if lineage.get("age") is not None:
-        text += f"; {fmt_duration(lineage['age'])} old"
-    if lineage.get("stale"):
-        text += "; STALE"
-    return text
-
-
 def journal_tree(run: RunRecord, rows: Iterable[JournalRecord], *, full: bool = False) -> Tree:
     """The journal, one node per row: ``#seq kind name status duration``."""
     from rich.text import Text
     from rich.tree import Tree
+
+    from codara.engine._read import read_summary
 
     limit = None if full else TRUNCATE
     tree = Tree(Text.assemble(("journal of ", "bold"), run.id))
@@ -343,7 +320,7 @@ def journal_tree(run: RunRecord, rows: Iterable[JournalRecord], *, full: bool = 
         if row.attempts > 1:
             label.append(f" ({row.attempts} attempts)", style="yellow")
         node = tree.add(label)
-        data = read_summary(row)
+        data = read_summary(row)  # the data a read used, in one line
         if data is not None:
             node.add(Text.assemble(("data: ", "bold"), (data, "cyan")))
         for key, value, style in (

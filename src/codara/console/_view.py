@@ -95,7 +95,9 @@ def _decoded(text: str | None) -> Any:
 
 
 def journal_rows(rows: Iterable[JournalRecord]) -> list[dict[str, Any]]:
-    """The run's trace for display, values decoded from JSON."""
+    """The run's trace for display, values decoded from JSON; a read says what it read."""
+    from codara.engine._read import read_summary
+
     return [
         {
             "seq": r.seq,
@@ -108,6 +110,7 @@ def journal_rows(rows: Iterable[JournalRecord]) -> list[dict[str, Any]]:
             "output": _decoded(r.output),
             "error": _decoded(r.error),
             "at": r.started_at,
+            "data": read_summary(r),
         }
         for r in rows
     ]

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from codara.privacy import Finding
     from codara.store import JournalRecord, Tx
 
-__all__ = ["ReadBatch", "ReadResult", "read_batches"]
+__all__ = ["ReadBatch", "ReadResult", "read_batches", "read_summary"]
 
 _INSERT_QUARANTINE = (
     "INSERT INTO codara_quarantine (id, at, run_id, workflow, source, op, position, rule, "
@@ -434,3 +434,38 @@ def _quarantine_row(ctx: Context, source: str, op: int, r: Rejected, now: float)
         "reason": r.reason,
         "record": dumps(r.raw),
     }
+
+
+def read_summary(row: JournalRecord) -> str | None:
+    """What a ``read`` row read, in one line: the data a run's decisions used."""
+    if row.kind != "read" or row.status != "ok" or row.output is None:
+        return None
+    try:
+        lineage = decode(row.output)["lineage"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    touched = ", ".join(lineage.get("touched") or []) or lineage.get("target", "")
+    text = (
+        f"{lineage.get('accepted', 0)} record(s) from {lineage.get('source')} ({touched}), "
+        f"batch {lineage.get('batch', 0)}"
+    )
+    if lineage.get("quarantined"):
+        rules = ", ".join(f"{k} {v}" for k, v in (lineage.get("by_rule") or {}).items())
+        text += f"; {lineage['quarantined']} quarantined ({rules})"
+    if lineage.get("version"):
+        text += f"; version {lineage['version']}"
+    if lineage.get("age") is not None:
+        text += f"; {_age(float(lineage['age']))} old"
+    if lineage.get("stale"):
+        text += "; STALE"
+    return text
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} days"
