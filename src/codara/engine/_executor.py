@@ -113,8 +113,12 @@ async def execute(
 
 def _ended(sources: Sources | None, ctx: Context, outcome: Outcome) -> Outcome:
     """Tell the read observers (lineage) that a run which read data has ended."""
-    watched = sources is not None and sources.observers and ctx.data["reads"]
-    if watched and sources is not None and outcome.status in ("completed", "failed"):
+    if (
+        sources is not None
+        and sources.observers
+        and ctx._data["reads"]
+        and outcome.status in ("completed", "failed")
+    ):
         sources.observe_end(ctx.run_id, ctx.workflow, outcome.status)
     return outcome
 

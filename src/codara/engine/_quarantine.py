@@ -122,14 +122,19 @@ async def _close(store: Store, record: QuarantinedRecord, status: str, by: str) 
         )
 
 
-async def drop(store: Store, record_id: str, *, by: str) -> QuarantinedRecord:
-    """Close an open record on purpose; it stays listed as ``dropped``, with who did it."""
+async def _get_open(store: Store, record_id: str) -> QuarantinedRecord:
     record = await get(store, record_id)
     if record.status != "open":
         raise ConflictError(
             f"quarantined record {record_id} is {record.status}, not open",
             hint="only open records can be dropped or retried",
         )
+    return record
+
+
+async def drop(store: Store, record_id: str, *, by: str) -> QuarantinedRecord:
+    """Close an open record on purpose; it stays listed as ``dropped``, with who did it."""
+    record = await _get_open(store, record_id)
     await _close(store, record, "dropped", by)
     return await get(store, record_id)
 
@@ -144,12 +149,7 @@ async def retry(
 ) -> Retried:
     """Check the record (or ``corrected``, a fixed copy) against the source's model now."""
     store = client.store
-    record = await get(store, record_id)
-    if record.status != "open":
-        raise ConflictError(
-            f"quarantined record {record_id} is {record.status}, not open",
-            hint="only open records can be dropped or retried",
-        )
+    record = await _get_open(store, record_id)
     if record.source not in sources:
         raise NotFoundError(
             f"the source {record.source!r} of record {record_id} is no longer declared",

@@ -34,12 +34,10 @@ from codara.errors import (
     ScopeError,
     SourceError,
     StaleDataError,
-    StoreError,
 )
 from codara.sources._base import JSON, Batch, Plan, Rejected, Source
 from codara.sources._quality import sort_records
 from codara.sources._registry import Sources, model_of
-from codara.store import FencedError
 
 if TYPE_CHECKING:
     from codara.engine._branch import Branch
@@ -270,15 +268,10 @@ async def _commit(
         if vault:
             await privacy().keep_in(tx, vault)
 
-    async with ctx._wlock:
-        seq, prev = ctx._seq, ctx._prev
-        try:
-            _, record = await ctx._store.transaction(ctx.run_id, ctx._token, body, build)
-        except BaseException as exc:
-            ctx._seq, ctx._prev = seq, prev
-            if isinstance(exc, FencedError | StoreError):
-                raise ctx._lost(exc) from None
-            raise
+    # Context._write: under the journal lock, counters put back if the transaction fails
+    _, record = await ctx._write(
+        lambda: ctx._store.transaction(ctx.run_id, ctx._token, body, build)
+    )
     return record
 
 
