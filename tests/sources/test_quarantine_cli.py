@@ -152,3 +152,21 @@ def test_runs_show_says_which_data_the_run_read(config: Path) -> None:
         "data: 1 record(s) from inbox (inbox.json), batch 0; 2 quarantined "
         "(not_object 1, schema.text 1); version v1"
     ) in shown.stdout
+
+
+def test_malformed_params_and_record_files_are_refused_and_change_nothing(
+    config: Path, tmp_path: Path
+) -> None:
+    bad_param = _cli(config, "sources", "check", "inbox", "inbox.json", "--param", "noequals")
+    assert bad_param.exit_code == 4
+    assert "expected NAME=VALUE" in bad_param.output
+    asyncio.run(_fill(config))
+    [record] = [r for r in json.loads(_cli(config, "quarantine", "list", "--json").stdout)
+                ["records"] if r["rule"] == "schema.text"]  # fmt: skip
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"id": 2, "text": ')
+    refused = _cli(config, "quarantine", "retry", record["id"], "--record-file", str(broken))
+    assert refused.exit_code == 4
+    assert "--record-file" in refused.output
+    after = json.loads(_cli(config, "quarantine", "show", record["id"], "--json").stdout)
+    assert (after["status"], after["record"]) == ("open", record["record"])  # nothing changed
