@@ -585,8 +585,8 @@ class Context:
         refusal raises :class:`~codara.errors.ScopeError`). Records the connector or the
         source's model refuses go to quarantine with their reason; freshness is judged
         per batch (:class:`~codara.errors.StaleDataError` or ``stale``). On replay the
-        journaled batches come back and the read goes on from the last one: no batch is
-        read twice. See :mod:`codara.engine._read`.
+        journaled batches come back and the read goes on from the last one: a journaled
+        batch is not read again. See :mod:`codara.engine._read`.
 
         Personal fields come masked (tokens), except those named in ``unmasked`` that the
         source allows this workflow to see (``[sources.NAME] unmasked``; else ScopeError):

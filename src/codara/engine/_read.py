@@ -8,8 +8,10 @@ judged against ``max_age``; then ONE transaction writes the quarantined records 
 journal row, whose output holds the accepted records, the cursor to resume after, and
 the read's lineage (source, target, parameters, what it touched, counts per rule, data
 version, newest timestamp, age, stale). Because both commit together, a record is
-quarantined exactly once and a batch is never read twice for the same operation: after a
-crash the journaled batches replay and the read goes on from the last cursor.
+quarantined exactly once and a journaled batch is never read again for the same operation:
+after a crash the journaled batches replay and the read goes on from the last cursor (a
+batch read but not yet durable when the worker died is read again: reads are at least
+once, their journal rows exactly once).
 
 What a record refused by the model does depends on the source's ``contract``: ``freeze``
 fails the read (SourceError, the records quarantined all the same), the others quarantine
