@@ -167,6 +167,7 @@ class Context:
         self._sources = sources
         self._data: dict[str, Any] = {"reads": 0, "stale": False, "quarantined": 0}
         self._revealed = False  # a read gave this run originals: mask what it journals
+        self._originals: dict[str, str] = {}  # those originals, each to its token
         self._key = key  # hashes journal rows: HMAC with CODARA_AUDIT_KEY, or SHA-256
         self.run_id = run_id
         self.workflow = workflow
@@ -278,16 +279,18 @@ class Context:
             started, finished, attempts, prev, h, branch,
         )  # fmt: skip
 
-    @staticmethod
-    def _masked(text: str | None) -> str | None:
+    def _masked(self, text: str | None) -> str | None:
         """A journal value with personal values masked (only once the run has read some
         unmasked: then its originals must not reach the journal through a step)."""
         if text is None:
             return None
         from codara.engine._privacy import privacy
 
-        masked, found = privacy().mask(decode(text), numbers=False)
-        return dumps(masked) if found else text
+        value = decode(text)
+        masked, found = privacy().mask(value, numbers=False)
+        if self._originals:  # a name or an address no detector finds: the exact originals
+            masked = _replace_originals(masked, self._originals)
+        return dumps(masked) if found or masked != value else text
 
     def _lost(self, exc: BaseException) -> Abort:
         self.closing = True
@@ -595,6 +598,26 @@ class Context:
 
         return read_batches(self, self._sources, source, target, dict(params), tuple(unmasked))
 
+    async def quarantine(
+        self,
+        source: str,
+        record: Any,
+        /,
+        *,
+        rule: str,
+        reason: str,
+        where: str = "",
+    ) -> str:
+        """Put ``record`` (read from ``source``) in quarantine with ``rule`` and ``reason``,
+        for a fault the source's model cannot see (a duplicate id, a customer the CRM does
+        not know). Journaled: a replay returns the same quarantine id and writes nothing.
+        The record is masked with the source's personal fields, as a read's would be;
+        ``codara quarantine retry`` checks it against the source's model and releases it
+        to the source's ``release_to`` workflow. Returns the quarantine id."""
+        from codara.engine._read import quarantine
+
+        return await quarantine(self, self._sources, source, record, rule, reason, where)
+
     async def sleep(self, seconds: float, name: str = "sleep") -> None:
         """Sleep durably: the run is parked in the database and woken after ``seconds``."""
         branch, op, rows = self._take_op(f"sleep {name!r}")
@@ -730,6 +753,19 @@ class Context:
         if row.status != "ok":
             raise WaitTimeoutError(signal, timeout)
         return decode(row.output)
+
+
+def _replace_originals(value: Any, originals: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        for original in sorted(originals, key=len, reverse=True):
+            if original in value:
+                value = value.replace(original, originals[original])
+        return value
+    if isinstance(value, dict):
+        return {k: _replace_originals(v, originals) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_originals(v, originals) for v in value]
+    return value
 
 
 def _args_json(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

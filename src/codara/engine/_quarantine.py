@@ -23,6 +23,7 @@ from codara.sources._quality import sort_records
 from codara.sources._registry import model_of
 
 if TYPE_CHECKING:
+    from codara.engine._app import App
     from codara.engine._client import Client
     from codara.sources import Sources
     from codara.store import Store
@@ -140,7 +141,7 @@ async def drop(store: Store, record_id: str, *, by: str) -> QuarantinedRecord:
 
 
 async def retry(
-    client: Client,
+    client: Client | App,
     sources: Sources,
     record_id: str,
     *,

@@ -22,6 +22,7 @@ and ``stale`` in its lineage), by the source's ``on_stale``.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     from codara.privacy import Finding
     from codara.store import JournalRecord, Tx
 
-__all__ = ["ReadBatch", "ReadResult", "read_batches", "read_summary"]
+__all__ = ["ReadBatch", "ReadResult", "quarantine", "read_batches", "read_summary"]
 
 _INSERT_QUARANTINE = (
     "INSERT INTO codara_quarantine (id, at, run_id, workflow, source, op, position, rule, "
@@ -229,6 +230,7 @@ async def _reveal(
                  f"ctx.read {name} unmasked {', '.join(fields)}"],
             )  # fmt: skip
     ctx._revealed = True  # from here on, what the run journals is masked
+    ctx._originals.update({original: token for token, original in originals.items()})
     rows = [
         {k: originals.get(v, v) if k in fields and isinstance(v, str) else v
          for k, v in r.items()}
@@ -414,6 +416,67 @@ async def _read_one(
         ReadBatch(rows, len(rejected), stale, lineage, batch.cursor),
         live,
     )
+
+
+_RULE = re.compile(r"[a-z][a-z0-9_.]{0,99}")
+
+
+async def quarantine(
+    ctx: Context,
+    sources: Sources | None,
+    name: str,
+    record: Any,
+    rule: str,
+    reason: str,
+    where: str,
+) -> str:
+    """``ctx.quarantine``: one journal row of kind ``quarantine`` and the quarantine row,
+    in one transaction (see :meth:`Context.quarantine`)."""
+    if not isinstance(rule, str) or not _RULE.fullmatch(rule):
+        raise ValueError(
+            f"ctx.quarantine: rule {rule!r} must be a short lower-case name "
+            "(letters, digits, '_' and '.', e.g. 'duplicate_id')"
+        )
+    if not isinstance(reason, str) or not reason.strip():
+        raise ValueError("ctx.quarantine: give the reason, for the person who will fix it")
+    branch, op, rows = ctx._take_op(f"quarantine {name!r}")
+    if rows is not None:
+        row = rows[0]
+        ctx._check(branch, row, "quarantine", name)
+        branch.time = max(branch.time, row.finished_at)
+        ctx._data["quarantined"] += 1
+        return str(decode(row.output)["id"])
+    config = sources.configs.get(name) if sources is not None else None
+    if sources is None or config is None:
+        raise ConfigError(
+            f"ctx.quarantine({name!r}): no source {name!r} is declared",
+            hint=f"quarantine a record under the source it was read from ([sources.{name}])",
+        )
+    started = ctx._clock()
+    try:
+        dumps(record)
+    except TypeError as exc:
+        raise ValueError(f"ctx.quarantine: the record is not JSON ({exc})") from None
+    shield = privacy()
+    if isinstance(record, dict):
+        raw, found = shield.mask_record(record, config.personal)
+    else:
+        raw, found = shield.mask(record)
+    masked_reason, more = shield.mask(reason)
+    found.extend(more)
+    now = ctx._clock()
+    entry = _quarantine_row(ctx, name, op, Rejected(raw, masked_reason, rule, where), now)
+    input_json = dumps({"rule": rule, "where": entry["position"]})
+    output = dumps({"id": entry["id"], "rule": rule})
+
+    def build(_: Any) -> JournalRecord:
+        return ctx._record(op, "quarantine", name, "ok", input_json, output, None, started, 1,
+                           branch.path)  # fmt: skip
+
+    written = await _commit(ctx, [entry], build, shield.vault_rows(found, now))
+    branch.time = max(branch.time, written.finished_at)
+    ctx._data["quarantined"] += 1
+    return str(entry["id"])
 
 
 def _quarantine_row(ctx: Context, source: str, op: int, r: Rejected, now: float) -> dict[str, Any]:
