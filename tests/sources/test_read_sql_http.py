@@ -4,6 +4,7 @@ at start with the source named."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,3 +120,32 @@ async def test_an_http_read_sends_the_credential_and_journals_the_endpoint(
     assert "GET /v1/customers/{id}" in (read.output or "")
     assert '"version":"\\"v7\\""' in (read.output or "").replace(" ", "")
     assert all("s3cret" not in (r.output or "") + (r.input or "") for r in journal)
+
+
+async def test_more_concurrent_reads_than_connections_all_finish(
+    sql_db: SqlDatabase, tmp_path: Path
+) -> None:
+    """Bug: with more runs reading a SQL source at once than its connection pool holds, the
+    reads that waited for a connection took every worker thread, so the reads holding the
+    connections could never go on (a deadlock: 52 triage runs stuck forever). Reads now
+    wait for a connection on the event loop, never in a thread."""
+    sql_db.run(
+        "CREATE TABLE customers (id INTEGER PRIMARY KEY, tier VARCHAR(20))",
+        "INSERT INTO customers VALUES " + ", ".join(f"({i}, 'standard')" for i in range(1, 81)),
+    )
+    app = _app(tmp_path / "store.db", {"crm": {
+        "kind": "sql", "url": sql_db.url, "tables": {"customers": ["id", "tier"]},
+        "max_connections": 3, "batch_rows": 1,
+    }})  # fmt: skip
+
+    @app.workflow(name="lookup")
+    async def lookup(ctx: codara.Context, n: int) -> list[Any]:
+        rows = (await ctx.read("crm", "SELECT id, tier FROM customers WHERE id <= :n "
+                               "ORDER BY id", n=n)).rows  # fmt: skip
+        return [r["id"] for r in rows]
+
+    async with app:
+        ids = await app.start_runs("lookup", [1 + i % 3 for i in range(80)])
+        await asyncio.wait_for(app.work(concurrency=80, until_idle=True), timeout=60)
+        outputs = [await app.output(run_id) for run_id in ids]
+    assert outputs == [list(range(1, 2 + i % 3)) for i in range(80)]

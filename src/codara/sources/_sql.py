@@ -112,6 +112,10 @@ class SqlSourceConfig(SourceConfig):
     """Tables whose ``tables`` entry lists every column they have: only over those may a
     query say ``SELECT *`` or ``t.*`` (elsewhere a star is refused: the check cannot know
     what it would expand to)."""
+    max_connections: int = Field(default=5, ge=1, le=1000)
+    """The most connections one process opens to the database. A read holds one from its
+    start to its last batch; more reads than this at once wait (on the event loop, not in
+    a thread) for one to end."""
     functions: tuple[str, ...] = ()
     """SQL functions beyond the built-in safe ones that queries may call (a user-defined
     function can read any table, so unknown ones are refused); the refused ones (file,
@@ -195,6 +199,7 @@ class SqlSource(Source):
         if check is None:
             check = _sqlglot_check(name, config, self.dialect)
         self._scope_check = check
+        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
 
     def __repr__(self) -> str:
         return f"SqlSource({self.name!r}, {self.redacted_url!r})"
@@ -245,7 +250,17 @@ class SqlSource(Source):
     async def check(self) -> None:
         """Connect once and read zero rows of every declared table and column, so a wrong
         URL, password, database, table or column stops at load, not in a run."""
-        await asyncio.to_thread(self._check_sync)
+        async with self._slot():
+            await asyncio.to_thread(self._check_sync)
+
+    def _slot(self) -> asyncio.Semaphore:
+        """A connection of the pool, taken on the event loop. Waiting for one in a worker
+        thread would deadlock: the threads all waiting, the reads that hold the
+        connections could never run their next call (a test reproduces it)."""
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots[0] is not loop:
+            self._slots = (loop, asyncio.Semaphore(self.config.max_connections))
+        return self._slots[1]
 
     def _check_sync(self) -> None:
         try:
@@ -284,6 +299,8 @@ class SqlSource(Source):
         """Read ``plan`` in one read-only transaction, ``batch_rows`` rows at a time."""
         skip, digest = parse_cursor(self.name, cursor)
         read = Read(self, plan)
+        slot = self._slot()
+        await slot.acquire()
         try:
             await in_thread(read.start, read.interrupt)
             version = read.version
@@ -318,7 +335,10 @@ class SqlSource(Source):
                 if last:
                     break
         finally:
-            await asyncio.to_thread(read.close)
+            try:
+                await asyncio.to_thread(read.close)
+            finally:
+                slot.release()
 
     async def close(self) -> None:
         await asyncio.to_thread(self.engine.dispose)
@@ -448,7 +468,12 @@ def _url(name: str, config: SqlSourceConfig, environ: Mapping[str, str]) -> URL:
 def _engine(name: str, url: URL, config: SqlSourceConfig) -> Engine:
     backend = url.get_backend_name()
     connect_timeout = max(2, math.ceil(min(config.statement_timeout, 30)))
-    kwargs: dict[str, Any] = {"hide_parameters": True, "pool_pre_ping": True}
+    kwargs: dict[str, Any] = {
+        "hide_parameters": True,
+        "pool_pre_ping": True,
+        "pool_size": config.max_connections,  # SqlSource._slot never asks for more
+        "max_overflow": 0,
+    }
     if backend == "sqlite":
         path = url.database or ""
         if path in ("", ":memory:"):
