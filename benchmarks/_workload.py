@@ -11,7 +11,8 @@ In one process, on one machine, back to back (so the ratios compare like with li
 * ``in_process``: the same workload run by ``App.work`` in this process (the worker loop of
   ``codara worker`` without the process start), which also reports the batcher's figures:
   model calls, padding share, and the seconds the model was busy.
-* ``workload``: the ``triage`` workflow of ``examples/support_triage`` for the same tickets,
+* ``workload``: the ``triage`` workflow of ``examples/support_triage`` for the same tickets
+  (each reads its customer and recent transactions through the governed SQL sources),
   enqueued beforehand, then executed by a ``codara worker --until-idle`` subprocess on a fresh
   SQLite database (classifier already fitted: its cache is warm). Timed as the worker
   process's wall time (start-up, model load, every run) and, from the journal, as the span
@@ -74,10 +75,13 @@ def _config(args: argparse.Namespace, db: Path, cache_dir: Path) -> Path:
         data.setdefault("embedding", {})["batch_tokens"] = args.batch_tokens
     if args.threads is not None:
         data.setdefault("embedding", {})["threads"] = args.threads
-    triage = data["triage"]
-    triage.update(
-        inbox_size=args.tickets, crm_path=str(db.with_suffix(".crm.db")), cache_dir=str(cache_dir)
-    )
+    data["triage"].update(inbox_size=args.tickets, cache_dir=str(cache_dir))
+    # the triage reads the CRM through its sources: this run's own CRM file and inbox folder
+    for name in ("crm", "payments"):
+        data["sources"][name]["url"] = f"sqlite:///{db.with_suffix('.crm.db')}"
+    inbox = db.parent / "inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    data["sources"]["inbox"]["root"] = str(inbox)
     path = db.with_suffix(".toml")
     path.write_text(_dump_toml(data), encoding="utf-8")
     return path
@@ -192,7 +196,7 @@ def main() -> None:
         for base in (db, crm):
             for path in (base, Path(f"{base}-wal"), Path(f"{base}-shm")):
                 path.unlink(missing_ok=True)
-        crm_module.create(crm)
+        crm_module.create(f"sqlite:///{crm}")
 
     # In this process first: the same worker loop (App.work), to read the batcher's figures.
     concurrency = load_settings(config).worker.concurrency

@@ -1,6 +1,12 @@
 """`make demo`: triage the bank's support inbox end to end, offline, on SQLite; print the report.
 
-python -m examples.support_triage [--tickets N] [--concurrency N] [--json]
+python -m examples.support_triage [--tickets N] [--concurrency N] [--crm-url URL] [--json]
+
+The demo writes the day's inbox (a CSV with some bad rows) under the inbox source's root
+and creates the CRM (customers, cards, transactions; some stale, some broken) in SQLite,
+or in the database --crm-url names; then the `intake` workflow reads the inbox through
+its source and starts one `triage` run per ticket, which reads the CRM through the `crm`
+and `payments` sources.
 """
 
 from __future__ import annotations
@@ -26,14 +32,14 @@ from rich.progress import (
 from rich.table import Table
 
 import codara
-from codara.config import load_settings
 from codara.errors import CodaraError
 from codara.review import Principal, Reviews
 from codara.store import parse_url
 
 from . import crm as crm_module
-from .app import CONFIG, build
-from .data import load_examples, split, tickets
+from .app import CONFIG, build, crm_url, inbox_root, load
+from .data import load_examples, split
+from .inbox import write_inbox
 from .report import build_report, print_report
 from .simulate import decide_pending
 
@@ -46,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=CONFIG, help="codara.toml to use")
     p.add_argument("--tickets", type=int, help="how many inbox tickets (default: inbox_size)")
     p.add_argument("--concurrency", type=int, help="runs the worker executes at once")
+    p.add_argument(
+        "--crm-url",
+        help="the CRM's database (SQLAlchemy URL, e.g. postgresql://127.0.0.1/test); "
+        "default: the SQLite file of codara.toml's [sources.crm]",
+    )
     p.add_argument("--keep", action="store_true", help="keep earlier runs in the database")
     p.add_argument("--json", action="store_true", help="also print the report as JSON")
     p.add_argument(
@@ -106,7 +117,7 @@ def _peak_rss_mb() -> float:
 
 
 async def run_demo(args: argparse.Namespace, console: Console) -> int:
-    settings = load_settings(args.config)
+    settings = load(args.config, crm_url=args.crm_url)
     overrides = {"inbox_size": args.tickets} if args.tickets else {}
     if not args.keep:
         _reset_database(settings.store.url)
@@ -122,7 +133,7 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
     )
     started = time.perf_counter()
     with Progress(*columns, console=console, transient=False) as progress:
-        prep = progress.add_task("Preparing inbox and CRM", total=1)
+        prep = progress.add_task("Writing the inbox, creating the CRM", total=1)
         parts = split(
             load_examples(),
             inbox_size=cfg.inbox_size,
@@ -130,7 +141,8 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
             tune_per_intent=cfg.tune_per_intent,
             seed=cfg.seed,
         )
-        crm_module.create(cfg.crm_path)
+        seeded = await asyncio.to_thread(crm_module.create, crm_url(settings))
+        manifest = write_inbox(inbox_root(settings), parts.inbox, seed=cfg.seed)
         progress.update(prep, completed=1)
 
         fit = progress.add_task("Fitting the classifier (cached)", total=None)
@@ -142,13 +154,8 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
         model_seconds = time.perf_counter() - started
 
         async with work.app as app:
-            inbox = list(tickets(parts.inbox))
-            await app.start_runs(
-                "triage",
-                [t.model_dump() for t in inbox],
-                keys=[f"demo:{t.id}" for t in inbox],
-            )
-            triage = progress.add_task("Triaging tickets", total=len(inbox))
+            await app.start_run("intake", {"pattern": manifest.path.name})
+            triage = progress.add_task("Triaging tickets", total=manifest.tickets)
             t0 = time.perf_counter()
             await _drain(app, concurrency, progress, triage)
             seconds = time.perf_counter() - t0
@@ -161,7 +168,7 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
                     progress.update(review, completed=done, total=total)
 
                 waited = await decide_pending(app, on_review)
-                resume = progress.add_task("Resuming reviewed tickets", total=len(inbox))
+                resume = progress.add_task("Resuming reviewed tickets", total=manifest.tickets)
                 await _drain(app, concurrency, progress, resume)
             report = await build_report(app, seconds=seconds)
             report.decision_seconds = waited
@@ -177,7 +184,12 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
         f"\nmodel: {work.model.describe()}; prepared in {model_seconds:.1f} s; "
         f"whole demo {time.perf_counter() - started:.1f} s; peak memory {_peak_rss_mb():.0f} MB"
     )
-    console.print(f"CRM: {work.crm.counts()} (replies sent, tickets queued for people)")
+    console.print(
+        f"CRM: {seeded.customers} customers ({len(seeded.stale)} not updated for over 30 days, "
+        f"{len(seeded.broken)} breaking its rules), {seeded.cards} cards, "
+        f"{seeded.transactions} transactions; {work.crm.counts()} (replies sent, tickets "
+        "queued for people)"
+    )
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     return 0 if report.failed == 0 and report.unfinished == 0 else 1  # waiting is fine

@@ -18,6 +18,11 @@ DATASET = DATA_DIR / "banking77_train.csv"
 CUSTOMERS = 200
 
 
+def customer_of(text: str) -> int:
+    """The demo's customer for a message: fixed by the text's hash."""
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) % CUSTOMERS + 1
+
+
 class Ticket(BaseModel):
     """A customer message. ``label`` (or ``category``) is the reviewer's truth, if known."""
 
@@ -25,12 +30,13 @@ class Ticket(BaseModel):
     id: str | None = None
     label: str | None = Field(default=None, validation_alias=AliasChoices("label", "category"))
     customer_id: int | None = None
+    received_at: str | None = None
 
     def customer(self) -> int:
         """The customer this ticket is from: given, or fixed by the text's hash."""
         if self.customer_id is not None:
             return self.customer_id
-        return int(hashlib.sha256(self.text.encode()).hexdigest()[:8], 16) % CUSTOMERS + 1
+        return customer_of(self.text)
 
 
 @dataclass(frozen=True)

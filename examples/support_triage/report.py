@@ -14,6 +14,63 @@ import codara
 
 
 @dataclass
+class SourceReads:
+    batches: int = 0
+    seen: int = 0
+    accepted: int = 0
+    quarantined: int = 0
+    stale: int = 0
+    """Batches older than the source's max_age (read and flagged)."""
+
+
+@dataclass
+class DataReport:
+    """What the workflows read, from the journal's lineage, and what went to quarantine."""
+
+    reads: dict[str, SourceReads] = field(default_factory=dict)
+    quarantine: list[tuple[str, str, int, int]] = field(default_factory=list)
+    """(source, rule, records, distinct records)."""
+    intake: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "reads": {name: vars(r) for name, r in sorted(self.reads.items())},
+            "quarantined": [
+                {"source": s, "rule": r, "records": n, "distinct": d}
+                for s, r, n, d in self.quarantine
+            ],
+            "intake": self.intake,
+        }
+
+
+async def data_report(app: codara.App) -> DataReport:
+    report = DataReport()
+    rows = await app.store.execute_raw(
+        "SELECT output FROM codara_journal WHERE kind = 'read' AND status = 'ok'"
+    )
+    for (output,) in rows:
+        lineage = json.loads(output)["lineage"]
+        reads = report.reads.setdefault(str(lineage["source"]), SourceReads())
+        reads.batches += 1
+        reads.seen += int(lineage["seen"])
+        reads.accepted += int(lineage["accepted"])
+        reads.quarantined += int(lineage["quarantined"])
+        reads.stale += bool(lineage["stale"])
+    report.quarantine = [
+        (str(s), str(r), int(n), int(d))
+        for s, r, n, d in await app.store.execute_raw(
+            "SELECT source, rule, COUNT(*), COUNT(DISTINCT record) FROM codara_quarantine "
+            "GROUP BY source, rule ORDER BY source, rule"
+        )
+    ]
+    for run in await app.store.list_runs(workflow="intake", limit=1000):
+        if run.output is not None:
+            report.intake = json.loads(run.output)
+            break
+    return report
+
+
+@dataclass
 class TriageReport:
     processed: int = 0
     failed: int = 0
@@ -37,6 +94,11 @@ class TriageReport:
     example_auto: str | None = None
     example_human: str | None = None
     example_reviewed: str | None = None
+    quarantined_runs: int = 0
+    """Triage runs that found the ticket's data unusable (an unknown customer)."""
+    stale_decisions: int = 0
+    """Finished tickets whose decision used a record older than its source's max_age."""
+    data: DataReport | None = None
 
     @property
     def automation_rate(self) -> float:
@@ -84,6 +146,9 @@ class TriageReport:
             "review_outcomes": dict(self.review_outcomes),
             "precision_of_all_sent_answers": _round(self.sent_precision),
             "median_seconds_to_decision": self.median_decision_seconds,
+            "tickets_quarantined_by_triage": self.quarantined_runs,
+            "decisions_on_stale_data": self.stale_decisions,
+            "data": self.data.as_dict() if self.data is not None else None,
             "wrong_automatic_answers": [
                 {"true": t, "predicted": p, "count": n}
                 for (t, p), n in self.wrong_auto.most_common()
@@ -109,8 +174,12 @@ async def build_report(app: codara.App, *, seconds: float) -> TriageReport:
             continue
         ticket = json.loads(run.input)
         out = json.loads(run.output)
+        if out["action"] == "quarantined":
+            report.quarantined_runs += 1
+            continue
         label = ticket.get("label") or ticket.get("category")
         report.processed += 1
+        report.stale_decisions += bool(out.get("stale_data"))
         if label is not None:
             report.labelled += 1
             if out.get("predicted", out["intent"]) == label:
@@ -137,7 +206,34 @@ async def build_report(app: codara.App, *, seconds: float) -> TriageReport:
             else:
                 report.example_human = report.example_human or run.id
             report.human_reasons[out["reason"]] += 1
+    report.data = await data_report(app)
     return report
+
+
+def print_data(report: TriageReport, data: DataReport, console: Console) -> None:
+    reads = Table(title="Data read through governed sources (from the journal's lineage)")
+    for column in ("source", "batches", "records seen", "accepted", "quarantined", "stale"):
+        reads.add_column(column, justify="left" if column == "source" else "right")
+    for name, r in sorted(data.reads.items()):
+        reads.add_row(name, f"{r.batches:,}", f"{r.seen:,}", f"{r.accepted:,}",
+                      f"{r.quarantined:,}", f"{r.stale:,}")  # fmt: skip
+    console.print(reads)
+    if data.intake:
+        i = data.intake
+        console.print(
+            f"inbox: {i['accepted'] + i['quarantined_by_source']:,} rows = {i['runs']:,} "
+            f"tickets triaged + {i['duplicates']:,} duplicate ids + "
+            f"{i['quarantined_by_source']:,} refused by the source; "
+            f"{report.quarantined_runs:,} triaged tickets had no customer in the CRM; "
+            f"{report.stale_decisions:,} decisions used a stale customer record"
+        )
+    if data.quarantine:
+        table = Table(title="Quarantined, by source and reason (`codara quarantine list`)")
+        for column in ("source", "rule", "records", "distinct"):
+            table.add_column(column, justify="left" if column in ("source", "rule") else "right")
+        for source, rule, n, distinct in data.quarantine:
+            table.add_row(source, rule, f"{n:,}", f"{distinct:,}")
+        console.print(table)
 
 
 def _pct(value: float | None) -> str:
@@ -180,6 +276,8 @@ def print_report(report: TriageReport, console: Console, *, config_hint: str) ->
         for intent, n in report.errors_by_intent.most_common(8):
             errs.add_row(intent, str(n))
         console.print(errs)
+    if report.data is not None:
+        print_data(report, report.data, console)
     console.print("\n[bold]Inspect a run[/bold] (its steps, inputs, outputs and timings):")
     for what, run_id in (
         ("answered", report.example_auto),

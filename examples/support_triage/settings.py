@@ -28,7 +28,6 @@ class TriageSettings(BaseModel):
     tune_per_intent: int = Field(default=20, ge=5, le=100)
     target_precision: float = Field(default=0.98, gt=0.5, le=1.0)
     sensitive_intents: tuple[str, ...] = DEFAULT_SENSITIVE
-    crm_path: Path = Path("demo-out/crm.db")
     cache_dir: Path = Path(".cache/codara")
     seed: int = 77
 

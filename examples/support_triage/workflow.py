@@ -1,19 +1,40 @@
-"""The `triage` workflow: classify a customer message; answer it automatically when the review
-policies allow it (a confident, non-sensitive intent), else ask a person of the right role to
-approve, correct or reject the proposed answer; record the outcome."""
+"""The workload's two workflows.
+
+``intake`` reads the inbox through the governed ``inbox`` source (masked, checked against
+``records.InboxTicket``; bad rows quarantined by the source), quarantines a ticket id seen
+twice, and starts one ``triage`` run per ticket (keyed by the ticket id, so an intake
+executed again starts nothing twice).
+
+``triage`` reads the customer (source ``crm``) and their recent transactions (source
+``payments``), classifies the message, and answers it automatically when the review
+policies allow it (a confident, non-sensitive intent on fresh, clean data); else a person
+of the right role approves, corrects or rejects the proposed answer. A ticket whose
+customer the CRM does not know is quarantined, not guessed at.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 import codara
+from codara.errors import ConflictError
 from codara.review import ReviewGate
 
 from .crm import CRM
 from .data import Ticket
 from .model import Intent, TriageModel
+
+CUSTOMER = "SELECT id, name, email, iban, tier, country, updated_at FROM customers WHERE id = :id"
+"""The customer record: its personal columns come masked (tokens), see codara.toml."""
+
+RECENT = (
+    "SELECT t.id, c.pan, t.amount_cents, t.currency, t.merchant, t.status, t.at "
+    "FROM transactions t JOIN cards c ON c.id = t.card_id "
+    "WHERE t.customer_id = :customer ORDER BY t.at DESC, t.id DESC LIMIT 5"
+)
+"""The customer's five latest card transactions, for the reviewer's context."""
 
 
 class ReplyProposal(BaseModel):
@@ -30,14 +51,32 @@ class Outcome(BaseModel):
     predicted: str
     """The model's intent."""
     confidence: float
-    action: Literal["auto_reply", "reviewed_reply", "human"]
+    action: Literal["auto_reply", "reviewed_reply", "human", "quarantined"]
     policy_outcome: str
     decided_by: list[str]
     reason: str
     reference: str
+    stale_data: bool = False
+    """A record the decision used was older than its source's max_age."""
 
 
-def render_reply(intent: str, customer: dict[str, object]) -> str:
+class IntakeRequest(BaseModel):
+    pattern: str = Field(default="*.csv", min_length=1, max_length=200)
+    """Which files of the inbox source to take (a glob under its root)."""
+
+
+class IntakeSummary(BaseModel):
+    accepted: int
+    """Rows the inbox source accepted."""
+    quarantined_by_source: int
+    """Rows the source refused (and quarantined)."""
+    duplicates: int
+    """Accepted rows whose ticket id came before (quarantined here)."""
+    runs: int
+    """Triage runs for the rest (started now, or by an earlier intake of the same ticket)."""
+
+
+def render_reply(intent: str, customer: dict[str, Any]) -> str:
     topic = intent.replace("_", " ")
     tier = customer.get("tier")
     line = " As a premium customer you can also call us any time." if tier == "premium" else ""
@@ -56,10 +95,77 @@ def register(
     *,
     sensitive: frozenset[str],
 ) -> None:
-    @app.workflow(name="triage", version="3")
+    async def start_triage(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """One triage run per ticket, keyed by its id; the ids another intake started with
+        another message come back as conflicts."""
+        keys = [f"inbox:{r['id']}" for r in rows]
+        try:
+            await app.start_runs("triage", rows, keys=keys)
+            return {"runs": len(rows), "conflicts": []}
+        except ConflictError:  # all or none: find which, start the others
+            conflicts = []
+            for row, key in zip(rows, keys, strict=True):
+                try:
+                    await app.start_run("triage", row, key=key)
+                except ConflictError:
+                    conflicts.append(row["id"])
+            return {"runs": len(rows) - len(conflicts), "conflicts": conflicts}
+
+    @app.workflow(name="intake", version="1")
+    async def intake(ctx: codara.Context, request: IntakeRequest) -> IntakeSummary:
+        seen: set[str] = set()
+        accepted = refused = duplicates = runs = 0
+        async for batch in ctx.read_batches("inbox", request.pattern):
+            accepted += len(batch.rows)
+            refused += batch.quarantined
+            fresh = []
+            for row in batch.rows:
+                ticket_id = str(row["id"])
+                if ticket_id in seen:
+                    duplicates += 1
+                    await ctx.quarantine(
+                        "inbox", row, rule="duplicate_id", where=f"ticket {ticket_id}",
+                        reason=f"ticket id {ticket_id} came before in this inbox",
+                    )  # fmt: skip
+                    continue
+                seen.add(ticket_id)
+                fresh.append(row)
+            if fresh:
+                started = await ctx.step("triage.start", start_triage, fresh)
+                runs += int(started["runs"])
+                for ticket_id in started["conflicts"]:
+                    duplicates += 1
+                    row = next(r for r in fresh if r["id"] == ticket_id)
+                    await ctx.quarantine(
+                        "inbox", row, rule="duplicate_id", where=f"ticket {ticket_id}",
+                        reason=f"an earlier intake took ticket id {ticket_id} with another "
+                        "message",
+                    )  # fmt: skip
+        return IntakeSummary(
+            accepted=accepted, quarantined_by_source=refused, duplicates=duplicates, runs=runs
+        )
+
+    @app.workflow(name="triage", version="4")
     async def triage(ctx: codara.Context, ticket: Ticket) -> Outcome:
+        # classify first: the runs that start together reach the model together, batched
         intent: Intent = await ctx.step("classify", model.classify, ticket.text)
-        customer = await ctx.step("crm.customer", crm.customer, ticket.customer())
+        customer_id = ticket.customer()
+        found = await ctx.read("crm", CUSTOMER, id=customer_id)
+        record = found.one()
+        if record is None and not found.quarantined:
+            reference = await ctx.quarantine(
+                "inbox",
+                ticket.model_dump(mode="json", exclude_none=True),
+                rule="unknown_customer",
+                reason=f"the CRM has no customer {customer_id}",
+                where=f"ticket {ticket.id}",
+            )
+            return Outcome(ticket_id=ticket.id, intent="", predicted=intent.label,
+                           confidence=intent.confidence,
+                           action="quarantined", policy_outcome="quarantined", decided_by=[],
+                           reason="unknown customer", reference=reference)  # fmt: skip
+        customer: dict[str, Any] = dict(record or {})  # a refused record: in quarantine
+        recent = await ctx.read("payments", RECENT, customer=customer_id)
         is_sensitive = intent.label in sensitive
         proposal = ReplyProposal(intent=intent.label, reply=render_reply(intent.label, customer))
         check = await gate.check(
@@ -75,7 +181,9 @@ def register(
             context={
                 "message": ticket.text,
                 "ticket_id": ticket.id,
-                "customer_tier": customer.get("tier"),
+                "customer": {k: customer.get(k) for k in ("name", "email", "tier", "country")},
+                "recent_transactions": recent.rows,
+                "data": ctx.data,
                 "model": intent.model,
             },
             low_risk=not is_sensitive and intent.confidence >= intent.threshold,
@@ -91,7 +199,7 @@ def register(
                 crm.send_reply,
                 f"reply:{ctx.run_id}",
                 ticket.id,
-                ticket.customer(),
+                customer_id,
                 final.intent,
                 body,
             )
@@ -104,7 +212,7 @@ def register(
                 crm.queue_for_human,
                 f"handoff:{ctx.run_id}",
                 ticket.id,
-                ticket.customer(),
+                customer_id,
                 final.intent,
                 intent.confidence,
                 str(check.decision.get("reason") or check.outcome),
@@ -120,6 +228,7 @@ def register(
             decided_by=reviewers,
             reason=_why(check.decision),
             reference=reference,
+            stale_data=bool(ctx.data["stale"]),
         )
 
 

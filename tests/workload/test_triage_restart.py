@@ -5,26 +5,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from examples.support_triage.app import CONFIG, build
+from examples.support_triage.app import CONFIG, build, load
+from examples.support_triage.crm import create
 from examples.support_triage.data import Ticket
 
 import codara
-from codara.config import load_settings
 from codara.review import Principal, Reviews
 
 STOLEN = "My card was stolen this morning and I need to block it now"
 
 
 def _workload(db_url: str, tmp_path: Path) -> codara.App:
-    settings = load_settings(CONFIG, overrides={"store": {"url": db_url, "durability": "os"}})
-    w = build(
-        settings,
-        inbox_size=20,
-        fit_per_intent=5,
-        tune_per_intent=5,
-        crm_path=tmp_path / "crm.db",
-        cache_dir=tmp_path / "cache",
-    )
+    crm = f"sqlite:///{tmp_path / 'crm.db'}"
+    if not (tmp_path / "crm.db").exists():
+        create(crm)
+    (tmp_path / "inbox").mkdir(exist_ok=True)
+    settings = load(CONFIG, crm_url=crm, inbox=tmp_path / "inbox",
+                    overrides={"store": {"url": db_url, "durability": "os"}})  # fmt: skip
+    w = build(settings, inbox_size=20, fit_per_intent=5, tune_per_intent=5,
+              cache_dir=tmp_path / "cache")  # fmt: skip
     return w.app
 
 
@@ -33,7 +32,9 @@ async def test_parked_ticket_completes_on_a_fresh_worker_after_approval(
 ) -> None:
     first = _workload(db_url, tmp_path)
     async with first:
-        run_id = await first.start_run("triage", Ticket(id="t-1", text=STOLEN).model_dump())
+        run_id = await first.start_run(
+            "triage", Ticket(id="t-1", text=STOLEN, customer_id=7).model_dump()
+        )
         await first.work(until_idle=True)  # classifies (preparing the model), parks for fraud
         record = await first.get_run(run_id)
         assert record.status == "waiting", record.error

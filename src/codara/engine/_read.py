@@ -335,7 +335,8 @@ async def _read_one(
     sorted_ = sort_records(batch, model_of(config), config.contract, positions=positions)
     now = ctx._clock()
     age = None if batch.newest is None else max(0.0, now - batch.newest)
-    stale = config.max_age is not None and (age is None or age > config.max_age)
+    # an empty batch holds no data to be old (a lookup that found nothing is not stale)
+    stale = config.max_age is not None and batch.seen > 0 and (age is None or age > config.max_age)
     by_rule = Counter(r.rule for r in sorted_.rejected)
     lineage: dict[str, JSON] = {
         "source": source.name,
