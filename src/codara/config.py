@@ -267,6 +267,13 @@ _OTHER_SECTIONS: tuple[tuple[str, str, str], ...] = (
         "`NotificationSettings` in `src/codara/review/_notify.py`",
     ),
     (
+        "[privacy]",
+        "`reveal = { ROLE = [KIND, ...] }`: the reviewer roles that may see the original "
+        "behind a token of those kinds (`email`, `phone`, `iban`, `card`, `name`, `address`, "
+        "`text`) in a review they decide; nobody else may.",
+        "[privacy](../privacy.md#a-reviewer-seeing-an-original)",
+    ),
+    (
         "[sources.NAME]",
         "a data source workflows read with `ctx.read`: `kind` (`sql`, `http`, `file`, or "
         "`package.module:Class`), its scope, `batch_rows`, `max_age` and `on_stale`, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from pydantic import BaseModel
 import codara
 from codara.api import create_app
 from codara.auth import Users
+from codara.config import Settings
 from codara.review import ReviewGate, install_reviews, load_policies
 from codara.store import parse_url, upgrade
 from codara.testing import FakeClock
@@ -74,9 +76,14 @@ class Refund(BaseModel):
     note: str
 
 
-def build_app(url: str, clock: Any = None) -> codara.App:
-    """The refunds workflow: a policy asks a person when unsure or big; output = decision."""
-    app = codara.App(url, clock=clock) if clock is not None else codara.App(url)
+def build_app(url: str, clock: Any = None, settings: Settings | None = None) -> codara.App:
+    """The refunds workflow: a policy asks a person when unsure or big; output = decision.
+    ``settings`` (with ``url`` as its store) replaces the configuration file's."""
+    if settings is not None:
+        settings = settings.model_copy(
+            update={"store": settings.store.model_copy(update={"url": url})}
+        )
+    app = codara.App(url, clock=clock or time.time, settings=settings)
     gate = ReviewGate(load_policies(POLICIES, workflow="refunds"), workflow="refunds")
     install_reviews(app)
 
@@ -223,10 +230,16 @@ class Env:
         return str(rows[0][0])
 
 
-def make_env(db: Seeded) -> Env:
+def make_env(db: Seeded, settings: Settings | None = None) -> Env:
     clock = FakeClock()
-    app = build_app(db.url, clock)
+    app = build_app(db.url, clock, settings)
     return Env(app=app, api=create_app(app), clock=clock, tokens=dict(db.tokens))
+
+
+@pytest.fixture(scope="session")
+def env_factory() -> Callable[..., Env]:
+    """``make_env(seeded, settings=None)``: an Env for tests that need their own settings."""
+    return make_env
 
 
 @pytest.fixture

@@ -117,10 +117,12 @@ async def test_wrong_role_is_forbidden(env: Env) -> None:
                 continue
             path = _fill(template, review_id=review_id)
             if path.startswith("/api/"):
-                body = {"proposal": {}, "reason_code": "wrong_amount", "to": "carol"}
+                body = {"proposal": {}, "reason_code": "wrong_amount", "to": "carol",
+                        "token": "<card:0123456789ab>", "purpose": "x"}  # fmt: skip
                 r = await alice.request(method, path, json=body)
             else:  # console forms
-                form = {"proposal": "{}", "reason_code": "wrong_amount"}
+                form = {"proposal": "{}", "reason_code": "wrong_amount",
+                        "token": "<card:0123456789ab>", "purpose": "x"}  # fmt: skip
                 r = await alice.request(method, path, data=form if method == "POST" else None)
             assert r.status_code == 403, (method, template, r.status_code, r.text)
         listed = (await alice.get("/api/reviews")).json()["items"]

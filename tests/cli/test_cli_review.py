@@ -369,3 +369,55 @@ def test_an_item_of_a_cancelled_run_is_closed_and_deciding_it_exits_12(
     assert _json(cli(p, "review", "list", "-u", "alice", "--json").stdout) == {"reviews": []}
     closed = _json(cli(p, "review", "list", "--status", "closed", "-u", "alice", "--json").stdout)
     assert [i["id"] for i in closed["reviews"]] == [review_id]
+
+
+# -- personal data -----------------------------------------------------------------------------
+def test_reveal_prints_the_original_to_an_allowed_role_only(
+    project: Project, cli: CliFn, monkeypatch: Any
+) -> None:
+    """[privacy] reveal lets support see card numbers: alice gets the original on stdout,
+    carl (billing) exit 14, a value instead of a token exit 4 without being echoed."""
+    import secrets
+
+    from codara.privacy import TOKEN
+
+    monkeypatch.setenv("CODARA_MASK_KEY", secrets.token_urlsafe(32))
+    monkeypatch.setenv("CODARA_VAULT_KEY", secrets.token_urlsafe(32))
+    (project.path / "codara.toml").write_text('[privacy]\nreveal = { support = ["card"] }\n')
+    card = "4111 1111 1111 1111"
+
+    async def go() -> str:
+        async with _app(project.url) as app:
+            await Users(app.store, app.clock).add("alice", ["support"])
+            await Users(app.store, app.clock).add("carl", ["billing"])
+            await app.start_run("refunds", {"amount": 500.0, "note": f"my card {card}"})
+            await app.work(until_idle=True)
+            [item] = await Reviews(app.store, app.clock).queue(ADMIN)
+            return item.id
+
+    review_id = asyncio.run(go())
+    [(stored,)] = project.sql("SELECT input FROM codara_runs")
+    assert card not in str(stored)
+    [token] = {t for t in TOKEN.findall(str(stored)) if t.startswith("<card:")}
+
+    revealed = cli(project, "review", "reveal", review_id, token, "-p", "fraud check",
+                   "--user", "alice", "--json")  # fmt: skip
+    assert revealed.exit_code == 0, revealed.output
+    assert _json(revealed.stdout) == {"token": token, "kind": "card", "value": card}
+    plain = cli(project, "review", "reveal", review_id, token, "-p", "again", "-u", "alice")
+    assert plain.stdout.strip() == card
+    assert "recorded in the item's history" in plain.stderr
+
+    by_carl = cli(project, "review", "reveal", review_id, token, "-p", "x", "-u", "carl")
+    assert by_carl.exit_code == 14, by_carl.output
+    raw = cli(project, "review", "reveal", review_id, card, "-p", "x", "-u", "alice")
+    assert raw.exit_code == 4, raw.output
+    assert "4111" not in raw.output
+    no_purpose = cli(project, "review", "reveal", review_id, token, "-u", "alice")
+    assert no_purpose.exit_code == 2, no_purpose.output
+    actors = project.sql("SELECT actor, purpose FROM codara_unmask_events ORDER BY id")
+    assert actors == [("alice", f"review {review_id}: fraud check"),
+                      ("alice", f"review {review_id}: again")]  # fmt: skip
+    history = _json(cli(project, "review", "show", review_id, "-u", "alice", "--json").stdout)
+    assert [h["action"] for h in history["history"]] == ["create", "reveal", "reveal"]
+    assert card not in json.dumps(history)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import socket
 import sys
@@ -26,6 +27,7 @@ from pydantic import BaseModel
 import codara
 from codara.api import create_app
 from codara.auth import Users
+from codara.config import Settings
 from codara.review import ReviewGate, install_reviews, load_policies
 
 CHROMIUM = os.environ.get("CODARA_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -57,8 +59,14 @@ class Refund(BaseModel):
     note: str
 
 
+# Reviewers of the support role may see card numbers (the reject item's customer gives one).
+REVEAL = {"privacy": {"reveal": {"support": ["card"]}}}
+CARD = "4111 1111 1111 1111"
+
+
 def build_app(url: str) -> codara.App:
-    app = codara.App(url, durability="os")
+    settings = Settings.model_validate({**REVEAL, "store": {"url": url, "durability": "os"}})
+    app = codara.App(settings=settings)
     gate = ReviewGate(load_policies(POLICIES, workflow="refunds"), workflow="refunds")
     install_reviews(app)
 
@@ -126,7 +134,7 @@ async def _seed(url: str) -> tuple[dict[str, str], dict[str, str]]:
                 {
                     "amount": 40.0 + 10 * i,
                     "confidence": 0.6 - 0.1 * i,
-                    "customer": f"C-{100 + i}",
+                    "customer": f"C-{100 + i}" + (f", card {CARD}" if label == "reject" else ""),
                     "order": f"A-{7000 + i}",
                 },
             )
@@ -141,8 +149,11 @@ async def _seed(url: str) -> tuple[dict[str, str], dict[str, str]]:
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    """uvicorn serving the console on a free port, in a thread, for one test."""
+def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
+    """uvicorn serving the console on a free port, in a thread, for one test (with masking
+    and vault keys, so that a reviewer may reveal the card number of the reject item)."""
+    monkeypatch.setenv("CODARA_MASK_KEY", secrets.token_urlsafe(32))
+    monkeypatch.setenv("CODARA_VAULT_KEY", secrets.token_urlsafe(32))
     url = f"sqlite:///{tmp_path / 'codara.db'}"
     runs, reviews = asyncio.run(_seed(url))
     port = _free_port()

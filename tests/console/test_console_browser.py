@@ -1,6 +1,7 @@
 """The console in a real browser: log in through the form, approve one item, edit another,
-reject a third (keyboard shortcuts included), then a worker resumes the three runs with
-those decisions. A screenshot of the queue goes to /tmp/codara-queue.png."""
+reveal the card number of a third's customer and reject it (keyboard shortcuts included),
+then a worker resumes the three runs with those decisions. A screenshot of the queue goes
+to /tmp/codara-queue.png."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ ARGS = [
 ]
 SCREENSHOT = "/tmp/codara-queue.png"  # noqa: S108 (where the reviewer looks at it)
 SELECTED = re.compile(r"\bselected\b")
+CARD = "4111 1111 1111 1111"  # in the reject item's customer (conftest's _seed)
 
 
 async def _open_item(page: Page, served: Served, label: str) -> None:
@@ -77,6 +79,17 @@ async def test_review_in_the_browser(chromium: str, served: Served, worker_app: 
             await editor.fill(json.dumps({"amount": 25.0, "note": "half: one item kept"}))
             await page.get_by_role("button", name="Approve edited proposal").click()
             await expect(page.locator(".flash.ok")).to_contain_text("edited proposal")
+
+            # reveal: the customer's card number, for a role [privacy] reveal allows
+            await _open_item(page, served, "reject")
+            assert CARD not in await page.content()
+            personal = page.locator("#personal")
+            await personal.get_by_label(re.compile("Why you need to see <card:")).fill("fraud list")
+            await personal.get_by_role("button", name="Show card").click()
+            await expect(page.locator("#revealed-value")).to_have_text(CARD)
+            await _open_item(page, served, "reject")  # the next view: the token again
+            assert CARD not in await page.content()
+            await expect(page.locator("table.rows td", has_text="reveal").first).to_be_visible()
 
             # reject: 'r' focuses the coded reasons
             await _open_item(page, served, "reject")

@@ -10,6 +10,7 @@ import json
 import logging
 import secrets
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,10 @@ async def _settle(app: codara.App, done: Done) -> None:
     await decide_pending(app)
     await app.work(until_idle=True)
     for run in await app.store.list_runs(limit=1000):
-        assert run.status == "completed", (run.workflow, run.status, run.error)
+        if run.status != "completed":  # say why: its journal's last rows
+            tail = [(j.kind, j.name, j.status, j.error) for j in await app.journal(run.id)][-3:]
+            pytest.fail(f"{run.workflow} {run.id} is {run.status} "
+                        f"(ready at {run.ready_at}, now {time.time()}): {tail}")  # fmt: skip
         if run.workflow == "intake":
             done.intake = json.loads(run.output or "{}")
         else:

@@ -25,6 +25,7 @@ from codara.api._headers import SecurityHeadersMiddleware
 from codara.api._routes import check_json_body, router
 from codara.engine import App, Client
 from codara.errors import CodaraError, InputError, PayloadTooLargeError, StoreError
+from codara.review import reveal_rules
 
 __all__ = ["create_app"]
 
@@ -218,6 +219,7 @@ def create_app(app: App | Client, *, max_body_bytes: int | None = None) -> FastA
         redoc_url=None,
         openapi_url=None,  # served below, behind authentication
     )
+    reveal_rules(app.settings)  # a broken [privacy] stops the server at start, not a request
     api.state.codara = app
     api.add_middleware(AuthMiddleware)
     limit = max_body_bytes if max_body_bytes is not None else app.settings.server.max_body_bytes

@@ -20,7 +20,8 @@ from codara.api._auth import OPERATOR, codara_app, current_identity, current_pri
 from codara.auth._web import WebIdentity
 from codara.engine import App, check_signal_name
 from codara.errors import InputError, PayloadTooLargeError
-from codara.review import Principal, ReviewItem, Reviews
+from codara.privacy import TOKEN
+from codara.review import PURPOSE_MAX, Principal, ReviewItem, Reviews
 from codara.store import JournalRecord, RunRecord
 
 __all__ = ["MAX_DEPTH", "ErrorOut", "check_json_body", "router"]
@@ -171,6 +172,23 @@ class RejectIn(ApproveIn):
     reason_code: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,100}$", description="A coded reason.")
 
 
+class RevealIn(BaseModel):
+    token: str = Field(
+        pattern=f"^{TOKEN.pattern}$", description="A token the item shows: <card:cf5b63d5ab01>."
+    )
+    purpose: str = Field(
+        max_length=PURPOSE_MAX,
+        pattern=r"^[^\x00]*\S[^\x00]*$",
+        description="Why you need the original (kept with the reveal).",
+    )
+
+
+class RevealOut(BaseModel):
+    token: str
+    kind: str
+    value: str = Field(description="The original: shown to you, stored and logged nowhere.")
+
+
 class BulkApproveIn(BaseModel):
     ids: list[Annotated[str, Field(pattern=_ID)]] = Field(min_length=1, max_length=100)
 
@@ -304,7 +322,7 @@ def journal_out(j: JournalRecord) -> JournalRowOut:
 
 
 def _reviews(app: Annotated[App, Depends(codara_app)]) -> Reviews:
-    return Reviews(app.store, app.clock)
+    return Reviews.of(app)
 
 
 Who = Annotated[Principal, Depends(current_principal)]
@@ -540,3 +558,16 @@ async def reject(who: Who, reviews: TheReviews, review_id: ReviewId, body: Rejec
     return await reviews.reject(
         who, review_id, body.reason_code, comment=body.comment, version=body.version
     )
+
+
+@router.post(
+    "/reviews/{review_id}/reveal",
+    tags=["reviews"],
+    responses=_409,
+)
+async def reveal(who: Who, reviews: TheReviews, review_id: ReviewId, body: RevealIn) -> RevealOut:
+    """The original behind a token of an open item you may decide, if ``[privacy] reveal``
+    lets one of your roles see its kind. Recorded in the item's history (who, which token,
+    why) and in ``codara_unmask_events``; 404 when the original was erased."""
+    shown = await reviews.reveal(who, review_id, body.token, purpose=body.purpose)
+    return RevealOut(token=shown.token, kind=shown.kind, value=shown.value)

@@ -1,4 +1,4 @@
-"""``codara review list|show|claim|unclaim|approve|edit|reject``: the review queue in a terminal.
+"""``codara review list|show|claim|unclaim|reveal|approve|edit|reject``: the queue in a terminal.
 
 The CLI reaches the database directly, so it is trusted like an operator console: it acts as
 the user named by ``--user`` (or ``CODARA_USER``), who must exist in ``codara_users`` and is
@@ -35,7 +35,7 @@ from ._output import (
 if TYPE_CHECKING:  # the review layer (and its CEL policies) loads when a command runs
     from rich.table import Table
 
-    from codara.review import Principal, ReviewItem, Reviews
+    from codara.review import Principal, Revealed, ReviewItem, Reviews
 
 __all__ = ["review_app"]
 
@@ -102,7 +102,7 @@ async def _session(opts: Options, user: str | None) -> AsyncIterator[tuple[Revie
                 hint=f"check --user / {USER_ENV}, or have an admin add the user with its roles "
                 "(`codara users add`)",
             ) from None
-        yield Reviews(app.store, app.clock), who
+        yield Reviews.of(app), who
 
 
 def _run(opts: Options, review_id: str | None, body: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -410,6 +410,36 @@ def unclaim_command(
             return await reviews.unclaim(who, review_id)
 
     _report("unclaim", _run(opts, review_id, body), opts.json)
+
+
+@review_app.command("reveal")
+def reveal_command(
+    ctx: typer.Context,
+    review_id: ReviewIdArg,
+    token: Annotated[
+        str, typer.Argument(help="A token the item shows, like '<card:cf5b63d5ab01>'.")
+    ],
+    purpose: Annotated[
+        str, typer.Option("--purpose", "-p", help="Why you need the original (kept with it).")
+    ],
+    user: UserOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Print the original behind a token of an open item you may decide, if [privacy] reveal
+    lets one of your roles see its kind. Recorded in the item's history and in
+    codara_unmask_events; the value itself is printed here only."""
+    opts = options(ctx, json_out)
+
+    async def body() -> Revealed:
+        async with _session(opts, user) as (reviews, who):
+            return await reviews.reveal(who, review_id, token, purpose=purpose)
+
+    shown = _run(opts, review_id, body)
+    if opts.json:
+        print_json({"token": shown.token, "kind": shown.kind, "value": shown.value})
+    else:
+        out_console().print(shown.value, markup=False, highlight=False)
+        err_console().print(f"{shown.kind} behind {shown.token}: recorded in the item's history")
 
 
 @review_app.command("approve")

@@ -33,8 +33,8 @@ from codara.auth._web import (
     start_session,
 )
 from codara.engine import App
-from codara.errors import ConflictError, InputError
-from codara.review import ForbiddenError, ReviewItem, Reviews
+from codara.errors import ConflictError, InputError, NotFoundError
+from codara.review import PURPOSE_MAX, ForbiddenError, ReviewItem, Reviews
 
 from ._view import DONE, holder, journal_rows, register_filters, safe_next, sort_by_deadline
 
@@ -180,7 +180,7 @@ async def queue(
     status: str = "open",
 ) -> Response:
     who = identity.principal
-    reviews = Reviews(_app(request).store, _app(request).clock)
+    reviews = Reviews.of(_app(request))
     status = status if status in ("open", "pending", "claimed", "decided") else "open"
     role = role or None
     counts = await reviews.counts(who)
@@ -199,7 +199,7 @@ async def bulk_approve(
     ids: Annotated[list[str], Form()] = [],  # noqa: B006
 ) -> Response:
     who = identity.principal
-    reviews = Reviews(_app(request).store, _app(request).clock)
+    reviews = Reviews.of(_app(request))
     chosen = list(dict.fromkeys(ids))[:200]
     if any(not re.fullmatch(_ID, i) for i in chosen):
         raise InputError("malformed review id in the selection")
@@ -218,7 +218,7 @@ async def _item_page(
 ) -> Response:
     app = _app(request)
     who = identity.principal
-    reviews = Reviews(app.store, app.clock)
+    reviews = Reviews.of(app)
     item = await reviews.get(who, review_id)
     history = await reviews.history(who, review_id)
     journal = await app.journal(item.run_id)
@@ -228,6 +228,7 @@ async def _item_page(
     next_id = ids[at + 1] if 0 <= at < len(ids) - 1 else (ids[0] if at < 0 and ids else None)
     may_decide = item.status in _OPEN and _may_act(identity, item, app.clock())
     extra.setdefault("proposal_text", json.dumps(item.proposal, indent=2, ensure_ascii=False))
+    extra.setdefault("revealable", await reviews.revealable(who, review_id))
     return _render(
         request, "item.html", status, item=item, history=history,
         journal=journal_rows(journal), prev_id=prev_id, next_id=next_id,
@@ -237,7 +238,7 @@ async def _item_page(
 
 async def _after_decision(request: Request, identity: WebIdentity, done: str) -> Response:
     app = _app(request)
-    items = sort_by_deadline(await Reviews(app.store, app.clock).queue(identity.principal))
+    items = sort_by_deadline(await Reviews.of(app).queue(identity.principal))
     now = app.clock()
     mine = [i for i in items if _may_act(identity, i, now)]
     if mine:
@@ -283,7 +284,7 @@ async def approve(
     request: Request, identity: Checked, review_id: ReviewId,
     comment: OptText = None, version: Annotated[int | None, Form(ge=0)] = None,
 ) -> Response:  # fmt: skip
-    reviews = Reviews(_app(request).store, _app(request).clock)
+    reviews = Reviews.of(_app(request))
     return await _decide(
         request, identity, review_id, "approved",
         lambda: reviews.approve(identity.principal, review_id, comment=comment, version=version),
@@ -304,7 +305,7 @@ async def edit(
             error=f"the edited proposal is not valid JSON: {exc}",
             hint="keep the quotes, commas and braces of the original",
         )  # fmt: skip
-    reviews = Reviews(_app(request).store, _app(request).clock)
+    reviews = Reviews.of(_app(request))
     return await _decide(
         request, identity, review_id, "edited",
         lambda: reviews.edit(identity.principal, review_id, value, comment=comment,
@@ -319,7 +320,7 @@ async def reject(
     reason_code: Annotated[str, Form(min_length=1, max_length=100)],
     comment: OptText = None, version: Annotated[int | None, Form(ge=0)] = None,
 ) -> Response:  # fmt: skip
-    reviews = Reviews(_app(request).store, _app(request).clock)
+    reviews = Reviews.of(_app(request))
     return await _decide(
         request, identity, review_id, "rejected",
         lambda: reviews.reject(identity.principal, review_id, reason_code, comment=comment,
@@ -328,9 +329,26 @@ async def reject(
     )  # fmt: skip
 
 
+@router.post("/reviews/{review_id}/reveal")
+async def reveal(
+    request: Request, identity: Checked, review_id: ReviewId,
+    token: Annotated[str, Form(min_length=1, max_length=100)],
+    purpose: Annotated[str, Form(max_length=PURPOSE_MAX)] = "",
+) -> Response:  # fmt: skip
+    """The item page again, with the original behind ``token`` shown once (no-store)."""
+    reviews = Reviews.of(_app(request))
+    try:
+        shown = await reviews.reveal(identity.principal, review_id, token, purpose=purpose)
+    except (ConflictError, InputError, NotFoundError) as exc:
+        return await _item_page(
+            request, identity, review_id, exc.http_status, error=exc.message, hint=exc.hint
+        )
+    return await _item_page(request, identity, review_id, revealed=shown)
+
+
 @router.post("/reviews/{review_id}/claim")
 async def claim(request: Request, identity: Checked, review_id: ReviewId) -> Response:
-    reviews = Reviews(_app(request).store, _app(request).clock)
+    reviews = Reviews.of(_app(request))
     try:
         await reviews.claim(identity.principal, review_id)
     except ConflictError as exc:
@@ -340,7 +358,7 @@ async def claim(request: Request, identity: Checked, review_id: ReviewId) -> Res
 
 @router.post("/reviews/{review_id}/unclaim")
 async def unclaim(request: Request, identity: Checked, review_id: ReviewId) -> Response:
-    reviews = Reviews(_app(request).store, _app(request).clock)
+    reviews = Reviews.of(_app(request))
     try:
         await reviews.unclaim(identity.principal, review_id)
     except ConflictError as exc:
@@ -369,7 +387,7 @@ async def runs_page(
 @router.get("/runs/{run_id}")
 async def run_page(request: Request, identity: Operator, run_id: RunId) -> Response:
     app = _app(request)
-    reviews = Reviews(app.store, app.clock)
+    reviews = Reviews.of(app)
     record = await app.get_run(run_id)
     journal = await app.journal(run_id)
     items = [

@@ -26,6 +26,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from codara.errors import ConfigError
 from codara.privacy import (
     KINDS,
     Finding,
@@ -39,7 +40,15 @@ from codara.privacy import (
 if TYPE_CHECKING:
     from codara.store import Store, Tx
 
-__all__ = ["Privacy", "RedactingFilter", "erase", "mask_input", "privacy"]
+__all__ = [
+    "UNMASK_INSERT",
+    "VAULT_SELECT",
+    "Privacy",
+    "RedactingFilter",
+    "erase",
+    "mask_input",
+    "privacy",
+]
 
 log = logging.getLogger("codara.privacy")
 
@@ -109,6 +118,29 @@ class Privacy:
             await tx.execute(_INSERT_VAULT, {"token": token, "kind": kind, "sealed": sealed,
                                              "at": at})  # fmt: skip
 
+    def open_rows(self, rows: Sequence[Sequence[Any]]) -> dict[str, tuple[str, str]]:
+        """token -> (kind, original) of vault rows ``(token, kind, sealed)``. Without a vault
+        key: ConfigError (the originals cannot be opened here)."""
+        if self.cipher is None:
+            raise ConfigError(
+                "turning a token back into its original needs the vault: CODARA_VAULT_KEY "
+                "is not set in this process",
+                hint="set CODARA_VAULT_KEY (the deployment's key, docs/privacy.md)",
+            )
+        cipher = self.cipher
+        return {str(t): (str(k), cipher.open(str(t), base64.b64decode(str(s))))
+                for t, k, s in rows}  # fmt: skip
+
+
+VAULT_SELECT = "SELECT token, kind, sealed FROM codara_vault WHERE token IN ({marks})"
+"""The vault rows of some tokens (``marks``: one ``?`` per token)."""
+
+UNMASK_INSERT = (
+    "INSERT INTO codara_unmask_events (at, actor, token, kind, run_id, purpose) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+"""Who saw (or erased) which token's original, when, for which run and why."""
+
 
 _CACHE: dict[tuple[str, str], Privacy] = {}
 
@@ -148,9 +180,8 @@ async def erase(store: Store, privacy: Privacy, subject: str, *, by: str) -> lis
     now = time.time()
     for token in erased:
         await store.execute_raw(
-            "INSERT INTO codara_unmask_events (at, actor, token, kind, run_id, purpose) "
-            "VALUES (?, ?, ?, ?, NULL, ?)",
-            [now, by, token, token[1:].split(":", 1)[0], "erased (right to erasure)"],
+            UNMASK_INSERT,
+            [now, by, token, token[1:].split(":", 1)[0], None, "erased (right to erasure)"],
         )
     return erased
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from codara.engine._codec import decode, dump_error, dumps
-from codara.engine._privacy import privacy
+from codara.engine._privacy import UNMASK_INSERT, VAULT_SELECT, privacy
 from codara.errors import (
     CodaraError,
     ConfigError,
@@ -201,8 +201,6 @@ async def _reveal(
     """``batch`` with ``fields`` turned back into their originals from the vault, for the
     workflow only (the journal keeps the tokens). A token whose original was erased stays a
     token. ``record``: write who saw what (not on replay: the run saw it already)."""
-    from base64 import b64decode
-
     from codara.privacy import is_token
 
     shield = privacy()
@@ -216,17 +214,15 @@ async def _reveal(
             hint="set CODARA_VAULT_KEY (docs/privacy.md), or read the field masked",
         )
     marks = ", ".join("?" for _ in tokens)
-    found = await ctx._store.execute_raw(
-        f"SELECT token, kind, sealed FROM codara_vault WHERE token IN ({marks})", tokens
-    )
-    originals = {str(t): shield.cipher.open(str(t), b64decode(str(s))) for t, _, s in found}
-    if record and found:
+    found = await ctx._store.execute_raw(VAULT_SELECT.format(marks=marks), tokens)
+    opened = shield.open_rows(found)
+    originals = {token: original for token, (_, original) in opened.items()}
+    if record and opened:
         now = ctx._clock()
-        for token, kind, _ in found:
+        for token, (kind, _) in opened.items():
             await ctx._store.execute_raw(
-                "INSERT INTO codara_unmask_events (at, actor, token, kind, run_id, purpose) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [now, f"workflow {ctx.workflow}", str(token), str(kind), ctx.run_id,
+                UNMASK_INSERT,
+                [now, f"workflow {ctx.workflow}", token, kind, ctx.run_id,
                  f"ctx.read {name} unmasked {', '.join(fields)}"],
             )  # fmt: skip
     ctx._revealed = True  # from here on, what the run journals is masked

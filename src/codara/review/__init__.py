@@ -12,7 +12,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from codara.review._items import Principal, ReviewItem, ReviewResult, diff, validate_edit
-from codara.review._service import ForbiddenError, Reviews, review_signal
+from codara.review._reveal import PURPOSE_MAX, Revealed, RevealRules
+from codara.review._service import ForbiddenError, Reviews, reveal_rules, review_signal
 
 if TYPE_CHECKING:
     from codara.review._gate import GateResult, ReviewGate, install_reviews
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "PURPOSE_MAX",
     "Decision",
     "ForbiddenError",
     "GateResult",
@@ -36,6 +38,8 @@ __all__ = [
     "PolicyProblem",
     "PolicyRule",
     "Principal",
+    "RevealRules",
+    "Revealed",
     "ReviewGate",
     "ReviewItem",
     "ReviewResult",
@@ -45,6 +49,7 @@ __all__ = [
     "diff",
     "install_reviews",
     "load_policies",
+    "reveal_rules",
     "review_signal",
     "validate_edit",
 ]

@@ -21,13 +21,15 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-from codara.engine import REVIEW_SIGNAL_PREFIX
+from codara.config import Settings
+from codara.engine import REVIEW_SIGNAL_PREFIX, App, Client
 from codara.errors import ConflictError, ForbiddenError, InputError, NotFoundError, StoreError
 from codara.review._items import Principal, ReviewItem, ReviewResult, diff, validate_edit
+from codara.review._reveal import PURPOSE_MAX, Revealed, RevealRules, kind_of, tokens_in
 from codara.store import ReviewRecord, Store, Tx
 from codara.store import reviews as repo
 
-__all__ = ["ForbiddenError", "Reviews", "review_signal"]
+__all__ = ["ForbiddenError", "Reviews", "reveal_rules", "review_signal"]
 
 log = logging.getLogger("codara.review")
 
@@ -77,11 +79,30 @@ def _closed(review_id: str, run_id: str, run_status: str | None) -> ConflictErro
     )
 
 
+def reveal_rules(settings: Settings) -> RevealRules:
+    """``[privacy] reveal`` of ``settings``: which roles may reveal which kinds."""
+    where = settings.source_file or "the configuration"
+    return RevealRules.from_section(settings.section("privacy"), where)
+
+
 class Reviews:
-    def __init__(self, store: Store, clock: Callable[[], float], notify: Notify | None = None):
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], float],
+        notify: Notify | None = None,
+        *,
+        reveal: RevealRules | None = None,
+    ):
         self.store = store
         self.clock = clock
         self.notify = notify
+        self.reveal_rules = reveal or RevealRules.none()
+
+    @classmethod
+    def of(cls, app: App | Client, notify: Notify | None = None) -> Reviews:
+        """The queue of ``app``'s store, with its ``[privacy] reveal`` rules."""
+        return cls(app.store, app.clock, notify, reveal=reveal_rules(app.settings))
 
     # -- reading ---------------------------------------------------------------------------
     async def queue(
@@ -142,6 +163,84 @@ class Reviews:
             {"role": role, "open": n, "next_due_at": due, "oldest_created_at": oldest}
             for role, n, due, oldest in rows
         ]
+
+    # -- personal data -----------------------------------------------------------------------
+    async def revealable(self, who: Principal, review_id: str) -> list[tuple[str, str]]:
+        """(token, kind) of the tokens in the item and its run that ``who`` may reveal now:
+        none unless the item is open, ``who`` may decide it, and ``[privacy] reveal`` gives
+        one of their roles the token's kind."""
+        kinds = self.reveal_rules.kinds_for(who)
+        if not kinds:
+            return []
+        async with self.store.tx() as tx:
+            r = await self._visible(tx, who, review_id)
+        if r.status not in repo.OPEN or not who.may_decide(r.role):
+            return []
+        return [(t, kind_of(t)) for t in await self._tokens_of(r) if kind_of(t) in kinds]
+
+    async def reveal(self, who: Principal, review_id: str, token: str, *, purpose: str) -> Revealed:
+        """The original behind ``token``, for ``who`` deciding review ``review_id``.
+
+        Allowed only for a token that appears in the item or its run, of a kind ``[privacy]
+        reveal`` gives one of ``who``'s roles, while the item is open and ``who`` may decide
+        it. Recorded, in the transaction that opens the vault entry, in the item's
+        hash-chained history (who, which token, why; never the value) and in
+        ``codara_unmask_events``. The value is returned, never stored or logged."""
+        from codara.engine._privacy import UNMASK_INSERT, VAULT_SELECT, privacy
+        from codara.privacy import is_token
+
+        if not is_token(token):  # never echo it: it may be the value itself
+            raise InputError(
+                "not a token: pass a token as the item shows it, like <card:cf5b63d5ab01>"
+            )
+        why = " ".join(purpose.split())
+        if not why or len(why) > PURPOSE_MAX:
+            raise InputError(
+                f"say why you need to see it: a purpose of 1 to {PURPOSE_MAX} characters",
+                hint="it is kept with the reveal in the item's history",
+            )
+        shield = privacy()
+        why, _ = shield.mask(why)  # a purpose quoting a value keeps its token only
+        kind = kind_of(token)
+        if kind not in self.reveal_rules.kinds_for(who):
+            raise ForbiddenError(
+                f"{who.username} may not reveal {kind} values: no role of theirs is allowed to",
+                hint="[privacy] reveal in the configuration says which roles may see which kinds "
+                "(docs/privacy.md)",
+            )
+        async with self.store.tx() as tx:
+            record = await self._visible(tx, who, review_id)
+        if token not in await self._tokens_of(record):
+            raise NotFoundError(
+                f"{token} does not appear in review {review_id} or its run",
+                hint="only the personal values of the item you are deciding can be revealed",
+            )
+        now = self.clock()
+        async with self._acting(review_id) as tx:
+            r = await self._open(tx, who, review_id, decide=True)
+            rows = await tx.fetchall(VAULT_SELECT.format(marks="?"), (token,))
+            if not rows:
+                raise NotFoundError(
+                    f"the original of {token} is not in the vault: it was erased, or it was "
+                    "masked where CODARA_VAULT_KEY was not set",
+                    hint="decide on what the item shows, or ask the customer",
+                )
+            [(_, value)] = shield.open_rows(rows).values()
+            await tx.execute(UNMASK_INSERT, (now, who.username, token, kind, r.run_id,
+                                             f"review {r.id}: {why}"))  # fmt: skip
+            detail = json.dumps({"token": token, "kind": kind, "purpose": why})
+            await repo.add_event(tx, r.id, who.username, "reveal", detail, None, now)
+        log.info("%s revealed %s in review %s", who.username, token, review_id)
+        return Revealed(token, kind, value)
+
+    async def _tokens_of(self, r: ReviewRecord) -> list[str]:
+        """The tokens a reviewer of ``r`` is shown: in the item, its run's input and
+        journal."""
+        run = await self.store.get_run(r.run_id)
+        texts = [r.proposal, r.context, r.reason, run.input if run else None]
+        for j in await self.store.journal(r.run_id):
+            texts += [j.input, j.output, j.error]
+        return tokens_in(texts)
 
     # -- acting ----------------------------------------------------------------------------
     async def claim(self, who: Principal, review_id: str, *, ttl: float = 900.0) -> ReviewItem:
