@@ -29,6 +29,8 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from stdnum import iban as _iban
 from stdnum import luhn
 
+from codara.errors import ConfigError, SourceError
+
 from .data import CUSTOMERS
 
 metadata = sa.MetaData()
@@ -217,7 +219,14 @@ def create(url: str, *, seed: int = 7, now: dt.datetime | None = None) -> Seeded
                     tx["currency"] = "XXX"
                     seeded.broken_transactions[tx_id] = i
                 ledger.append(tx)
-    engine = sa.create_engine(engine_url(url))
+    target = engine_url(url)
+    try:
+        engine = sa.create_engine(target)
+    except sa.exc.ArgumentError as exc:  # a dialect or driver SQLAlchemy does not have
+        raise ConfigError(
+            f"the CRM database {_shown(target)} cannot be used: {exc}",
+            hint="use sqlite:///PATH, postgresql://HOST/DB or mysql://USER@HOST/DB",
+        ) from None
     try:
         if engine.dialect.name == "sqlite":  # readers (the sources) never wait for a writer
             with engine.connect() as conn:
@@ -229,15 +238,31 @@ def create(url: str, *, seed: int = 7, now: dt.datetime | None = None) -> Seeded
             conn.execute(cards.insert(), wallet)
             if ledger:
                 conn.execute(transactions.insert(), ledger)
+    except sa.exc.DBAPIError as exc:  # unreachable, no such database, refused credentials
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise SourceError(
+            f"the CRM database {_shown(target)} cannot be created: {reason}",
+            hint="check that the server runs and the database exists (--crm-url)",
+        ) from None
     finally:
         engine.dispose()
     seeded.customers, seeded.cards, seeded.transactions = len(people), len(wallet), len(ledger)
     return seeded
 
 
+def _shown(url: sa.URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
 def engine_url(url: str) -> sa.URL:
     """``url`` with the driver the sources use (psycopg, PyMySQL) when it names none."""
-    parsed = sa.make_url(url)
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:  # not echoed: it may hold a password
+        raise ConfigError(
+            "the CRM URL is not a database URL",
+            hint="use sqlite:///PATH, postgresql://HOST/DB or mysql://USER@HOST/DB",
+        ) from None
     backend, _, driver = parsed.drivername.partition("+")
     if not driver and backend == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")

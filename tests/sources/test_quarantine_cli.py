@@ -170,3 +170,22 @@ def test_malformed_params_and_record_files_are_refused_and_change_nothing(
     assert "--record-file" in refused.output
     after = json.loads(_cli(config, "quarantine", "show", record["id"], "--json").stdout)
     assert (after["status"], after["record"]) == ("open", record["record"])  # nothing changed
+
+
+def test_sources_list_shows_freshness_limits_in_days_hours_or_minutes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reference workload's crm source allows 30 days (2,592,000 s in its file)."""
+    from codara.cli._output import fmt_limit
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo-out" / "inbox").mkdir(parents=True)  # its inbox root must exist
+    example = Path(__file__).parents[2] / "examples" / "support_triage" / "codara.toml"
+    table = _cli(example, "sources", "list")
+    assert table.exit_code == 0, table.output
+    [crm] = [line for line in table.stdout.splitlines() if " crm " in line]
+    assert "30 days" in crm
+    assert "e+06" not in table.stdout
+    assert [fmt_limit(s) for s in (None, 86400, 5400, 7200, 900, 45, 90.5, 1.5 * 86400)] == [
+        "-", "1 day", "90 min", "2 h", "15 min", "45 s", "90.5 s", "36 h",
+    ]  # fmt: skip

@@ -157,6 +157,9 @@ def test_the_url_is_never_shown_by_the_config() -> None:
         ({"url_env": "U", "timestamp_column": "orders.id"}, "TABLE.COLUMN"),
         ({"url_env": "U", "row_limit": 0}, "greater than or equal to 1"),
         ({"url_env": "U", "statement_timeout": 0}, "greater than 0"),
+        ({"url_env": "U", "max_connections": 0}, "greater than or equal to 1"),
+        ({"url_env": "U", "max_connections": 1001}, "less than or equal to 1000"),
+        ({"url_env": "U", "max_connections": "five"}, "valid integer"),
     ],
 )
 def test_a_bad_config_is_refused_without_showing_the_url(

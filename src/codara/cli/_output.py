@@ -45,6 +45,7 @@ __all__ = [
     "err_console",
     "error_dict",
     "fmt_duration",
+    "fmt_limit",
     "fmt_time",
     "guard",
     "journal_dict",
@@ -130,6 +131,18 @@ def fmt_duration(seconds: float | None) -> str:
     if seconds < 120:
         return f"{seconds:.2f} s"
     return f"{seconds / 60:.1f} min"
+
+
+def fmt_limit(seconds: float | None) -> str:
+    """A configured length of time in the largest unit it is a whole number of: ``30 days``,
+    ``6 h``, ``15 min``, ``45 s`` (``-`` for none)."""
+    if seconds is None:
+        return "-"
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = int(seconds // size)
+            return f"{n} {'day' if unit == 'days' and n == 1 else unit}"
+    return f"{seconds:g} s"
 
 
 def status_text(status: str) -> Text:

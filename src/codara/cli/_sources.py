@@ -12,7 +12,7 @@ import typer
 from codara.errors import InputError, ScopeError
 
 from ._loader import load_cli_settings, open_app, options
-from ._output import err_console, fmt_time, guard, out_console, print_json, truncate
+from ._output import err_console, fmt_limit, fmt_time, guard, out_console, print_json, truncate
 
 if TYPE_CHECKING:  # imported by the commands that use them (fast --help)
     from codara.engine._quarantine import QuarantinedRecord, Retried
@@ -70,7 +70,7 @@ def list_sources_command(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     for s in listed:
         table.add_row(
             s["name"], s["kind"], str(s["batch_rows"]),
-            "-" if s["max_age"] is None else f"{s['max_age']:g} s", s["on_stale"],
+            fmt_limit(s["max_age"]), s["on_stale"],
             s["record_model"] or "-", s["contract"],
         )  # fmt: skip
     out_console().print(table)
