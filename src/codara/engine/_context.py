@@ -36,6 +36,7 @@ from codara.engine._codec import (
     dumps_lenient,
     result_adapter,
 )
+from codara.engine._privacy import RunOriginals
 from codara.errors import (
     NonDeterminismError,
     StepFailedError,
@@ -166,8 +167,7 @@ class Context:
     ) -> None:
         self._sources = sources
         self._data: dict[str, Any] = {"reads": 0, "stale": False, "quarantined": 0}
-        self._revealed = False  # a read gave this run originals: mask what it journals
-        self._originals: dict[str, str] = {}  # those originals, each to its token
+        self._shown = RunOriginals()  # what unmasked reads gave the run: masked when journaled
         self._key = key  # hashes journal rows: HMAC with CODARA_AUDIT_KEY, or SHA-256
         self.run_id = run_id
         self.workflow = workflow
@@ -263,8 +263,9 @@ class Context:
         attempts: int,
         branch: str = "",
     ) -> JournalRecord:
-        if self._revealed:
-            input, output, error = self._masked(input), self._masked(output), self._masked(error)
+        if self._shown.revealed:
+            mask = self._shown.mask_journal
+            input, output, error = mask(input), mask(output), mask(error)
         seq = self._seq
         prev = self._prev
         finished = self._clock()
@@ -278,19 +279,6 @@ class Context:
             self.run_id, seq, op, kind, name, status, input, output, error,
             started, finished, attempts, prev, h, branch,
         )  # fmt: skip
-
-    def _masked(self, text: str | None) -> str | None:
-        """A journal value with personal values masked (only once the run has read some
-        unmasked: then its originals must not reach the journal through a step)."""
-        if text is None:
-            return None
-        from codara.engine._privacy import privacy
-
-        value = decode(text)
-        masked, found = privacy().mask(value, numbers=False)
-        if self._originals:  # a name or an address no detector finds: the exact originals
-            masked = _replace_originals(masked, self._originals)
-        return dumps(masked) if found or masked != value else text
 
     def _lost(self, exc: BaseException) -> Abort:
         self.closing = True
@@ -467,7 +455,7 @@ class Context:
             branch.time = max(branch.time, record.finished_at)
             if _fault_hook is not None:
                 _fault_hook("step.journaled", opts.name)
-            if self._revealed:  # what a replay will return: the journaled (masked) value
+            if self._shown.revealed:  # what a replay will return: the journaled (masked) value
                 value = decode(record.output)
                 return (
                     value
@@ -753,19 +741,6 @@ class Context:
         if row.status != "ok":
             raise WaitTimeoutError(signal, timeout)
         return decode(row.output)
-
-
-def _replace_originals(value: Any, originals: dict[str, str]) -> Any:
-    if isinstance(value, str):
-        for original in sorted(originals, key=len, reverse=True):
-            if original in value:
-                value = value.replace(original, originals[original])
-        return value
-    if isinstance(value, dict):
-        return {k: _replace_originals(v, originals) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_replace_originals(v, originals) for v in value]
-    return value
 
 
 def _args_json(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

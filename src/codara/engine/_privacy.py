@@ -30,8 +30,10 @@ from codara.errors import ConfigError
 from codara.privacy import (
     KINDS,
     Finding,
+    KnownValues,
     Masker,
     VaultCipher,
+    known_patterns,
     redact_found,
     secret_from_env,
     vault_key_from_env,
@@ -45,6 +47,7 @@ __all__ = [
     "VAULT_SELECT",
     "Privacy",
     "RedactingFilter",
+    "RunOriginals",
     "erase",
     "mask_input",
     "privacy",
@@ -77,9 +80,12 @@ class Privacy:
         if not self.keyed:
             log.warning(UNKEYED_WARNING)
 
-    def mask(self, value: Any, *, numbers: bool = False) -> tuple[Any, list[Finding]]:
-        """``value`` with every personal value in it tokenised, and what was masked."""
-        return redact_found(value, self.masker, numbers=numbers)
+    def mask(
+        self, value: Any, *, numbers: bool = False, known: KnownValues = ()
+    ) -> tuple[Any, list[Finding]]:
+        """``value`` with every personal value in it tokenised (``known`` ones too, wherever
+        they appear), and what was masked."""
+        return redact_found(value, self.masker, numbers=numbers, known=known)
 
     def mask_record(
         self, record: Mapping[str, Any], fields: Mapping[str, str]
@@ -140,6 +146,35 @@ UNMASK_INSERT = (
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
 """Who saw (or erased) which token's original, when, for which run and why."""
+
+
+class RunOriginals:
+    """The originals unmasked reads gave one run, and the masking of what the run journals
+    from the first of them on: every journal value is scanned, and those originals are found
+    wherever they appear (a name or an address no detector finds included), so that a step
+    returning one journals its token."""
+
+    def __init__(self) -> None:
+        self.revealed = False
+        self._by_kind: dict[str, set[str]] = {}
+        self._known: KnownValues = ()
+
+    def learn(self, opened: Mapping[str, tuple[str, str]]) -> None:
+        """``opened``: token -> (kind, original), as :meth:`Privacy.open_rows` gives them."""
+        for kind, original in opened.values():
+            self._by_kind.setdefault(kind, set()).add(original)
+        self._known = known_patterns(self._by_kind)
+        self.revealed = True
+
+    def mask_journal(self, text: str | None) -> str | None:
+        """A journal value (JSON text) with personal values masked."""
+        if text is None:
+            return None
+        from codara.engine._codec import decode, dumps
+
+        value = decode(text)
+        masked, found = privacy().mask(value, numbers=False, known=self._known)
+        return dumps(masked) if found or masked != value else text
 
 
 _CACHE: dict[tuple[str, str], Privacy] = {}

@@ -25,12 +25,12 @@ import asyncio
 import re
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from codara.engine._codec import decode, dump_error, dumps
-from codara.engine._privacy import UNMASK_INSERT, VAULT_SELECT, privacy
+from codara.engine._privacy import UNMASK_INSERT, VAULT_SELECT, Privacy, privacy
 from codara.errors import (
     CodaraError,
     ConfigError,
@@ -225,8 +225,7 @@ async def _reveal(
                 [now, f"workflow {ctx.workflow}", token, kind, ctx.run_id,
                  f"ctx.read {name} unmasked {', '.join(fields)}"],
             )  # fmt: skip
-    ctx._revealed = True  # from here on, what the run journals is masked
-    ctx._originals.update({original: token for token, original in originals.items()})
+    ctx._shown.learn(opened)  # from here on, what the run journals is masked
     rows = [
         {k: originals.get(v, v) if k in fields and isinstance(v, str) else v
          for k, v in r.items()}
@@ -364,20 +363,7 @@ async def _read_one(
         found.extend(personal)
     lineage["params"], personal = shield.mask(lineage["params"])
     found.extend(personal)
-    rejected = []
-    for r in sorted_.rejected:
-        if isinstance(r.raw, dict):
-            raw, personal = shield.mask_record(r.raw, config.personal)
-        elif isinstance(r.raw, str) and config.personal:
-            # a line that did not parse: which part of it is personal cannot be told, so
-            # the whole line is one token (its original is in the vault, for the fix)
-            raw, personal = shield.mask_whole("text", r.raw)
-        else:
-            raw, personal = shield.mask(r.raw)
-        found.extend(personal)
-        reason, personal = shield.mask(r.reason)
-        found.extend(personal)
-        rejected.append(Rejected(raw=raw, reason=reason, rule=r.rule, where=r.where))
+    rejected = [_mask_rejected(shield, config.personal, r, found) for r in sorted_.rejected]
     vault = shield.vault_rows(found, now)
     quarantine = [_quarantine_row(ctx, source.name, op, r, now) for r in rejected]
     if stale and config.on_stale == "refuse":
@@ -455,14 +441,10 @@ async def quarantine(
     except TypeError as exc:
         raise ValueError(f"ctx.quarantine: the record is not JSON ({exc})") from None
     shield = privacy()
-    if isinstance(record, dict):
-        raw, found = shield.mask_record(record, config.personal)
-    else:
-        raw, found = shield.mask(record)
-    masked_reason, more = shield.mask(reason)
-    found.extend(more)
+    found: list[Finding] = []
+    masked = _mask_rejected(shield, config.personal, Rejected(record, reason, rule, where), found)
     now = ctx._clock()
-    entry = _quarantine_row(ctx, name, op, Rejected(raw, masked_reason, rule, where), now)
+    entry = _quarantine_row(ctx, name, op, masked, now)
     input_json = dumps({"rule": rule, "where": entry["position"]})
     output = dumps({"id": entry["id"], "rule": rule})
 
@@ -474,6 +456,25 @@ async def quarantine(
     branch.time = max(branch.time, written.finished_at)
     ctx._data["quarantined"] += 1
     return str(entry["id"])
+
+
+def _mask_rejected(
+    shield: Privacy, personal: Mapping[str, str], r: Rejected, found: list[Finding]
+) -> Rejected:
+    """``r`` as the quarantine keeps it: a record masked as the source's records are, a line
+    that did not parse one ``text`` token when the source declares personal fields (which
+    part of it is personal cannot be told; its original is in the vault, for the fix),
+    anything else scanned; the reason scanned too. What was masked is appended to
+    ``found``."""
+    if isinstance(r.raw, dict):
+        raw, personal_found = shield.mask_record(r.raw, personal)
+    elif isinstance(r.raw, str) and personal:
+        raw, personal_found = shield.mask_whole("text", r.raw)
+    else:
+        raw, personal_found = shield.mask(r.raw)
+    reason, in_reason = shield.mask(r.reason)
+    found.extend(personal_found + in_reason)
+    return Rejected(raw=raw, reason=reason, rule=r.rule, where=r.where)
 
 
 def _quarantine_row(ctx: Context, source: str, op: int, r: Rejected, now: float) -> dict[str, Any]:

@@ -15,8 +15,8 @@ codara.privacy`` stays cheap.
 """
 
 from codara.privacy._keys import MASK_KEY_ENV, VAULT_KEY_ENV, secret_from_env, vault_key_from_env
-from codara.privacy._masker import KINDS, TOKEN, Finding, Masked, Masker, is_token
-from codara.privacy._redact import redact, redact_found
+from codara.privacy._masker import KINDS, TOKEN, Finding, KnownValues, Masked, Masker, is_token
+from codara.privacy._redact import known_patterns, redact, redact_found
 from codara.privacy._vault import VaultCipher, VaultEntryAlteredError, VaultKeyError
 
 __all__ = [
@@ -25,12 +25,14 @@ __all__ = [
     "TOKEN",
     "VAULT_KEY_ENV",
     "Finding",
+    "KnownValues",
     "Masked",
     "Masker",
     "VaultCipher",
     "VaultEntryAlteredError",
     "VaultKeyError",
     "is_token",
+    "known_patterns",
     "redact",
     "redact_found",
     "secret_from_env",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextvars
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
@@ -28,7 +28,7 @@ _NO_NUMBERS: contextvars.ContextVar[bool] = contextvars.ContextVar("_NO_NUMBERS"
 if TYPE_CHECKING:
     from codara.privacy._masker import Masker
 
-__all__ = ["DEEP", "redact"]
+__all__ = ["DEEP", "known_patterns", "redact", "redact_found"]
 
 MAX_DEPTH: Final = 64
 DEEP: Final = "[nested too deep to scan: not shown]"
@@ -44,16 +44,19 @@ def redact(value: Any, masker: Masker) -> Any:
     return walk(masker, value, "", [], 0, ())
 
 
-def redact_found(value: Any, masker: Masker, *, numbers: bool = True) -> tuple[Any, list[Finding]]:
+def redact_found(
+    value: Any, masker: Masker, *, numbers: bool = True, known: KnownValues = ()
+) -> tuple[Any, list[Finding]]:
     """:func:`redact`, with what it masked (for the vault). ``numbers=False`` leaves JSON
     numbers as they are: for values whose numbers are amounts, ids and times (a run's
-    input), where a card number would be a string."""
+    input), where a card number would be a string. ``known``: values no detector finds (a
+    name) to mask wherever they appear (:func:`known_patterns`)."""
     found: list[Finding] = []
     if numbers:
-        return walk(masker, value, "", found, 0, ()), found
+        return walk(masker, value, "", found, 0, known), found
     token = _NO_NUMBERS.set(True)
     try:
-        return walk(masker, value, "", found, 0, ()), found
+        return walk(masker, value, "", found, 0, known), found
     finally:
         _NO_NUMBERS.reset(token)
 
@@ -244,10 +247,17 @@ def known_values(record: Any, tree: FieldTree) -> KnownValues:
                 collect(v, node, depth + 1)
 
     collect(record, tree, 0)
+    return known_patterns(values)
+
+
+def known_patterns(values: Mapping[str, Iterable[str]]) -> KnownValues:
+    """Patterns that find ``values`` (kind -> texts) again: whole values only, any case, any
+    whitespace between the words; texts of fewer than two characters are left out."""
     patterns: list[tuple[str, re.Pattern[str]]] = []
     for kind, texts in values.items():
-        if texts:
-            alternatives = sorted(texts, key=len, reverse=True)  # longest first
+        kept = {" ".join(t.split()) for t in texts if len("".join(t.split())) >= 2}
+        if kept:
+            alternatives = sorted(kept, key=len, reverse=True)  # longest first
             body = "|".join(r"\s+".join(map(re.escape, t.split())) for t in alternatives)
             patterns.append((kind, re.compile(rf"(?<!\w)(?:{body})(?!\w)", re.IGNORECASE)))
     return tuple(patterns)
