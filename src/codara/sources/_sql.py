@@ -165,9 +165,13 @@ def _sqlglot_check(name: str, config: SqlSourceConfig, dialect: str) -> ScopeChe
     except ConfigError as exc:
         raise ConfigError(f"[sources.{name}] tables: {exc.message}", hint=exc.hint) from exc
 
-    def check(sql: str) -> tuple[Iterable[str], Iterable[str]]:
+    # The scope is fixed for the source's life, so one query text has one verdict: an allowed
+    # one is remembered (a workflow reads with the same few texts; sqlglot's parse and
+    # qualify cost 1-2 ms each). A refused one raises and is checked again each time.
+    @functools.lru_cache(maxsize=512)
+    def check(sql: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         verdict = require_sql(sql, scope)
-        return verdict.columns, [p.lstrip(":") for p in verdict.params]
+        return tuple(verdict.columns), tuple(p.lstrip(":") for p in verdict.params)
 
     return check
 
