@@ -25,7 +25,16 @@ from codara.errors import (
 )
 
 if TYPE_CHECKING:
-    from codara.engine import App, Client, Context, RetryPolicy, Step
+    from codara.engine import (
+        App,
+        Client,
+        Context,
+        Effect,
+        EffectCall,
+        EffectRefused,
+        RetryPolicy,
+        Step,
+    )
     from codara.store import Tx
 
 __all__ = [
@@ -35,6 +44,9 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "Context",
+    "Effect",
+    "EffectCall",
+    "EffectRefused",
     "InputError",
     "NonDeterminismError",
     "NotFoundError",
@@ -54,6 +66,9 @@ _LAZY = {
     "App": "codara.engine",
     "Client": "codara.engine",
     "Context": "codara.engine",
+    "Effect": "codara.engine",
+    "EffectCall": "codara.engine",
+    "EffectRefused": "codara.engine",
     "RetryPolicy": "codara.engine",
     "Step": "codara.engine",
     "Tx": "codara.store",

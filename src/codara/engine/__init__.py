@@ -5,6 +5,7 @@ from __future__ import annotations
 from codara.engine._app import App, new_run_id
 from codara.engine._client import Client
 from codara.engine._context import Context, Step
+from codara.engine._effects import Effect, EffectCall, EffectFailedError, EffectRefused
 from codara.engine._executor import Outcome, Workflow
 from codara.engine._journal import operator_name
 from codara.engine._retry import NO_RETRY, RetryPolicy
@@ -22,6 +23,10 @@ __all__ = [
     "App",
     "Client",
     "Context",
+    "Effect",
+    "EffectCall",
+    "EffectFailedError",
+    "EffectRefused",
     "Outcome",
     "RetryPolicy",
     "Step",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from codara.config import Settings, load_settings
 from codara.engine._client import Client, register_workflows
 from codara.engine._codec import dumps, input_adapter, validate_input
+from codara.engine._effects import Effect, Effects
 from codara.engine._executor import Outcome, Workflow, WorkflowFn, execute
 from codara.engine._journal import (
     choose_fork_point,
@@ -82,6 +83,8 @@ class App:
         self.tickers: list[Callable[[App], Awaitable[object]]] = []
         self._store: Store | None = None
         self._sources: Sources | None = None
+        self._effects = Effects()
+        self._effect_modes_loaded = False
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> App:
@@ -144,6 +147,22 @@ class App:
 
     def _keys(self) -> list[str]:
         return [key for wf in self.workflows() for key in wf.keys]
+
+    def effect(self, effect: Effect) -> Effect:
+        """Declare ``effect``, for its workflows to call with ``ctx.effect(effect.name, args)``
+        (docs/effects.md)."""
+        self._effects.add(effect)
+        return effect
+
+    @property
+    def effects(self) -> Effects:
+        """The declared effects, with ``[workflows.NAME] effects`` (live or shadow) of the
+        settings, validated when first asked for (a worker asks at start)."""
+        if not self._effect_modes_loaded:
+            where = self.settings.source_file or "the configuration"
+            self._effects.load_modes(self.settings.section("workflows"), where)
+            self._effect_modes_loaded = True
+        return self._effects
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -298,6 +317,7 @@ class App:
                     clock=self.clock,
                     retry=self.retry_policy,
                     sources=self.sources,
+                    effects=self.effects,
                 )
             )
             leases.watch(claim.id, task)
@@ -357,6 +377,7 @@ class App:
             shutdown_grace=self.settings.worker.shutdown_grace_seconds,
             max_claims=self.settings.worker.max_claims,
             sources=self.sources,
+            effects=self.effects,
         )
 
     def _tick(self, fn: Callable[[App], Awaitable[object]]) -> Callable[[], Awaitable[object]]:

@@ -50,6 +50,7 @@ from codara.store import FencedError, JournalRecord, Store, Tx
 from codara.trace import ChainKey, row_hash
 
 if TYPE_CHECKING:
+    from codara.engine._effects import Done, Effects
     from codara.engine._read import ReadBatch, ReadResult
     from codara.engine._retry import RetryPolicy
     from codara.sources import Sources
@@ -164,8 +165,11 @@ class Context:
         step_timeout: float | None = None,
         key: ChainKey,
         sources: Sources | None = None,
+        effects: Effects | None = None,
     ) -> None:
         self._sources = sources
+        self._effects = effects
+        self._effects_done: list[Done] = []  # effects that happened, for compensation
         self._data: dict[str, Any] = {"reads": 0, "stale": False, "quarantined": 0}
         self._shown = RunOriginals()  # what unmasked reads gave the run: masked when journaled
         self._key = key  # hashes journal rows: HMAC with CODARA_AUDIT_KEY, or SHA-256
@@ -605,6 +609,16 @@ class Context:
         from codara.engine._read import quarantine
 
         return await quarantine(self, self._sources, source, record, rule, reason, where)
+
+    async def effect(self, name: str, args: Any = None, /, *, key: str | None = None) -> Any:
+        """Do effect ``name`` (declared with ``App.effect``) once for this operation: its
+        idempotency key (``key``, or one made from the run and the operation) is journaled
+        with ``args`` before it runs; a crash in between is resolved by its reconcile, or by
+        running it again with the same key. In shadow mode it is recorded, not run. See
+        :mod:`codara.engine._effects` and docs/effects.md."""
+        from codara.engine._effects import run_effect
+
+        return await run_effect(self, name, args, key)
 
     async def sleep(self, seconds: float, name: str = "sleep") -> None:
         """Sleep durably: the run is parked in the database and woken after ``seconds``."""

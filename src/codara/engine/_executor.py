@@ -13,12 +13,14 @@ from pydantic import TypeAdapter
 from codara.engine._branch import root_task
 from codara.engine._codec import decode, dump_error, dumps, validate_input
 from codara.engine._context import RESULT_OP, Abort, Context
+from codara.engine._effects import compensate
 from codara.engine._retry import RetryPolicy
 from codara.errors import CodaraError
 from codara.store import Claim, FencedError, JournalRecord, Store
 from codara.trace import chain_key, genesis_hash
 
 if TYPE_CHECKING:
+    from codara.engine._effects import Effects
     from codara.sources import Sources
 
 __all__ = ["Outcome", "Workflow", "execute"]
@@ -58,6 +60,7 @@ async def execute(
     on_context: Callable[[Context], None] | None = None,
     step_timeout: float | None = None,
     sources: Sources | None = None,
+    effects: Effects | None = None,
 ) -> Outcome:
     journal = await store.journal(claim.id)
     key = chain_key()
@@ -75,6 +78,7 @@ async def execute(
         step_timeout=step_timeout,
         key=key,
         sources=sources,
+        effects=effects,
     )
     if on_context is not None:
         on_context(ctx)
@@ -108,6 +112,13 @@ async def execute(
         return Outcome("lost")
     if not isinstance(failure, Exception):  # SystemExit and the like: the process is ending
         raise failure
+    if ctx._effects_done:  # undo what happened, newest first, each once (journaled)
+        undo = root_task(asyncio.get_running_loop(), compensate(ctx), ctx.root)
+        await asyncio.gather(undo, return_exceptions=True)
+        if ctx.handback is not None:
+            return await _hand_back(store, ctx, claim, clock)
+        if ctx.closing or isinstance(undo.exception(), Abort | FencedError):
+            return Outcome("lost")
     return _ended(sources, ctx, await _finish(store, ctx, claim, "failed", None, failure, clock))
 
 

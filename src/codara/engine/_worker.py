@@ -30,6 +30,7 @@ from codara.errors import StoreError
 from codara.store import Claim, Store
 
 if TYPE_CHECKING:
+    from codara.engine._effects import Effects
     from codara.sources import Sources
 
 __all__ = ["MAX_BACKOFF", "Backoff", "Leases", "Poll", "Worker"]
@@ -188,9 +189,11 @@ class Worker:
         shutdown_grace: float = 30.0,
         max_claims: int = 5,
         sources: Sources | None = None,
+        effects: Effects | None = None,
     ) -> None:
         self.store = store
         self.sources = sources
+        self.effects = effects
         self.workflows = workflows
         self.concurrency = concurrency
         self.lease = lease_seconds
@@ -360,6 +363,7 @@ class Worker:
             outcome = await execute(
                 self.store, wf, claim, clock=self.clock, retry=self.retry,
                 on_context=partial(self._on_context, claim), sources=self.sources,
+                effects=self.effects,
             )  # fmt: skip
             log.info(
                 "run %s (%s@%s): %s after %.3f s",

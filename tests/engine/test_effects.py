@@ -1,0 +1,281 @@
+"""Effects (``ctx.effect``): the idempotency key is journaled before the handler runs; a
+worker that dies between the handler and its result is resolved by ``reconcile`` (or by the
+same key again), never by doing the effect twice; refused and invalid calls fail clearly and
+are journaled; shadow mode executes nothing; a failed run compensates in reverse order. On
+SQLite and PostgreSQL.
+
+The external system is a ledger of ours that records each execution and deduplicates by
+key when told to, so the tests count what really happened outside."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import pytest
+from pydantic import BaseModel
+
+import codara
+from codara import Effect, EffectCall, EffectRefused
+from codara.config import Settings
+from codara.engine import EffectFailedError, RetryPolicy
+from codara.engine._context import set_fault_hook
+from codara.store import RunRecord, parse_url
+from codara.trace import verify_chain
+
+FAST = RetryPolicy(max_attempts=3, initial_delay=0.001)
+
+
+@dataclass
+class Ledger:
+    """An external payments system: executions by key, and what it holds."""
+
+    dedupe: bool = True
+    calls: Counter[str] = field(default_factory=Counter)
+    done: dict[str, dict[str, Any]] = field(default_factory=dict)
+    undone: list[str] = field(default_factory=list)
+    fail_next: list[BaseException] = field(default_factory=list)
+    fail_after_doing: list[BaseException] = field(default_factory=list)
+
+    async def pay(self, args: dict[str, Any], call: EffectCall) -> dict[str, Any]:
+        self.calls[call.key] += 1
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+        if call.key in self.done and self.dedupe:
+            return self.done[call.key]
+        self.done[call.key] = {"paid": args["amount"], "ref": f"p{len(self.done) + 1}"}
+        if self.fail_after_doing:
+            raise self.fail_after_doing.pop(0)
+        return self.done[call.key]
+
+    async def lookup(self, args: dict[str, Any], call: EffectCall) -> dict[str, Any] | None:
+        return self.done.get(call.key)
+
+    async def refund(self, args: Any, result: Any, call: EffectCall) -> None:
+        self.undone.append(call.key)
+
+
+def _fence(url: str, run_id: str) -> None:
+    """Stands for the worker dying here: from a connection of its own, the run's lease
+    lapses and its fencing token moves on, so nothing more this attempt writes lands."""
+    sql = "UPDATE codara_runs SET token = token + 1, ready_at = 0, owner = NULL WHERE id = {}"
+    parsed = parse_url(url)
+    if parsed.dialect == "sqlite":
+        assert parsed.sqlite_path is not None
+        conn = sqlite3.connect(parsed.sqlite_path, isolation_level=None)
+        try:
+            conn.execute(sql.format("?"), (run_id,))
+        finally:
+            conn.close()
+    else:
+        with psycopg.connect(url, autocommit=True) as pg:
+            pg.execute(sql.format("%s"), (run_id,))
+
+
+class Payment(BaseModel):
+    amount: float
+    iban: str
+
+
+def _app(
+    url: str, ledger: Ledger, *, reconcile: bool = True, settings: dict[str, Any] | None = None
+) -> codara.App:
+    config = Settings.model_validate({"store": {"url": url, "durability": "os"},
+                                      **(settings or {})})  # fmt: skip
+    app = codara.App(settings=config, retry=FAST)
+    app.effect(Effect(
+        name="pay", run=ledger.pay, reconcile=ledger.lookup if reconcile else None,
+        compensate=ledger.refund, shadow=lambda args: {"paid": 0, "ref": "shadow"},
+        args_type=Payment,
+    ))  # fmt: skip
+
+    @app.workflow(name="refund")
+    async def refund(ctx: codara.Context, req: dict[str, Any]) -> Any:
+        paid = await ctx.effect("pay", {"amount": req["amount"], "iban": "GB00TEST"})
+        if req.get("wait"):
+            await ctx.wait_for("go")
+        if req.get("fail"):
+            await ctx.effect("pay", {"amount": 1.0, "iban": "GB00TEST"})
+            raise ValueError("the ticket was a duplicate")
+        return paid
+
+    return app
+
+
+async def _settle(app: codara.App, run_id: str) -> RunRecord:
+    for _ in range(20):
+        await app.work(until_idle=True)
+        record = await app.get_run(run_id)
+        if record.status in ("completed", "failed", "waiting"):
+            return record
+    raise AssertionError(f"run {run_id} did not settle")
+
+
+async def test_an_effect_runs_once_with_a_journaled_key(db_url: str) -> None:
+    ledger = Ledger()
+    async with _app(db_url, ledger) as app:
+        run_id = await app.start_run("refund", {"amount": 25.0, "wait": True})
+        assert (await _settle(app, run_id)).status == "waiting"
+        await app.send_signal(run_id, "go", None)
+        record = await _settle(app, run_id)  # the replay passes the effect from the journal
+        assert record.status == "completed", record.error
+        journal = [(j.kind, j.status) for j in await app.journal(run_id) if j.kind == "effect"]
+        rows = [j for j in await app.journal(run_id) if j.kind == "effect"]
+        audit = await verify_chain(app.store)
+    assert audit.problems == []  # the claim and its result are both in the hash chain
+    assert journal == [("effect", "claimed"), ("effect", "ok")]
+    [key] = ledger.calls
+    assert ledger.calls[key] == 1
+    assert key == f"{run_id}:r:0"
+    assert codara.engine._codec.decode(rows[0].input) == {
+        "key": key, "args": {"amount": 25.0, "iban": "GB00TEST"},
+    }  # fmt: skip
+    assert codara.engine._codec.decode(rows[1].output)["via"] == "executed"
+
+
+@pytest.mark.parametrize("reconcile", [True, False])
+async def test_a_worker_dying_after_the_effect_never_does_it_twice(
+    db_url: str, reconcile: bool
+) -> None:
+    """Killed between the handler's return and its result row: with reconcile the ledger is
+    asked and the handler is not called again; without, it is called again with the same
+    key and the ledger's deduplication keeps it to one payment."""
+    ledger = Ledger()
+    dead: list[str] = []
+
+    def hook(point: str, name: str) -> None:
+        if point == "effect.executed" and not dead:
+            dead.append(name)
+            _fence(db_url, run_id)
+
+    async with _app(db_url, ledger, reconcile=reconcile) as app:
+        run_id = await app.start_run("refund", {"amount": 40.0})
+        set_fault_hook(hook)
+        try:
+            record = await _settle(app, run_id)
+        finally:
+            set_fault_hook(None)
+        assert record.status == "completed", record.error
+        rows = [j for j in await app.journal(run_id) if j.kind == "effect"]
+    assert dead == ["pay"]
+    [key] = ledger.calls
+    assert len(ledger.done) == 1  # one payment in the external system
+    assert ledger.calls[key] == (1 if reconcile else 2)
+    assert [r.status for r in rows] == ["claimed", "ok"]
+    via = codara.engine._codec.decode(rows[1].output)["via"]
+    assert via == ("reconciled" if reconcile else "executed")
+
+
+async def test_an_exception_is_an_unknown_outcome_reconciled_before_any_retry(
+    db_url: str,
+) -> None:
+    ledger = Ledger(fail_after_doing=[TimeoutError("the bank's answer was lost")])
+    async with _app(db_url, ledger) as app:
+        run_id = await app.start_run("refund", {"amount": 10.0})
+        record = await _settle(app, run_id)
+    assert record.status == "completed", record.error
+    assert list(ledger.calls.values()) == [1]  # it had happened: asked, not repeated
+    ledger2 = Ledger(fail_next=[ConnectionError("refused before anything")])
+    async with _app(db_url, ledger2) as app:
+        run_id = await app.start_run("refund", {"amount": 11.0})
+        record = await _settle(app, run_id)
+    assert record.status == "completed", record.error
+    assert list(ledger2.calls.values()) == [2]  # it had not: retried with the same key
+    assert len(ledger2.done) == 1
+
+
+async def test_refused_invalid_and_unknown_effects_fail_clearly_and_are_journaled(
+    db_url: str,
+) -> None:
+    ledger = Ledger(fail_next=[EffectRefused("the account is closed")])
+    async with _app(db_url, ledger) as app:
+
+        @app.workflow(name="bad")
+        async def bad(ctx: codara.Context, what: str) -> Any:
+            if what == "invalid":
+                return await ctx.effect("pay", {"amount": "lots"})
+            return await ctx.effect("nope", {})
+
+        refused = await app.start_run("refund", {"amount": 5.0})
+        invalid = await app.start_run("bad", "invalid")
+        unknown = await app.start_run("bad", "unknown")
+        for run_id in (refused, invalid, unknown):
+            assert (await _settle(app, run_id)).status == "failed"
+        errors = {r: codara.engine._codec.decode((await app.get_run(r)).error)
+                  for r in (refused, invalid, unknown)}  # fmt: skip
+        invalid_rows = [(j.status, j.input) for j in await app.journal(invalid)
+                        if j.kind == "effect"]  # fmt: skip
+        refused_rows = [j.status for j in await app.journal(refused) if j.kind == "effect"]
+    assert "was refused: the account is closed" in errors[refused]["message"]
+    assert sum(ledger.calls.values()) == 1  # refused: not retried, not reconciled
+    assert refused_rows == ["claimed", "error"]
+    assert "invalid arguments" in errors[invalid]["message"]
+    assert "amount" in errors[invalid]["message"]
+    assert "iban" in errors[invalid]["message"]
+    assert [s for s, _ in invalid_rows] == ["error"]  # nothing claimed, nothing half-done
+    assert "no effect of that name is declared (declared: pay)" in errors[unknown]["message"]
+
+
+async def test_an_outcome_still_unknown_when_retries_run_out_fails_the_run(
+    db_url: str,
+) -> None:
+    boom: list[BaseException] = [ConnectionError(f"down {i}") for i in range(5)]
+    ledger = Ledger(fail_next=boom)
+    async with _app(db_url, ledger, reconcile=False) as app:
+        run_id = await app.start_run("refund", {"amount": 5.0})
+        record = await _settle(app, run_id)
+    assert record.status == "failed"
+    error = codara.engine._codec.decode(record.error)
+    assert "unknown outcome after 3 attempt(s)" in error["message"]
+    assert list(ledger.calls.values()) == [3]  # FAST: three attempts, one key
+
+
+async def test_shadow_mode_executes_nothing(db_url: str) -> None:
+    ledger = Ledger()
+    shadow = {"workflows": {"refund": {"effects": "shadow"}}}
+    async with _app(db_url, ledger, settings=shadow) as app:
+        run_id = await app.start_run("refund", {"amount": 99.0})
+        record = await _settle(app, run_id)
+        rows = [j for j in await app.journal(run_id) if j.kind == "effect"]
+    assert record.status == "completed", record.error
+    assert codara.engine._codec.decode(record.output) == {"paid": 0, "ref": "shadow"}
+    assert ledger.calls == Counter()  # nothing reached the external system
+    [row] = rows
+    out = codara.engine._codec.decode(row.output)
+    assert out["via"] == "shadow"
+    assert codara.engine._codec.decode(row.input)["args"] == {"amount": 99.0, "iban": "GB00TEST"}
+
+
+def test_a_bad_effect_mode_or_declaration_is_refused_at_load(sqlite_url: str) -> None:
+    app = _app(sqlite_url, Ledger(), settings={"workflows": {"refund": {"effects": "dry-run"}}})
+    with pytest.raises(codara.ConfigError, match='must be "live" or "shadow"'):
+        _ = app.effects
+    with pytest.raises(codara.ConfigError, match="declared twice"):
+        app.effect(Effect(name="pay", run=Ledger().pay))
+    with pytest.raises(codara.ConfigError, match="timeout must be more than 0"):
+        Effect(name="x", run=Ledger().pay, timeout=0)
+    with pytest.raises(codara.ConfigError, match="must be callable"):
+        Effect(name="x", run="not a function")  # type: ignore[arg-type]
+
+
+async def test_a_failed_run_compensates_its_effects_newest_first_once(db_url: str) -> None:
+    ledger = Ledger()
+    async with _app(db_url, ledger) as app:
+        run_id = await app.start_run("refund", {"amount": 30.0, "fail": True})
+        record = await _settle(app, run_id)
+        assert record.status == "failed"
+        await app.work(until_idle=True)  # nothing more to do: compensations are journaled
+        kinds = [(j.kind, j.status) for j in await app.journal(run_id)]
+    first, second = list(ledger.done)
+    assert ledger.undone == [second, first]
+    assert kinds.count(("compensate", "ok")) == 2
+    assert "duplicate" in codara.engine._codec.decode(record.error)["message"]
+
+
+def test_effect_failed_error_is_a_run_error() -> None:
+    err = EffectFailedError("pay", "was refused: no", outcome="refused")
+    assert isinstance(err, codara.RunError)
+    assert err.non_retryable
