@@ -261,6 +261,9 @@ async def _commit(
     build: Any,
     vault: list[tuple[Any, ...]] | None = None,
 ) -> JournalRecord:
+    if not quarantine and not vault:  # the common case: one journal row, group-committed
+        return await ctx._append(lambda: build(None))
+
     async def body(tx: Tx) -> None:
         for q in quarantine:
             await tx.execute(_INSERT_QUARANTINE, q)
