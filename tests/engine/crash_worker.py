@@ -14,8 +14,10 @@ Aimed kills: with ``--kill-at POINT:STEP`` the worker SIGKILLs itself when it re
 does not exist yet, and it creates that file (naming the point, the step and its pid) just
 before the kill, since nothing runs after SIGKILL. The points are the engine's fault hooks
 (``codara.engine._context.set_fault_hook``): ``step.executed`` (the step's function
-returned, its journal row is not written) and ``step.journaled`` (the row is durable, the
-workflow has not seen the result); and ``tx.body``, inside the ``ledger`` workflow's
+returned, its journal row is not written), ``step.journaled`` (the row is durable, the
+workflow has not seen the result), ``effect.claimed`` (an effect's claim is durable, its
+handler has not run) and ``effect.executed`` (the handler returned, its result row is not
+written); and ``tx.body``, inside the ``ledger`` workflow's
 transaction body, after its INSERT and before the transaction commits.
 
 The tests import this file too (by path), for the workflow names, the side tables and
@@ -30,6 +32,10 @@ Workflows:
              DO NOTHING); every attempt is also logged in ``effect_attempts``, so the tests
              see how often a step really ran (at least once) against how often it took
              effect (once).
+``pays``     ``n`` effects ``pay`` (``ctx.effect``) into ``payments``, a table that does NOT
+             deduplicate (every execution is a payment), with a ``reconcile`` that looks
+             the key up there; attempts are logged in ``effect_attempts``. Aimed kills at
+             ``effect.claimed`` / ``effect.executed`` of ``pay`` land at the first effect.
 ``overlap``  ``n`` plain steps that each sleep a little and log (run, step, pid, start, end)
              into ``step_log`` from a separate autocommit connection, outside the journal
              transaction: two executions of one step at once would show as overlapping
@@ -66,7 +72,9 @@ STEP_LOG_DDL = (
     "CREATE TABLE step_log (run_id TEXT NOT NULL, step INTEGER NOT NULL, pid INTEGER NOT NULL, "
     "started DOUBLE PRECISION NOT NULL, ended DOUBLE PRECISION NOT NULL)"
 )
-SIDE_TABLES = (LEDGER_DDL, EFFECTS_DDL, EFFECT_ATTEMPTS_DDL, STEP_LOG_DDL)
+# An external payments system that does NOT deduplicate: every execution is a payment.
+PAYMENTS_DDL = "CREATE TABLE payments (key TEXT NOT NULL, worker TEXT NOT NULL)"
+SIDE_TABLES = (LEDGER_DDL, EFFECTS_DDL, EFFECT_ATTEMPTS_DDL, STEP_LOG_DDL, PAYMENTS_DDL)
 
 WORKER = str(os.getpid())
 KILL: tuple[str, str, Path] | None = None  # (point, step, marker file), from --kill-at
@@ -113,6 +121,18 @@ class SideDB:
                     self.url.pg_conninfo or "", autocommit=True
                 )
             await self._pg.execute(sql.replace("?", "%s"), params)
+
+    async def count(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        """``SELECT COUNT(*) ...`` on the side connection."""
+        if self.url.dialect == "sqlite":
+            await self.execute("SELECT 1")  # opens the connection
+            assert self._sqlite is not None
+            return int(self._sqlite.execute(sql, params).fetchone()[0])
+        await self.execute("SELECT 1")
+        async with self._lock:
+            cur = await self._pg.execute(sql.replace("?", "%s"), params)
+            row = await cur.fetchone()
+            return int(row[0])
 
 
 def register(app: codara.App, side: SideDB | None = None) -> None:
@@ -171,6 +191,29 @@ def register(app: codara.App, side: SideDB | None = None) -> None:
         )
         return step
 
+    async def pay(args: dict[str, Any], call: codara.EffectCall) -> str:
+        assert side is not None
+        await asyncio.sleep(0.01)
+        await side.execute("INSERT INTO effect_attempts (key, worker) VALUES (?, ?)",
+                           (call.key, WORKER))  # fmt: skip
+        await side.execute("INSERT INTO payments (key, worker) VALUES (?, ?)", (call.key, WORKER))
+        return call.key
+
+    async def paid(args: dict[str, Any], call: codara.EffectCall) -> str | None:
+        assert side is not None
+        found = await side.count("SELECT COUNT(*) FROM payments WHERE key = ?", (call.key,))
+        return call.key if found else None
+
+    app.effect(codara.Effect(name="pay", run=pay, reconcile=paid))
+
+    @app.workflow(name="pays")
+    async def pays(ctx: codara.Context, n: int) -> int:
+        done = 0
+        for i in range(n):
+            await ctx.effect("pay", {"i": i})
+            done += 1
+        return done
+
     @app.workflow(name="overlap")
     async def overlap(ctx: codara.Context, n: int) -> int:
         done = 0
@@ -208,7 +251,8 @@ def _options(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.kill_at is not None:
         point, _, step = args.kill_at.partition(":")
-        if point not in ("step.executed", "step.journaled", "tx.body") or not step:
+        points = ("step.executed", "step.journaled", "tx.body", "effect.claimed", "effect.executed")
+        if point not in points or not step:
             parser.error(f"--kill-at {args.kill_at!r}: expected POINT:STEP")
         if args.kill_marker is None:
             parser.error("--kill-at needs --kill-marker")
@@ -222,7 +266,7 @@ def _aim(args: argparse.Namespace) -> None:
         return
     point, _, step = args.kill_at.partition(":")
     KILL = (point, step, args.kill_marker)
-    if point.startswith("step."):
+    if point.startswith(("step.", "effect.")):
         set_fault_hook(kill_here)
 
 

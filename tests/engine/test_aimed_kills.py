@@ -213,3 +213,71 @@ async def test_a_kill_inside_a_transaction_body_leaves_its_writes_exactly_once(
         assert [int(w) for (w,) in rows] != [at_death.victim]  # written by the replacement
     finally:
         await app.close()
+
+
+# -- effects (ctx.effect) into a payments system that does NOT deduplicate -------------------
+async def _payments(app: codara.App, run_id: str) -> tuple[Counter[str], Counter[str]]:
+    """(payments by key, handler attempts by key) of the run's effects."""
+    like = f"{run_id}:%"
+    paid = Counter(str(k) for (k,) in await app.store.execute_raw(
+        "SELECT key FROM payments WHERE key LIKE ?", (like,)))  # fmt: skip
+    tried = Counter(str(k) for (k,) in await app.store.execute_raw(
+        "SELECT key FROM effect_attempts WHERE key LIKE ?", (like,)))  # fmt: skip
+    return paid, tried
+
+
+async def _assert_effects_once(app: codara.App, run_id: str) -> None:
+    run = await app.get_run(run_id)
+    assert run.status == "completed"
+    assert await app.output(run_id) == STEPS
+    rows = [(r.op, r.kind, r.status) for r in await app.journal(run_id)]
+    assert rows == [
+        *(row for i in range(STEPS) for row in ((i, "effect", "claimed"), (i, "effect", "ok"))),
+        (-1, "result", "completed"),
+    ]
+    report = await app.verify()
+    assert report.ok, report.problems
+    paid, _ = await _payments(app, run_id)
+    assert paid == {f"{run_id}:r:{i}": 1 for i in range(STEPS)}  # each payment exactly once
+
+
+async def test_a_kill_after_an_effect_ran_is_reconciled_and_never_paid_twice(
+    db_url: str, tmp_path: Path
+) -> None:
+    app = await _open_app(db_url)
+    try:
+        run_id = await app.start_run("pays", STEPS)
+        at_death, _ = await _kill_then_resume(app, tmp_path, run_id, "effect.executed:pay")
+        first = f"{run_id}:r:0"
+        # the aimed point: the first payment was made, its result row was not written
+        assert at_death.marker.startswith(f"effect.executed pay pid={at_death.victim}")
+        assert at_death.journal == ["pay"]  # the claim alone
+        assert at_death.attempts == {first: 1}  # paid once (effect_attempts at the kill)
+
+        await _assert_effects_once(app, run_id)
+        _, tried = await _payments(app, run_id)
+        assert tried[first] == 1  # the resumed worker asked reconcile; it did not pay again
+        rows = [r for r in await app.journal(run_id) if r.op == 0]
+        assert '"via":"reconciled"' in (rows[1].output or "").replace(" ", "")
+    finally:
+        await app.close()
+
+
+async def test_a_kill_after_an_effects_claim_executes_it_once_on_resume(
+    db_url: str, tmp_path: Path
+) -> None:
+    app = await _open_app(db_url)
+    try:
+        run_id = await app.start_run("pays", STEPS)
+        at_death, _ = await _kill_then_resume(app, tmp_path, run_id, "effect.claimed:pay")
+        first = f"{run_id}:r:0"
+        # the aimed point: the claim is durable, nothing was paid
+        assert at_death.marker.startswith(f"effect.claimed pay pid={at_death.victim}")
+        assert at_death.journal == ["pay"]
+        assert at_death.attempts == Counter()
+
+        await _assert_effects_once(app, run_id)
+        _, tried = await _payments(app, run_id)
+        assert tried[first] == 1  # reconcile said "not paid": executed once, by the resumer
+    finally:
+        await app.close()
