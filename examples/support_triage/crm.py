@@ -331,6 +331,22 @@ class CRM:
                "intent": intent, "confidence": confidence, "reason": reason[:500]}  # fmt: skip
         return await asyncio.to_thread(self._write, human_queue, row)
 
+    def _has(self, table: sa.Table, key: str) -> bool:
+        with self._db().connect() as conn:
+            found = conn.execute(
+                sa.select(sa.func.count()).select_from(table)
+                .where(table.c.idempotency_key == key)
+            ).scalar_one()  # fmt: skip
+        return bool(found)
+
+    async def has_reply(self, key: str) -> bool:
+        """Whether the outbox holds the reply of ``key`` (the effect's reconcile)."""
+        return await asyncio.to_thread(self._has, outbox, key)
+
+    async def has_handoff(self, key: str) -> bool:
+        """Whether the human queue holds the hand-off of ``key``."""
+        return await asyncio.to_thread(self._has, human_queue, key)
+
     def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()

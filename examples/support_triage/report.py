@@ -31,9 +31,13 @@ class DataReport:
     quarantine: list[tuple[str, str, int, int]] = field(default_factory=list)
     """(source, rule, records, distinct records)."""
     intake: dict[str, Any] | None = None
+    effects: dict[str, Counter[str]] = field(default_factory=dict)
+    """effect -> how its operations ended: executed, reconciled, shadow, failed,
+    compensated (from the journal)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "effects": {name: dict(c) for name, c in sorted(self.effects.items())},
             "reads": {name: vars(r) for name, r in sorted(self.reads.items())},
             "quarantined": [
                 {"source": s, "rule": r, "records": n, "distinct": d}
@@ -67,6 +71,16 @@ async def data_report(app: codara.App) -> DataReport:
         if run.output is not None:
             report.intake = json.loads(run.output)
             break
+    for kind, name, status, output in await app.store.execute_raw(
+        "SELECT kind, name, status, output FROM codara_journal "
+        "WHERE kind IN ('effect', 'compensate') AND status <> 'claimed'"
+    ):
+        how = (
+            "failed"
+            if status != "ok"
+            else ("compensated" if kind == "compensate" else str(json.loads(output)["via"]))
+        )
+        report.effects.setdefault(str(name), Counter())[how] += 1  # fmt: skip
     return report
 
 
@@ -227,6 +241,16 @@ def print_data(report: TriageReport, data: DataReport, console: Console) -> None
             f"{report.quarantined_runs:,} triaged tickets had no customer in the CRM; "
             f"{report.stale_decisions:,} decisions used a stale customer record"
         )
+    if data.effects:
+        done = Table(title="Effects on the CRM (ctx.effect; from the journal)")
+        hows = ("executed", "reconciled", "shadow", "failed", "compensated")
+        done.add_column("effect")
+        for how in hows:
+            done.add_column(how, justify="right")
+        for name, c in sorted(data.effects.items()):
+            done.add_row(name, *(f"{c[h]:,}" for h in hows))
+        console.print(done)
+        console.print(f"held for review (no effect yet): {report.waiting_review:,} tickets")
     if data.quarantine:
         table = Table(title="Quarantined, by source and reason (`codara quarantine list`)")
         for column in ("source", "rule", "records", "distinct"):

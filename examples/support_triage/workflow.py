@@ -37,6 +37,25 @@ RECENT = (
 """The customer's five latest card transactions, for the reviewer's context."""
 
 
+class ReplyArgs(BaseModel):
+    """What the ``reply.send`` effect writes to the CRM's outbox."""
+
+    ticket_id: str | None
+    customer_id: int
+    intent: str
+    body: str
+
+
+class HandoffArgs(BaseModel):
+    """What the ``handoff.queue`` effect writes to the CRM's human queue."""
+
+    ticket_id: str | None
+    customer_id: int
+    intent: str
+    confidence: float
+    reason: str
+
+
 class ReplyProposal(BaseModel):
     """What the workflow proposes to send; a reviewer may correct the intent or the text."""
 
@@ -145,7 +164,32 @@ def register(
             accepted=accepted, quarantined_by_source=refused, duplicates=duplicates, runs=runs
         )
 
-    @app.workflow(name="triage", version="4")
+    # What the triage does to the CRM is an effect (docs/effects.md): its key is journaled
+    # before the write, the CRM deduplicates by it, and after a crash in between the
+    # effect asks the CRM whether the write landed before writing again. In shadow mode
+    # ([workflows.triage] effects = "shadow") nothing is written.
+    async def send_reply(args: dict[str, Any], call: codara.EffectCall) -> str:
+        return await crm.send_reply(call.key, **args)
+
+    async def reply_sent(args: dict[str, Any], call: codara.EffectCall) -> str | None:
+        return call.key if await crm.has_reply(call.key) else None
+
+    async def queue_handoff(args: dict[str, Any], call: codara.EffectCall) -> str:
+        return await crm.queue_for_human(call.key, **args)
+
+    async def handoff_queued(args: dict[str, Any], call: codara.EffectCall) -> str | None:
+        return call.key if await crm.has_handoff(call.key) else None
+
+    app.effect(codara.Effect(
+        name="reply.send", run=send_reply, reconcile=reply_sent,
+        shadow=lambda args: "shadow:reply", args_type=ReplyArgs,
+    ))  # fmt: skip
+    app.effect(codara.Effect(
+        name="handoff.queue", run=queue_handoff, reconcile=handoff_queued,
+        shadow=lambda args: "shadow:handoff", args_type=HandoffArgs,
+    ))  # fmt: skip
+
+    @app.workflow(name="triage", version="5")
     async def triage(ctx: codara.Context, ticket: Ticket) -> Outcome:
         # classify first: the runs that start together reach the model together, batched
         intent: Intent = await ctx.step("classify", model.classify, ticket.text)
@@ -194,29 +238,17 @@ def register(
             body = final.reply
             if final.intent != proposal.intent and final.reply == proposal.reply:
                 body = render_reply(final.intent, customer)  # intent corrected: answer that
-            reference = await ctx.step(
-                "reply.send",
-                crm.send_reply,
-                f"reply:{ctx.run_id}",
-                ticket.id,
-                customer_id,
-                final.intent,
-                body,
-            )
+            reply = {"ticket_id": ticket.id, "customer_id": customer_id,
+                     "intent": final.intent, "body": body}  # fmt: skip
+            reference = await ctx.effect("reply.send", reply, key=f"reply:{ctx.run_id}")
             action: Literal["auto_reply", "reviewed_reply", "human"] = (
                 "auto_reply" if check.outcome == "allowed" else "reviewed_reply"
             )
         else:
-            reference = await ctx.step(
-                "handoff.queue",
-                crm.queue_for_human,
-                f"handoff:{ctx.run_id}",
-                ticket.id,
-                customer_id,
-                final.intent,
-                intent.confidence,
-                str(check.decision.get("reason") or check.outcome),
-            )
+            handoff = {"ticket_id": ticket.id, "customer_id": customer_id,
+                       "intent": final.intent, "confidence": intent.confidence,
+                       "reason": str(check.decision.get("reason") or check.outcome)}  # fmt: skip
+            reference = await ctx.effect("handoff.queue", handoff, key=f"handoff:{ctx.run_id}")
             action = "human"
         return Outcome(
             ticket_id=ticket.id,
