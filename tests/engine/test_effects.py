@@ -279,3 +279,56 @@ def test_effect_failed_error_is_a_run_error() -> None:
     err = EffectFailedError("pay", "was refused: no", outcome="refused")
     assert isinstance(err, codara.RunError)
     assert err.non_retryable
+
+
+async def test_a_slow_effect_beside_a_waiting_branch_runs_once_and_is_not_parked_midway(
+    db_url: str,
+) -> None:
+    """One branch waits for a signal (the run may park), the other's effect takes a while:
+    the run is not taken for quiet while the effect is under way."""
+    import asyncio
+
+    ledger = Ledger()
+
+    async def slow(args: Any, call: EffectCall) -> dict[str, Any]:
+        await asyncio.sleep(0.05)
+        return await ledger.pay(args, call)
+
+    async with _app(db_url, ledger) as app:
+        app.effect(Effect(name="slow", run=slow, reconcile=ledger.lookup))
+
+        @app.workflow(name="both")
+        async def both(ctx: codara.Context, _: Any) -> Any:
+            paid, go = await asyncio.gather(ctx.effect("slow", {"amount": 3.0}), ctx.wait_for("go"))
+            return [paid["paid"], go]
+
+        run_id = await app.start_run("both", None)
+        assert (await _settle(app, run_id)).status == "waiting"
+        await app.send_signal(run_id, "go", "ok")
+        record = await _settle(app, run_id)
+        assert record.status == "completed", record.error
+        assert codara.engine._codec.decode(record.output) == [3.0, "ok"]
+    assert list(ledger.calls.values()) == [1]
+
+
+async def test_a_result_that_is_not_json_fails_once_without_running_again(
+    sqlite_url: str,
+) -> None:
+    calls: list[str] = []
+
+    async def odd(args: Any, call: EffectCall) -> object:
+        calls.append(call.key)
+        return object()
+
+    async with _app(sqlite_url, Ledger()) as app:
+        app.effect(Effect(name="odd", run=odd))
+
+        @app.workflow(name="odd")
+        async def odd_wf(ctx: codara.Context, _: Any) -> Any:
+            return await ctx.effect("odd", {})
+
+        run_id = await app.start_run("odd", None)
+        record = await _settle(app, run_id)
+    assert record.status == "failed"
+    assert "not JSON" in codara.engine._codec.decode(record.error)["message"]
+    assert len(calls) == 1

@@ -44,6 +44,7 @@ from codara.engine._retry import RetryPolicy
 from codara.errors import ConfigError, RunError
 
 if TYPE_CHECKING:
+    from codara.engine._branch import Branch
     from codara.engine._context import Context
     from codara.store import JournalRecord
 
@@ -256,6 +257,26 @@ async def run_effect(ctx: Context, name: str, args: Any, key: str | None) -> Any
     if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 200):
         raise ConfigError(f"ctx.effect({name!r}): key must be a string of 1 to 200 characters")
     branch, op, rows = ctx._take_op(f"effect {name!r}")
+    # at work from here to the end: the run is never taken for quiet (and parked) while
+    # an effect's claim or result is being written or its handler runs
+    ctx._active += 1
+    try:
+        return await _operation(ctx, effects, effect, name, args, key, branch, op, rows)
+    finally:
+        ctx._done_working()
+
+
+async def _operation(
+    ctx: Context,
+    effects: Effects,
+    effect: Effect,
+    name: str,
+    args: Any,
+    key: str | None,
+    branch: Branch,
+    op: int,
+    rows: list[JournalRecord] | None,
+) -> Any:
     started = ctx._clock()
 
     def record(status: str, input_json: str, output: str | None, error: str | None,
@@ -335,57 +356,64 @@ async def _execute(
 ) -> Any:
     """Reconcile (after a claim with no result), then execute with retries; record the
     outcome. An exception is an unknown outcome: reconcile, or retry with the same key."""
-    ctx._active += 1
-    try:
-        if resumed and effect.reconcile is not None:
-            found = await _reconcile(effect, args, call)
-            if found is not None:
-                return await _done(ctx, effect, args, call, record, claim_json, found[0],
-                                   "reconciled", 0)  # fmt: skip
-        policy = effect.retry or ctx._retry
-        attempt = 1
-        while True:
-            this = EffectCall(call.effect, call.key, call.run_id, call.workflow, attempt)
-            try:
-                await ctx._effects.limit(effect.name)  # type: ignore[union-attr]
-                if effect.timeout is None:
-                    result = await effect.run(args, this)
-                else:
-                    result = await asyncio.wait_for(effect.run(args, this), effect.timeout)
-                decode(dumps(result))  # a result that is not JSON fails here, not on replay
-            except EffectRefused as exc:
-                err = EffectFailedError(effect.name, f"was refused: {exc}", outcome="refused")
-                refused = dumps({**_error(err), "outcome": "refused"})
-                await record("error", claim_json, None, refused, attempt)
+    if resumed and effect.reconcile is not None:
+        found = await _reconcile(effect, args, call)
+        if found is not None:
+            return await _done(ctx, effect, args, call, record, claim_json, found[0],
+                               "reconciled", 0)  # fmt: skip
+    policy = effect.retry or ctx._retry
+    attempt = 1
+    while True:
+        this = EffectCall(call.effect, call.key, call.run_id, call.workflow, attempt)
+        try:
+            await ctx._effects.limit(effect.name)  # type: ignore[union-attr]
+            if effect.timeout is None:
+                result = await effect.run(args, this)
+            else:
+                result = await asyncio.wait_for(effect.run(args, this), effect.timeout)
+        except EffectRefused as exc:
+            err = EffectFailedError(effect.name, f"was refused: {exc}", outcome="refused")
+            refused = dumps({**_error(err), "outcome": "refused"})
+            await record("error", claim_json, None, refused, attempt)
+            raise err from exc
+        except Exception as exc:  # the outcome is unknown: it may have happened
+            if effect.reconcile is not None:
+                found = await _reconcile(effect, args, this)
+                if found is not None:
+                    return await _done(ctx, effect, args, call, record, claim_json,
+                                       found[0], "reconciled", attempt)  # fmt: skip
+            if not policy.should_retry(exc, attempt):
+                err = EffectFailedError(
+                    effect.name,
+                    f"has an unknown outcome after {attempt} attempt(s): "
+                    f"{type(exc).__name__}: {exc}",
+                    outcome="unknown",
+                    hint=f"check the external system for key {call.key}; a reconcile hook "
+                    "would let Codara ask it",
+                )
+                await record("error", claim_json, None,
+                             dumps({**_error(err), "outcome": "unknown"}), attempt)  # fmt: skip
                 raise err from exc
-            except Exception as exc:  # the outcome is unknown: it may have happened
-                if effect.reconcile is not None:
-                    found = await _reconcile(effect, args, this)
-                    if found is not None:
-                        return await _done(ctx, effect, args, call, record, claim_json,
-                                           found[0], "reconciled", attempt)  # fmt: skip
-                if not policy.should_retry(exc, attempt):
-                    err = EffectFailedError(
-                        effect.name,
-                        f"has an unknown outcome after {attempt} attempt(s): "
-                        f"{type(exc).__name__}: {exc}",
-                        outcome="unknown",
-                        hint=f"check the external system for key {call.key}; a reconcile hook "
-                        "would let Codara ask it",
-                    )
-                    await record("error", claim_json, None,
-                                 dumps({**_error(err), "outcome": "unknown"}), attempt)  # fmt: skip
-                    raise err from exc
-                await asyncio.sleep(policy.delay(attempt))
-                attempt += 1
-                continue
-            hook = _hook()
-            if hook is not None:
-                hook("effect.executed", effect.name)
-            return await _done(ctx, effect, args, call, record, claim_json, result, "executed",
-                               attempt)  # fmt: skip
-    finally:
-        ctx._done_working()
+            await asyncio.sleep(policy.delay(attempt))
+            attempt += 1
+            continue
+        hook = _hook()
+        if hook is not None:
+            hook("effect.executed", effect.name)
+        try:
+            dumps(result)
+        except TypeError as exc:  # it happened, and its result cannot be kept: say so, once
+            err = EffectFailedError(
+                effect.name,
+                f"returned a result that is not JSON ({exc})",
+                outcome="unknown",
+                hint="return JSON (dicts, lists, strings, numbers) from the handler",
+            )
+            await record("error", claim_json, None,
+                         dumps({**_error(err), "outcome": "unknown"}), attempt)  # fmt: skip
+            raise err from None
+        return await _done(ctx, effect, args, call, record, claim_json, result, "executed",
+                           attempt)  # fmt: skip
 
 
 async def _reconcile(effect: Effect, args: Any, call: EffectCall) -> tuple[Any] | None:
