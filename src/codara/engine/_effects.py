@@ -312,7 +312,7 @@ async def _operation(
         checked = effect.check_args(args)
     except EffectFailedError as exc:
         shown = dumps({"key": key, "args": None})
-        await record("error", shown, None, dumps({**_error(exc), "outcome": "invalid"}), 0)
+        await record("error", shown, None, _failure(exc), 0)
         raise
     call = EffectCall(name, key or f"{ctx.run_id}:{branch.path or 'r'}:{op}", ctx.run_id,
                       ctx.workflow)  # fmt: skip
@@ -344,6 +344,11 @@ def _error(exc: BaseException) -> dict[str, Any]:
     return dict(decode(dump_error(exc)) or {})
 
 
+def _failure(err: EffectFailedError) -> str:
+    """The error column of a failed effect: the error, and whether it happened (outcome)."""
+    return dumps({**_error(err), "outcome": err.outcome})
+
+
 async def _execute(
     ctx: Context,
     effect: Effect,
@@ -373,8 +378,7 @@ async def _execute(
                 result = await asyncio.wait_for(effect.run(args, this), effect.timeout)
         except EffectRefused as exc:
             err = EffectFailedError(effect.name, f"was refused: {exc}", outcome="refused")
-            refused = dumps({**_error(err), "outcome": "refused"})
-            await record("error", claim_json, None, refused, attempt)
+            await record("error", claim_json, None, _failure(err), attempt)
             raise err from exc
         except Exception as exc:  # the outcome is unknown: it may have happened
             if effect.reconcile is not None:
@@ -391,8 +395,7 @@ async def _execute(
                     hint=f"check the external system for key {call.key}; a reconcile hook "
                     "would let Codara ask it",
                 )
-                await record("error", claim_json, None,
-                             dumps({**_error(err), "outcome": "unknown"}), attempt)  # fmt: skip
+                await record("error", claim_json, None, _failure(err), attempt)
                 raise err from exc
             await asyncio.sleep(policy.delay(attempt))
             attempt += 1
@@ -409,8 +412,7 @@ async def _execute(
                 outcome="unknown",
                 hint="return JSON (dicts, lists, strings, numbers) from the handler",
             )
-            await record("error", claim_json, None,
-                         dumps({**_error(err), "outcome": "unknown"}), attempt)  # fmt: skip
+            await record("error", claim_json, None, _failure(err), attempt)
             raise err from None
         return await _done(ctx, effect, args, call, record, claim_json, result, "executed",
                            attempt)  # fmt: skip
