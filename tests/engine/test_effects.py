@@ -332,3 +332,52 @@ async def test_a_result_that_is_not_json_fails_once_without_running_again(
     assert record.status == "failed"
     assert "not JSON" in codara.engine._codec.decode(record.error)["message"]
     assert len(calls) == 1
+
+
+async def test_a_reconcile_that_raises_cannot_tell_and_the_key_decides(db_url: str) -> None:
+    """The handler's answer was lost and the reconcile is down too: the handler is asked
+    again with the same key, and the ledger's deduplication keeps it to one payment."""
+    ledger = Ledger(fail_after_doing=[TimeoutError("answer lost")])
+
+    async def broken(args: Any, call: EffectCall) -> None:
+        raise ConnectionError("the lookup service is down")
+
+    async with _app(db_url, ledger) as app:
+        app.effect(Effect(name="pay2", run=ledger.pay, reconcile=broken))
+
+        @app.workflow(name="pay2")
+        async def pay2(ctx: codara.Context, _: Any) -> Any:
+            return await ctx.effect("pay2", {"amount": 7.0})
+
+        run_id = await app.start_run("pay2", None)
+        record = await _settle(app, run_id)
+    assert record.status == "completed", record.error
+    assert list(ledger.calls.values()) == [2]  # asked twice, with one key
+    assert len(ledger.done) == 1  # paid once
+
+
+async def test_a_handler_past_its_timeout_is_an_unknown_outcome(sqlite_url: str) -> None:
+    import asyncio
+
+    started: list[int] = []
+
+    async def hangs(args: Any, call: EffectCall) -> None:
+        started.append(call.attempt)
+        await asyncio.sleep(30)
+
+    async def never(args: Any, call: EffectCall) -> None:
+        return None  # the bank has no record of it
+
+    async with _app(sqlite_url, Ledger()) as app:
+        app.effect(Effect(name="hangs", run=hangs, reconcile=never, timeout=0.05))
+
+        @app.workflow(name="hangs")
+        async def hangs_wf(ctx: codara.Context, _: Any) -> Any:
+            return await ctx.effect("hangs", {})
+
+        run_id = await app.start_run("hangs", None)
+        record = await _settle(app, run_id)
+    assert record.status == "failed"
+    message = codara.engine._codec.decode(record.error)["message"]
+    assert "unknown outcome after 3 attempt(s): TimeoutError" in message
+    assert started == [1, 2, 3]  # each attempt with the same key, reconciled in between
