@@ -36,6 +36,9 @@ Workflows:
              deduplicate (every execution is a payment), with a ``reconcile`` that looks
              the key up there; attempts are logged in ``effect_attempts``. Aimed kills at
              ``effect.claimed`` / ``effect.executed`` of ``pay`` land at the first effect.
+``pays_then_fails``  the same ``n`` payments, then the workflow fails: each payment is
+             compensated into ``refunds`` (no deduplication either), newest first, with a
+             ``compensated`` hook that looks the key up there.
 ``overlap``  ``n`` plain steps that each sleep a little and log (run, step, pid, start, end)
              into ``step_log`` from a separate autocommit connection, outside the journal
              transaction: two executions of one step at once would show as overlapping
@@ -74,7 +77,10 @@ STEP_LOG_DDL = (
 )
 # An external payments system that does NOT deduplicate: every execution is a payment.
 PAYMENTS_DDL = "CREATE TABLE payments (key TEXT NOT NULL, worker TEXT NOT NULL)"
-SIDE_TABLES = (LEDGER_DDL, EFFECTS_DDL, EFFECT_ATTEMPTS_DDL, STEP_LOG_DDL, PAYMENTS_DDL)
+REFUNDS_DDL = "CREATE TABLE refunds (key TEXT NOT NULL, worker TEXT NOT NULL)"
+SIDE_TABLES = (
+    LEDGER_DDL, EFFECTS_DDL, EFFECT_ATTEMPTS_DDL, STEP_LOG_DDL, PAYMENTS_DDL, REFUNDS_DDL,
+)  # fmt: skip
 
 WORKER = str(os.getpid())
 KILL: tuple[str, str, Path] | None = None  # (point, step, marker file), from --kill-at
@@ -204,7 +210,23 @@ def register(app: codara.App, side: SideDB | None = None) -> None:
         found = await side.count("SELECT COUNT(*) FROM payments WHERE key = ?", (call.key,))
         return call.key if found else None
 
-    app.effect(codara.Effect(name="pay", run=pay, reconcile=paid))
+    async def refund(args: dict[str, Any], result: Any, call: codara.EffectCall) -> None:
+        assert side is not None
+        await asyncio.sleep(0.01)
+        await side.execute("INSERT INTO refunds (key, worker) VALUES (?, ?)", (call.key, WORKER))
+
+    async def refunded(args: dict[str, Any], result: Any, call: codara.EffectCall) -> bool:
+        assert side is not None
+        return bool(await side.count("SELECT COUNT(*) FROM refunds WHERE key = ?", (call.key,)))
+
+    app.effect(codara.Effect(name="pay", run=pay, reconcile=paid, compensate=refund,
+                             compensated=refunded))  # fmt: skip
+
+    @app.workflow(name="pays_then_fails")
+    async def pays_then_fails(ctx: codara.Context, n: int) -> int:
+        for i in range(n):
+            await ctx.effect("pay", {"i": i})
+        raise ValueError("the order was cancelled by the bank: undo the payments")
 
     @app.workflow(name="pays")
     async def pays(ctx: codara.Context, n: int) -> int:
@@ -251,7 +273,8 @@ def _options(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.kill_at is not None:
         point, _, step = args.kill_at.partition(":")
-        points = ("step.executed", "step.journaled", "tx.body", "effect.claimed", "effect.executed")
+        points = ("step.executed", "step.journaled", "tx.body", "effect.claimed",
+                  "effect.executed", "compensate.claimed", "compensate.executed")  # fmt: skip
         if point not in points or not step:
             parser.error(f"--kill-at {args.kill_at!r}: expected POINT:STEP")
         if args.kill_marker is None:
@@ -266,7 +289,7 @@ def _aim(args: argparse.Namespace) -> None:
         return
     point, _, step = args.kill_at.partition(":")
     KILL = (point, step, args.kill_marker)
-    if point.startswith(("step.", "effect.")):
+    if point.startswith(("step.", "effect.", "compensate.")):
         set_fault_hook(kill_here)
 
 

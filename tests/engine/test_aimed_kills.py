@@ -70,7 +70,7 @@ async def _side_state(app: codara.App, run_id: str) -> tuple[Counter[str], Count
 
 
 async def _kill_then_resume(
-    app: codara.App, tmp_path: Path, run_id: str, kill_at: str
+    app: codara.App, tmp_path: Path, run_id: str, kill_at: str, until: str = "completed"
 ) -> tuple[AtDeath, Any]:
     """One worker dies at ``kill_at``; then a fresh one resumes the run to its end."""
     marker = tmp_path / "killed"
@@ -98,7 +98,7 @@ async def _kill_then_resume(
 
         fleet.start()  # the marker exists: this one runs to the end
         t0 = time.monotonic()
-        while (await app.get_run(run_id)).status != "completed":
+        while (await app.get_run(run_id)).status != until:
             assert time.monotonic() - t0 < DEADLINE, f"not resumed:\n{fleet.tail()}"
             await asyncio.sleep(0.05)
         fleet.check()
@@ -279,5 +279,33 @@ async def test_a_kill_after_an_effects_claim_executes_it_once_on_resume(
         await _assert_effects_once(app, run_id)
         _, tried = await _payments(app, run_id)
         assert tried[first] == 1  # reconcile said "not paid": executed once, by the resumer
+    finally:
+        await app.close()
+
+
+async def test_a_kill_during_compensation_undoes_each_payment_exactly_once(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The workflow fails after three payments; the worker is killed right after the first
+    compensation (the newest payment's refund) ran and before its row: the resumer asks
+    ``compensated``, does not refund it again, and refunds the other two, newest first."""
+    app = await _open_app(db_url)
+    try:
+        run_id = await app.start_run("pays_then_fails", STEPS)
+        at_death, _ = await _kill_then_resume(
+            app, tmp_path, run_id, "compensate.executed:pay", until="failed"
+        )
+        assert at_death.marker.startswith(f"compensate.executed pay pid={at_death.victim}")
+        refunds = [str(k) for (k,) in await app.store.execute_raw(
+            "SELECT key FROM refunds ORDER BY rowid" if db_url.startswith("sqlite")
+            else "SELECT key FROM refunds ORDER BY ctid")]  # fmt: skip
+        keys = [f"{run_id}:r:{i}" for i in range(STEPS)]
+        assert refunds == list(reversed(keys))  # each once, newest first
+        paid, _ = await _payments(app, run_id)
+        assert paid == dict.fromkeys(keys, 1)
+        rows = [(r.kind, r.status) for r in await app.journal(run_id) if r.kind == "compensate"]
+        assert rows == [("compensate", "claimed"), ("compensate", "ok")] * STEPS
+        report = await app.verify()
+        assert report.ok, report.problems
     finally:
         await app.close()

@@ -110,8 +110,9 @@ class Effect:
 
     ``run(args, call)`` does it (``call.key`` is its idempotency key); ``reconcile(args,
     call)`` answers "did it happen?" with its result, or ``None`` for no; ``compensate(args,
-    result, call)`` undoes it when the run fails later; ``shadow(args)`` is the result in
-    shadow mode. ``args_type`` and ``result_type`` (any type pydantic validates) check the
+    result, call)`` undoes it when the run fails later, and ``compensated(args, result,
+    call)`` answers "was it undone?" after a crash in between; ``shadow(args)`` is the
+    result in shadow mode. ``args_type`` and ``result_type`` (any type pydantic validates) check the
     arguments before anything is journaled and shape the journaled result on replay.
     ``retry`` and ``timeout`` apply per attempt; ``rate_limit`` caps executions per second
     in this process.
@@ -121,6 +122,7 @@ class Effect:
     run: Handler
     reconcile: Handler | None = None
     compensate: Callable[[Any, Any, EffectCall], Awaitable[None]] | None = None
+    compensated: Callable[[Any, Any, EffectCall], Awaitable[bool]] | None = None
     shadow: Callable[[Any], Any] | None = None
     args_type: Any = None
     result_type: Any = None
@@ -133,7 +135,7 @@ class Effect:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip() or len(self.name) > 200:
             raise ConfigError(f"an effect's name must be 1 to 200 characters, not {self.name!r}")
-        for what in ("run", "reconcile", "compensate", "shadow"):
+        for what in ("run", "reconcile", "compensate", "compensated", "shadow"):
             value = getattr(self, what)
             if value is not None and not callable(value):
                 raise ConfigError(f"effect {self.name!r}: {what} must be callable")
@@ -449,30 +451,69 @@ async def _done(
 
 
 async def compensate(ctx: Context) -> None:
-    """After the workflow failed: undo the effects that happened, newest first, each once
-    (a ``compensate`` journal row per effect; a replay skips those already written)."""
+    """After the workflow failed: undo the effects that happened, newest first. Each
+    compensation is an operation of its own, claimed before its hook runs (a ``compensate``
+    row ``claimed``, then ``ok`` or ``error``), so a replay skips those finished and, for
+    one claimed without a result, asks the effect's ``compensated`` hook before undoing
+    again (without one: again, with the same key)."""
     for done in reversed(ctx._effects_done):
         if done.effect.compensate is None:
             continue
         branch, op, rows = ctx._take_op(f"compensate {done.effect.name!r}")
         if rows is not None:
-            ctx._check(branch, rows[0], "compensate", done.effect.name)
-            continue
-        started = ctx._clock()
-        policy = done.effect.retry or ctx._retry
-        attempt, status, error = 1, "ok", None
-        while True:
-            try:
-                await done.effect.compensate(done.args, done.result, done.call)
-                break
-            except Exception as exc:
-                if not policy.should_retry(exc, attempt):
-                    status, error = "error", dumps(_error(exc))
-                    log.error("run %s: compensating effect %s (key %s) failed: %s",
-                              ctx.run_id, done.effect.name, done.call.key, exc)  # fmt: skip
-                    break
-                await asyncio.sleep(policy.delay(attempt))
-                attempt += 1
-        await ctx._append(partial(ctx._record, op, "compensate", done.effect.name, status,
-                                  dumps({"key": done.call.key}), None, error, started,
-                                  attempt, branch.path))  # fmt: skip
+            for row in rows:
+                ctx._check(branch, row, "compensate", done.effect.name)
+            if rows[-1].status != "claimed":
+                continue  # compensated (or given up on) before
+        ctx._active += 1
+        try:
+            await _compensate_one(ctx, done, branch, op, resumed=rows is not None)
+        finally:
+            ctx._done_working()
+
+
+async def _compensate_one(
+    ctx: Context, done: Done, branch: Branch, op: int, *, resumed: bool
+) -> None:
+    effect, name, key = done.effect, done.effect.name, done.call.key
+    assert effect.compensate is not None
+    started = ctx._clock()
+    claim = dumps({"key": key})
+
+    def record(status: str, output: str | None, error: str | None, attempts: int) -> Any:
+        return ctx._append(partial(ctx._record, op, "compensate", name, status, claim,
+                                   output, error, started, attempts, branch.path))  # fmt: skip
+
+    if not resumed:
+        await record("claimed", None, None, 0)
+        hook = _hook()
+        if hook is not None:
+            hook("compensate.claimed", name)
+    elif effect.compensated is not None:
+        try:
+            undone = await effect.compensated(done.args, done.result, done.call)
+        except Exception as exc:  # cannot tell: undo again, with the same key
+            log.warning("effect %s: compensated() for key %s raised %s", name, key,
+                        type(exc).__name__)  # fmt: skip
+            undone = False
+        if undone:
+            await record("ok", dumps({"via": "reconciled"}), None, 0)
+            return
+    policy = effect.retry or ctx._retry
+    attempt = 1
+    while True:
+        try:
+            await effect.compensate(done.args, done.result, done.call)
+            break
+        except Exception as exc:
+            if not policy.should_retry(exc, attempt):
+                log.error("run %s: compensating effect %s (key %s) failed: %s",
+                          ctx.run_id, name, key, exc)  # fmt: skip
+                await record("error", None, dumps(_error(exc)), attempt)
+                return
+            await asyncio.sleep(policy.delay(attempt))
+            attempt += 1
+    hook = _hook()
+    if hook is not None:
+        hook("compensate.executed", name)
+    await record("ok", dumps({"via": "executed"}), None, attempt)
