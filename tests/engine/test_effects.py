@@ -381,3 +381,27 @@ async def test_a_handler_past_its_timeout_is_an_unknown_outcome(sqlite_url: str)
     message = codara.engine._codec.decode(record.error)["message"]
     assert "unknown outcome after 3 attempt(s): TimeoutError" in message
     assert started == [1, 2, 3]  # each attempt with the same key, reconciled in between
+
+
+async def test_a_retried_run_reconciles_an_effect_whose_outcome_was_unknown(
+    db_url: str,
+) -> None:
+    """The bank timed out three times after taking the payment, with no reconcile to ask:
+    the run failed with an unknown outcome. An operator retries it once the bank answers
+    again: the same key, reconciled first (the effect now has a reconcile), paid once."""
+    ledger = Ledger(fail_after_doing=[TimeoutError("lost")])
+    ledger.fail_next = [ConnectionError("down"), ConnectionError("down")]
+    async with _app(db_url, ledger, reconcile=False) as app:
+        run_id = await app.start_run("refund", {"amount": 12.0})
+        assert (await _settle(app, run_id)).status == "failed"
+    assert len(ledger.done) == 1  # the third attempt paid; its answer was lost
+    async with _app(db_url, ledger, reconcile=True) as app:
+        await app.retry(run_id, by="ops")
+        record = await _settle(app, run_id)
+        rows = [j for j in await app.journal(run_id) if j.kind == "effect"]
+    assert record.status == "completed", record.error
+    [key] = ledger.calls
+    assert ledger.calls[key] == 3  # not called again: reconcile found the payment
+    assert len(ledger.done) == 1
+    assert [r.status for r in rows] == ["claimed", "error", "ok"]
+    assert codara.engine._codec.decode(rows[-1].output)["via"] == "reconciled"

@@ -185,8 +185,9 @@ class Context:
         self._by_key: dict[tuple[str, int], list[JournalRecord]] = {}
         retried = max((r.seq for r in journal if r.op == RETRY_OP), default=-1)
         for row in journal:
-            if row.op < 0 or (row.seq < retried and row.status != "ok"):
-                continue  # not an operation, or a failure an operator chose to retry
+            if row.op < 0 or (row.seq < retried and row.status not in ("ok", "claimed")):
+                continue  # not an operation, or a failure an operator chose to retry (an
+                # effect's claim stays: the retry asks its reconcile before doing it again)
             self._by_key.setdefault((row.branch, row.op), []).append(row)
         self._seq = journal[-1].seq + 1 if journal else 0
         self._prev = journal[-1].hash if journal else genesis
