@@ -253,6 +253,13 @@ _OTHER_SECTIONS: tuple[tuple[str, str, str], ...] = (
         "[operations](../operations.md)",
     ),
     (
+        "[effects.NAME]",
+        "the policies of effect NAME, checked before it is claimed: `facts` (NAME = "
+        '`"input.FIELD"` or `"read.SOURCE.FIELD"`), `policy_input`, `policies`, '
+        "`reject_reasons`.",
+        "[effects](../effects.md)",
+    ),
+    (
         "[lineage]",
         "OpenLineage run events for reads, off by default: `enabled`, `namespace`, "
         "`transport` (`file` with `path`, or `http` with `url`, `endpoint`, `api_key_env`, "
@@ -283,7 +290,7 @@ _OTHER_SECTIONS: tuple[tuple[str, str, str], ...] = (
     (
         "[workflows.NAME]",
         "the review policies of workflow NAME: `policy_input`, `policies`, `sampling`, "
-        "`reject_reasons`.",
+        '`reject_reasons`; and `effects = "live"` or `"shadow"` (effects recorded, not done).',
         "[policies](../policies.md)",
     ),
 )

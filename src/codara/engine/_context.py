@@ -170,6 +170,8 @@ class Context:
         self._sources = sources
         self._effects = effects
         self._effects_done: list[Done] = []  # effects that happened, for compensation
+        self._run_input: Any = None  # the run's input, as stored (a trusted fact)
+        self._read_rows: dict[str, list[Any]] = {}  # source -> rows of its latest batch
         self._data: dict[str, Any] = {"reads": 0, "stale": False, "quarantined": 0}
         self._shown = RunOriginals()  # what unmasked reads gave the run: masked when journaled
         self._key = key  # hashes journal rows: HMAC with CODARA_AUDIT_KEY, or SHA-256
@@ -553,11 +555,11 @@ class Context:
 
     @property
     def data(self) -> dict[str, Any]:
-        """What this run's reads have met so far, for policies (``data.stale``,
-        ``data.quarantined``, ``data.reads``: batches read). The same on replay."""
+        """What the run's reads met so far (``stale``, ``quarantined``, ``reads``)."""
         return dict(self._data)
 
     def _saw(self, batch: ReadBatch) -> None:
+        self._read_rows[str(batch.lineage.get("source"))] = batch.rows  # trusted facts
         self._data["reads"] += 1
         self._data["stale"] = self._data["stale"] or batch.stale
         self._data["quarantined"] += batch.quarantined
@@ -601,22 +603,16 @@ class Context:
         reason: str,
         where: str = "",
     ) -> str:
-        """Put ``record`` (read from ``source``) in quarantine with ``rule`` and ``reason``,
-        for a fault the source's model cannot see (a duplicate id, a customer the CRM does
-        not know). Journaled: a replay returns the same quarantine id and writes nothing.
-        The record is masked with the source's personal fields, as a read's would be;
-        ``codara quarantine retry`` checks it against the source's model and releases it
-        to the source's ``release_to`` workflow. Returns the quarantine id."""
+        """Quarantine ``record`` (read from ``source``) with ``rule`` and ``reason``, for a
+        fault the source's model cannot see (a duplicate id); journaled, masked as a read's
+        record; returns the quarantine id (docs/sources.md)."""
         from codara.engine._read import quarantine
 
         return await quarantine(self, self._sources, source, record, rule, reason, where)
 
     async def effect(self, name: str, args: Any = None, /, *, key: str | None = None) -> Any:
-        """Do effect ``name`` (declared with ``App.effect``) once for this operation: its
-        idempotency key (``key``, or one made from the run and the operation) is journaled
-        with ``args`` before it runs; a crash in between is resolved by its reconcile, or by
-        running it again with the same key. In shadow mode it is recorded, not run. See
-        :mod:`codara.engine._effects` and docs/effects.md."""
+        """Do effect ``name`` (``App.effect``) once for this operation, its key (``key``,
+        or the run's and the operation's) journaled first; see docs/effects.md."""
         from codara.engine._effects import run_effect
 
         return await run_effect(self, name, args, key)

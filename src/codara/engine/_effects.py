@@ -52,11 +52,13 @@ log = logging.getLogger("codara.effects")
 
 __all__ = [
     "EFFECT_MODES",
+    "Authorize",
     "Effect",
     "EffectCall",
     "EffectFailedError",
     "EffectRefused",
     "Effects",
+    "Verdict",
 ]
 
 EFFECT_MODES = ("live", "shadow")
@@ -81,8 +83,9 @@ class EffectRefused(Exception):
 
 
 class EffectFailedError(RunError):
-    """An effect failed: refused by its handler, its arguments invalid, or its outcome still
-    unknown when the retries ran out (``outcome`` says which)."""
+    """An effect failed: refused by its handler, its arguments invalid, denied by a policy
+    or a reviewer, or its outcome still unknown when the retries ran out (``outcome`` says
+    which)."""
 
     code = "effect_failed"
     exit_code = 13
@@ -92,7 +95,7 @@ class EffectFailedError(RunError):
         effect: str,
         message: str,
         *,
-        outcome: Literal["refused", "invalid", "unknown"],
+        outcome: Literal["refused", "invalid", "unknown", "denied"],
         hint: str | None = None,
     ) -> None:
         super().__init__(f"effect {effect!r} {message}", hint=hint)
@@ -102,6 +105,20 @@ class EffectFailedError(RunError):
 
 
 Handler = Callable[[Any, EffectCall], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What an effect's policy decided: go ahead (with these arguments, a reviewer may have
+    edited them), or not, and why."""
+
+    go_ahead: bool
+    args: Any
+    reason: str
+
+
+Authorize = Callable[["Context", "Effect", Any], Awaitable[Verdict]]
+"""An effect's policy gate (``[effects.NAME]``, installed by the review layer)."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +207,8 @@ class Effects:
     def __init__(self) -> None:
         self.by_name: dict[str, Effect] = {}
         self.shadow: frozenset[str] = frozenset()
+        self.gates: dict[str, Authorize] = {}
+        """effect name -> its policy gate; an effect without one is not policed."""
         self._limiters: dict[str, _Limiter] = {}
 
     def add(self, effect: Effect) -> None:
@@ -258,12 +277,25 @@ async def run_effect(ctx: Context, name: str, args: Any, key: str | None) -> Any
     effect = effects.get(name)
     if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 200):
         raise ConfigError(f"ctx.effect({name!r}): key must be a string of 1 to 200 characters")
+    denied: str | None = None
+    gate = effects.gates.get(name)
+    if gate is not None:
+        try:
+            checked = effect.check_args(args)
+        except EffectFailedError:
+            pass  # recorded as invalid by the operation below, never shown to the policy
+        else:  # the gate's own operations (policy, review, decision) come before the effect's
+            verdict = await gate(ctx, effect, checked)
+            if verdict.go_ahead:
+                args = verdict.args
+            else:
+                denied = verdict.reason
     branch, op, rows = ctx._take_op(f"effect {name!r}")
     # at work from here to the end: the run is never taken for quiet (and parked) while
     # an effect's claim or result is being written or its handler runs
     ctx._active += 1
     try:
-        return await _operation(ctx, effects, effect, name, args, key, branch, op, rows)
+        return await _operation(ctx, effects, effect, name, args, key, branch, op, rows, denied)
     finally:
         ctx._done_working()
 
@@ -278,6 +310,7 @@ async def _operation(
     branch: Branch,
     op: int,
     rows: list[JournalRecord] | None,
+    denied: str | None,
 ) -> Any:
     started = ctx._clock()
 
@@ -319,6 +352,10 @@ async def _operation(
     call = EffectCall(name, key or f"{ctx.run_id}:{branch.path or 'r'}:{op}", ctx.run_id,
                       ctx.workflow)  # fmt: skip
     claim_json = dumps({"key": call.key, "args": checked})
+    if denied is not None:  # nothing is claimed: the policy or a reviewer said no
+        err = EffectFailedError(name, f"was denied: {denied}", outcome="denied")
+        await record("error", claim_json, None, _failure(err), 0)
+        raise err
     if effects.mode_of(ctx.workflow) == "shadow":
         if effect.shadow is None:
             raise ConfigError(

@@ -80,6 +80,7 @@ async def execute(
         sources=sources,
         effects=effects,
     )
+    ctx._run_input = decode(claim.input)  # for effect policies: a fact the run did not make
     if on_context is not None:
         on_context(ctx)
     try:

@@ -229,13 +229,17 @@ def _json(value: Any) -> Any:
 
 
 def install_reviews(app: App, *, notify: Notify | None = None) -> None:
-    """Have the app's workers apply review deadlines (approve, deny or escalate).
+    """Have the app's workers apply review deadlines (approve, deny or escalate), and gate
+    the effects that ``[effects.NAME]`` gives policies.
 
     ``notify`` hears of escalations and expiries; by default the webhook that
     ``[notifications]`` configures, if any.
     """
     if notify is None:
         notify = notifier_from_settings(app.settings)
+    from codara.review._effect_policy import install_effect_policies
+
+    install_effect_policies(app)  # [effects.NAME]: the effects' own policies
 
     async def sweep(a: App) -> object:
         return await Reviews(a.store, a.clock, notify=notify).sweep()
