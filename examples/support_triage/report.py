@@ -32,8 +32,8 @@ class DataReport:
     """(source, rule, records, distinct records)."""
     intake: dict[str, Any] | None = None
     effects: dict[str, Counter[str]] = field(default_factory=dict)
-    """effect -> how its operations ended: executed, reconciled, shadow, failed,
-    compensated (from the journal)."""
+    """effect -> how its operations ended: executed, reconciled, shadow, denied (by a
+    policy or a reviewer), failed, compensated (from the journal)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -71,16 +71,16 @@ async def data_report(app: codara.App) -> DataReport:
         if run.output is not None:
             report.intake = json.loads(run.output)
             break
-    for kind, name, status, output in await app.store.execute_raw(
-        "SELECT kind, name, status, output FROM codara_journal "
+    for kind, name, status, output, error in await app.store.execute_raw(
+        "SELECT kind, name, status, output, error FROM codara_journal "
         "WHERE kind IN ('effect', 'compensate') AND status <> 'claimed'"
     ):
-        how = (
-            "failed"
-            if status != "ok"
-            else ("compensated" if kind == "compensate" else str(json.loads(output)["via"]))
-        )
-        report.effects.setdefault(str(name), Counter())[how] += 1  # fmt: skip
+        if status != "ok":  # denied by a policy or a reviewer, or failed
+            denied = json.loads(error or "{}").get("outcome") == "denied"
+            how = "denied" if denied else "failed"
+        else:
+            how = "compensated" if kind == "compensate" else str(json.loads(output)["via"])
+        report.effects.setdefault(str(name), Counter())[how] += 1
     return report
 
 
@@ -243,7 +243,7 @@ def print_data(report: TriageReport, data: DataReport, console: Console) -> None
         )
     if data.effects:
         done = Table(title="Effects on the CRM (ctx.effect; from the journal)")
-        hows = ("executed", "reconciled", "shadow", "failed", "compensated")
+        hows = ("executed", "reconciled", "shadow", "denied", "failed", "compensated")
         done.add_column("effect")
         for how in hows:
             done.add_column(how, justify="right")

@@ -5,6 +5,7 @@ or in the tickets' text, reaches the store, the logs, the API or the console unm
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -82,6 +83,16 @@ async def _settle(app: codara.App, done: Done) -> None:
     await app.work(until_idle=True)
     await decide_pending(app)
     await app.work(until_idle=True)
+    for _ in range(10):  # until_idle stops when nothing is ready *now*: a run handed back
+        # after a store hiccup is queued for a moment later; wait for it (bounded)
+        queued = [r for r in await app.store.list_runs(limit=1000) if r.status == "queued"]
+        if not queued:
+            break
+        soonest = min(r.ready_at or 0.0 for r in queued)
+        print(f"\n{len(queued)} run(s) queued after until_idle, the first ready in "
+              f"{soonest - time.time():.2f} s: {[r.id for r in queued][:3]}")  # fmt: skip
+        await asyncio.sleep(max(0.0, min(5.0, soonest - time.time())))
+        await app.work(until_idle=True)
     for run in await app.store.list_runs(limit=1000):
         if run.status != "completed":  # say why: its journal's last rows
             tail = [(j.kind, j.name, j.status, j.error) for j in await app.journal(run.id)][-3:]
