@@ -74,3 +74,20 @@ async def boom(ctx: codara.Context, _: Any) -> None:
 async def slow(ctx: codara.Context, _: Any) -> str:
     await ctx.step("linger", asyncio.sleep, 60)
     return "done"
+
+
+SENT: list[str] = []  # the effect's external system, in this process
+
+
+async def _send(args: dict[str, Any], call: codara.EffectCall) -> str:
+    SENT.append(call.key)
+    return f"sent {args['to']}"
+
+
+app.effect(codara.Effect(name="notify", run=_send, shadow=lambda args: "shadow"))
+
+
+@app.workflow(name="notify")
+async def notify(ctx: codara.Context, to: str) -> str:
+    result: str = await ctx.effect("notify", {"to": to})
+    return result

@@ -120,6 +120,18 @@ def test_no_wait_then_worker_until_idle(project: Project, cli: CliFn) -> None:
     assert _only_run(project, cli)["output"] == {"greeting": "HELLO WORLD", "length": 11}
 
 
+def test_codara_worker_executes_the_apps_effects(project: Project, cli: CliFn) -> None:
+    """`codara worker` builds its App from the user's: the effects come along (they did
+    not: a workflow calling ctx.effect failed with 'no effect of that name')."""
+    run_id = cli(project, "run", "notify", "--input", '"ops"', "--no-wait").stdout.strip()
+    worked = cli(project, "worker", "--until-idle")
+    assert worked.exit_code == 0, worked.output
+    shown = _only_run(project, cli)
+    assert shown["status"] == "completed", shown
+    assert shown["output"] == "sent ops"
+    assert run_id
+
+
 def test_cancel(project: Project, cli: CliFn) -> None:
     run_id = cli(project, "run", "approval", "--no-wait").stdout.strip()
     result = cli(project, "runs", "cancel", run_id, "--json")

@@ -189,6 +189,7 @@ def open_app(opts: Options, *, workflows: bool, migrate: Migrate = "check") -> A
         app.workflow(name=wf.name, version=wf.version, compatible_with=wf.compatible_with)(wf.fn)
     for tick in user.tickers:  # housekeeping such as install_reviews' deadline sweep
         app.add_ticker(tick)
+    app._effects = user._effects  # its effects, with the policy gates install_reviews made
     if not app.workflows():
         raise ConfigError(
             f"the app {spec!r} (from {source}) has no workflows registered",
