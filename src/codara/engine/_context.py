@@ -169,7 +169,7 @@ class Context:
     ) -> None:
         self._sources = sources
         self._effects = effects
-        self._effects_done: list[Done] = []  # effects that happened, for compensation
+        self._effects_done: list[Done] = []  # compensable effects that happened
         self._run_input: Any = None  # the run's input, as stored (a trusted fact)
         self._read_rows: dict[str, list[Any]] = {}  # source -> rows of its latest batch
         self._data: dict[str, Any] = {"reads": 0, "stale": False, "quarantined": 0}

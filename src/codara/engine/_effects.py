@@ -257,7 +257,7 @@ class Effects:
 # -- the operation (Context.effect) ------------------------------------------------------------
 @dataclass
 class Done:
-    """An effect that happened in this run (for compensation)."""
+    """An effect with a compensate hook that happened in this run (for compensation)."""
 
     effect: Effect
     args: Any
@@ -315,8 +315,8 @@ async def _operation(
     started = ctx._clock()
 
     def record(status: str, input_json: str, output: str | None, error: str | None,
-               attempts: int, kind: str = "effect") -> Awaitable[JournalRecord]:  # fmt: skip
-        return ctx._append(lambda: ctx._record(op, kind, name, status, input_json, output,
+               attempts: int) -> Awaitable[JournalRecord]:  # fmt: skip
+        return ctx._append(lambda: ctx._record(op, "effect", name, status, input_json, output,
                                                error, started, attempts, branch.path))  # fmt: skip
 
     if rows is not None:  # replay, or resume after a claim
@@ -331,7 +331,7 @@ async def _operation(
         # originals, and a refund must go to the real IBAN.
         if last.status == "ok":
             out = decode(last.output) or {}
-            if out.get("via") != "shadow":
+            if out.get("via") != "shadow" and effect.compensate is not None:
                 live = effect.check_args(args)
                 ctx._effects_done.append(Done(effect, live, out.get("result"), call))
             return effect.shape(out.get("result"))
@@ -367,16 +367,16 @@ async def _operation(
         await record("ok", claim_json, dumps({"result": result, "via": "shadow"}), None, 0)
         return effect.shape(decode(dumps(result)))
     await record("claimed", claim_json, None, None, 0)  # durable before anything happens
-    hook = _hook()
-    if hook is not None:
-        hook("effect.claimed", name)
+    _fault("effect.claimed", name)
     return await _execute(ctx, effect, checked, call, record, claim_json, resumed=False)
 
 
-def _hook() -> Callable[[str, str], None] | None:
+def _fault(point: str, name: str) -> None:
+    """The engine's fault hook at ``point`` of effect ``name`` (the crash tests aim there)."""
     from codara.engine import _context
 
-    return _context._fault_hook
+    if _context._fault_hook is not None:
+        _context._fault_hook(point, name)
 
 
 def _error(exc: BaseException) -> dict[str, Any]:
@@ -439,9 +439,7 @@ async def _execute(
             await asyncio.sleep(policy.delay(attempt))
             attempt += 1
             continue
-        hook = _hook()
-        if hook is not None:
-            hook("effect.executed", effect.name)
+        _fault("effect.executed", effect.name)
         try:
             dumps(result)
         except TypeError as exc:  # it happened, and its result cannot be kept: say so, once
@@ -483,7 +481,8 @@ async def _done(
 ) -> Any:
     row = await record("ok", claim_json, dumps({"result": result, "via": via}), None, attempts)
     value = (decode(row.output) or {}).get("result")  # what a replay returns (masked if so)
-    ctx._effects_done.append(Done(effect, args, value, call))
+    if effect.compensate is not None:
+        ctx._effects_done.append(Done(effect, args, value, call))
     return effect.shape(value)
 
 
@@ -493,9 +492,7 @@ async def compensate(ctx: Context) -> None:
     row ``claimed``, then ``ok`` or ``error``), so a replay skips those finished and, for
     one claimed without a result, asks the effect's ``compensated`` hook before undoing
     again (without one: again, with the same key)."""
-    for done in reversed(ctx._effects_done):
-        if done.effect.compensate is None:
-            continue
+    for done in reversed(ctx._effects_done):  # only effects with a compensate hook are kept
         branch, op, rows = ctx._take_op(f"compensate {done.effect.name!r}")
         if rows is not None:
             for row in rows:
@@ -523,9 +520,7 @@ async def _compensate_one(
 
     if not resumed:
         await record("claimed", None, None, 0)
-        hook = _hook()
-        if hook is not None:
-            hook("compensate.claimed", name)
+        _fault("compensate.claimed", name)
     elif effect.compensated is not None:
         try:
             undone = await effect.compensated(done.args, done.result, done.call)
@@ -550,7 +545,5 @@ async def _compensate_one(
                 return
             await asyncio.sleep(policy.delay(attempt))
             attempt += 1
-    hook = _hook()
-    if hook is not None:
-        hook("compensate.executed", name)
+    _fault("compensate.executed", name)
     await record("ok", dumps({"via": "executed"}), None, attempt)

@@ -113,7 +113,7 @@ async def execute(
         return Outcome("lost")
     if not isinstance(failure, Exception):  # SystemExit and the like: the process is ending
         raise failure
-    if ctx._effects_done:  # undo what happened, newest first, each once (journaled)
+    if ctx._effects_done:  # undo what happened, newest first, each journaled (docs/effects.md)
         undo = root_task(asyncio.get_running_loop(), compensate(ctx), ctx.root)
         await asyncio.gather(undo, return_exceptions=True)
         if ctx.handback is not None:

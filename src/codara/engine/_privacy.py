@@ -33,6 +33,7 @@ from codara.privacy import (
     KnownValues,
     Masker,
     VaultCipher,
+    kind_of,
     known_patterns,
     redact_found,
     secret_from_env,
@@ -216,7 +217,7 @@ async def erase(store: Store, privacy: Privacy, subject: str, *, by: str) -> lis
     for token in erased:
         await store.execute_raw(
             UNMASK_INSERT,
-            [now, by, token, token[1:].split(":", 1)[0], None, "erased (right to erasure)"],
+            [now, by, token, kind_of(token), None, "erased (right to erasure)"],
         )
     return erased
 

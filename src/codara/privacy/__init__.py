@@ -15,7 +15,16 @@ codara.privacy`` stays cheap.
 """
 
 from codara.privacy._keys import MASK_KEY_ENV, VAULT_KEY_ENV, secret_from_env, vault_key_from_env
-from codara.privacy._masker import KINDS, TOKEN, Finding, KnownValues, Masked, Masker, is_token
+from codara.privacy._masker import (
+    KINDS,
+    TOKEN,
+    Finding,
+    KnownValues,
+    Masked,
+    Masker,
+    is_token,
+    kind_of,
+)
 from codara.privacy._redact import known_patterns, redact, redact_found
 from codara.privacy._vault import VaultCipher, VaultEntryAlteredError, VaultKeyError
 
@@ -32,6 +41,7 @@ __all__ = [
     "VaultEntryAlteredError",
     "VaultKeyError",
     "is_token",
+    "kind_of",
     "known_patterns",
     "redact",
     "redact_found",

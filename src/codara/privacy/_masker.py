@@ -37,7 +37,7 @@ from codara.privacy._keys import KEY_BYTES
 if TYPE_CHECKING:
     from codara.privacy._detect import Detector
 
-__all__ = ["KINDS", "TOKEN", "Finding", "KnownValues", "Masked", "Masker", "is_token"]
+__all__ = ["KINDS", "TOKEN", "Finding", "KnownValues", "Masked", "Masker", "is_token", "kind_of"]
 
 KINDS: Final = ("email", "phone", "iban", "card", "name", "address", "text")
 """The kinds a field may be declared as; ``text`` is free text, scanned by the detector."""
@@ -50,6 +50,11 @@ KnownValues = tuple[tuple[str, re.Pattern[str]], ...]
 
 DEFAULT_MAX_SCAN: Final = 32 * 1024
 _BACKOFF: Final = 256  # how far back a cut may move to fall between two words
+
+
+def kind_of(token: str) -> str:
+    """``card`` for ``<card:cf5b63d5ab01>`` (a token already checked by the caller)."""
+    return token[1:].split(":", 1)[0]
 
 
 def is_token(value: object) -> bool:

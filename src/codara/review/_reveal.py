@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from codara.errors import ConfigError
-from codara.privacy import KINDS, TOKEN
+from codara.privacy import KINDS, TOKEN, kind_of
 from codara.review._items import Principal
 
-__all__ = ["PURPOSE_MAX", "RevealRules", "Revealed", "tokens_in"]
+__all__ = ["PURPOSE_MAX", "RevealRules", "Revealed", "kind_of", "tokens_in"]
 
 _ROLE = re.compile(r"^[a-z0-9_-]{1,50}$")
 PURPOSE_MAX = 500
@@ -101,8 +101,3 @@ def tokens_in(texts: Iterable[str | None]) -> list[str]:
             for m in TOKEN.finditer(text):
                 seen.setdefault(m.group(0), None)
     return list(seen)
-
-
-def kind_of(token: str) -> str:
-    """``card`` for ``<card:cf5b63d5ab01>`` (a token already checked by the caller)."""
-    return token[1:].split(":", 1)[0]
