@@ -405,3 +405,23 @@ async def test_a_retried_run_reconciles_an_effect_whose_outcome_was_unknown(
     assert len(ledger.done) == 1
     assert [r.status for r in rows] == ["claimed", "error", "ok"]
     assert codara.engine._codec.decode(rows[-1].output)["via"] == "reconciled"
+
+
+@pytest.mark.parametrize("key", ["", "k" * 201, 42])
+async def test_a_bad_key_fails_the_run_clearly_before_anything_is_claimed(
+    sqlite_url: str, key: Any
+) -> None:
+    ledger = Ledger()
+    async with _app(sqlite_url, ledger) as app:
+
+        @app.workflow(name="keyed")
+        async def keyed(ctx: codara.Context, k: Any) -> Any:
+            return await ctx.effect("pay", {"amount": 1.0, "iban": "GB00TEST"}, key=k)
+
+        run_id = await app.start_run("keyed", key)
+        record = await _settle(app, run_id)
+        rows = [j for j in await app.journal(run_id) if j.kind == "effect"]
+    assert record.status == "failed"
+    assert "key must be a string of 1 to 200 characters" in (record.error or "")
+    assert rows == []
+    assert ledger.calls == Counter()
