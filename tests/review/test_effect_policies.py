@@ -198,3 +198,12 @@ def test_a_broken_effects_table_stops_at_load(
     with pytest.raises(codara.CodaraError) as exc:
         _app(sqlite_url, tmp_path, [], refund=table)
     assert message in str(exc.value)
+
+
+async def test_policies_for_an_effect_nobody_declared_stop_the_worker(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """A misspelt [effects.refnud] must not leave the refund unpoliced without a word."""
+    async with _app(sqlite_url, tmp_path, [], refnud=POLICY) as app:
+        with pytest.raises(codara.ConfigError, match=r"\[effects\.refnud\].*no effect of that"):
+            app.worker()

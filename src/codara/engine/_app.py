@@ -157,10 +157,12 @@ class App:
     @property
     def effects(self) -> Effects:
         """The declared effects, with ``[workflows.NAME] effects`` (live or shadow) of the
-        settings, validated when first asked for (a worker asks at start)."""
+        settings and the ``[effects.NAME]`` policy gates, validated when first asked for (a
+        worker asks at start)."""
         if not self._effect_modes_loaded:
             where = self.settings.source_file or "the configuration"
             self._effects.load_modes(self.settings.section("workflows"), where)
+            self._effects.check_gates(where)
             self._effect_modes_loaded = True
         return self._effects
 

@@ -238,6 +238,18 @@ class Effects:
         if limiter is not None:
             await limiter.wait()
 
+    def check_gates(self, where: str) -> None:
+        """Every ``[effects.NAME]`` with policies names a declared effect: a misspelt one
+        would leave the real effect unpoliced without a word."""
+        stray = sorted(set(self.gates) - set(self.by_name))
+        if stray:
+            known = ", ".join(sorted(self.by_name)) or "none"
+            raise ConfigError(
+                f"[effects.{stray[0]}] in {where} has policies, but no effect of that name is "
+                f"declared (declared: {known})",
+                hint="name the table after the Effect's name, or declare the effect",
+            )
+
     def load_modes(self, workflows: Mapping[str, Any], where: str) -> None:
         """``[workflows.NAME] effects = "live" | "shadow"`` of the settings."""
         shadow = set()
