@@ -1,12 +1,15 @@
-"""Model calls as durable steps: journaled once, replayed without calling the model again."""
+"""Model calls inside a run: each model request and each tool call journaled on its own."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from codara.engine import Context
-from codara.models._llm import LLMCall, LLMSettings, call_llm
+from codara.models._llm import LLMCall, LLMSettings, _api_key
+
+if TYPE_CHECKING:
+    from pydantic_ai import Tool
 
 __all__ = ["llm_step"]
 
@@ -19,25 +22,23 @@ async def llm_step(
     instructions: str,
     prompt: str,
     output_type: type[Any] = str,
-    tools: Sequence[Callable[..., Any]] = (),
+    tools: Sequence[Callable[..., Any] | Tool] = (),
 ) -> LLMCall:
-    """Call a real LLM as step ``name`` of the run.
+    """Run a Pydantic AI agent named ``name`` for this run, durably.
 
-    The journal keeps the whole record (messages, output, token usage, cost, tool calls), so a
-    replay after a crash returns it without calling the provider: no second bill, no second
-    answer. Use ``result.output_as(MyModel)`` to get a typed output back.
+    Each model request is a journaled step (``NAME.model``: the response, its token use and
+    cost) and each tool call another (``NAME.tool.TOOL``: its result), so after a crash the
+    agent resumes where it was: no tool runs twice, no answered request is sent again. An
+    effect tool (:func:`codara.agents.effect_tool`) is an effect, not a step. Use
+    ``result.output_as(MyModel)`` for a typed output.
     """
+    from codara.models._agent import durable_agent
+    from codara.models._llm import agent_record
 
-    return await ctx.step(name, _call, settings, instructions, prompt, output_type, tuple(tools))
-
-
-async def _call(
-    settings: LLMSettings,
-    instructions: str,
-    prompt: str,
-    output_type: type[Any],
-    tools: tuple[Callable[..., Any], ...],
-) -> LLMCall:
-    return await call_llm(
-        settings, instructions=instructions, prompt=prompt, output_type=output_type, tools=tools
+    agent = durable_agent(
+        settings, name=name, instructions=instructions, output_type=output_type, tools=tools
     )
+    names = {str(getattr(tool, "name", None) or getattr(tool, "__name__", "")) for tool in tools}
+    async with agent:
+        result = await agent.run(prompt)
+    return agent_record(result, settings, names, _api_key(settings))

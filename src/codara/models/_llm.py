@@ -216,7 +216,6 @@ async def call_llm(
         UnexpectedModelBehavior,
         UserError,
     )
-    from pydantic_ai.messages import ModelMessagesTypeAdapter
 
     model = build_model(settings)
     secret = _api_key(settings)
@@ -233,6 +232,13 @@ async def call_llm(
         message = _redact(str(exc), secret)
         raise ConfigError(f"{settings.provider} model {settings.model!r}: {message}") from None
 
+    return agent_record(result, settings, {tool.name for tool in agent_tools}, secret)
+
+
+def agent_record(result: Any, settings: LLMSettings, tools: set[str], secret: str) -> LLMCall:
+    """The :class:`LLMCall` of a finished agent run (``AgentRunResult``), the key redacted."""
+    from pydantic_ai.messages import ModelMessagesTypeAdapter
+
     new_messages = result.new_messages()
     usage = result.usage
     record = LLMCall(
@@ -244,7 +250,7 @@ async def call_llm(
         model_name=_response_model_name(new_messages) or settings.model,
         provider=settings.provider,
         cost_usd=settings.cost_usd(usage.input_tokens, usage.output_tokens),
-        tool_calls=_tool_calls(new_messages, {tool.name for tool in agent_tools}),
+        tool_calls=_tool_calls(new_messages, tools),
     )
     if len(secret) >= _MIN_SECRET_LEN and secret in record.model_dump_json():
         # e.g. a model echoing the key: never journal it (string values only, not field names)

@@ -46,11 +46,22 @@ class FakeReply:
     input_tokens: int = 10
     output_tokens: int = 5
     headers: dict[str, str] = field(default_factory=dict)
+    also: tuple[tuple[str, dict[str, Any]], ...] = ()  # more tool calls in the same answer
 
     @classmethod
     def tool_call(cls, name: str, args: dict[str, Any] | None = None, **kw: Any) -> FakeReply:
         """The model asks to call tool ``name`` with ``args``."""
         return cls(tool_name=name, tool_args=args or {}, **kw)
+
+    @classmethod
+    def tool_calls(cls, *calls: tuple[str, dict[str, Any]], **kw: Any) -> FakeReply:
+        """The model asks for several tool calls at once (they may run in parallel)."""
+        (name, args), *rest = calls
+        return cls(tool_name=name, tool_args=args, also=tuple(rest), **kw)
+
+    def calls(self) -> list[tuple[str, dict[str, Any]]]:
+        first = [] if self.tool_name is None else [(self.tool_name, self.tool_args or {})]
+        return first + list(self.also)
 
     @classmethod
     def error(
@@ -253,8 +264,9 @@ def _openai_completion(fake: FakeLLMServer, model: str, reply: FakeReply) -> dic
             {
                 "id": fake._next_id("call_"),
                 "type": "function",
-                "function": {"name": reply.tool_name, "arguments": json.dumps(reply.tool_args)},
+                "function": {"name": name, "arguments": json.dumps(args)},
             }
+            for name, args in reply.calls()
         ]
         finish = "tool_calls"
     usage = {
@@ -292,10 +304,9 @@ def _anthropic_message(fake: FakeLLMServer, model: str, reply: FakeReply) -> dic
     if reply.text is not None:
         content.append({"type": "text", "text": reply.text})
     stop_reason = "end_turn"
-    if reply.tool_name is not None:
+    for name, args in reply.calls():
         tool_id = fake._next_id("toolu_")
-        content.append({"type": "tool_use", "id": tool_id, "name": reply.tool_name})
-        content[-1]["input"] = reply.tool_args
+        content.append({"type": "tool_use", "id": tool_id, "name": name, "input": args})
         stop_reason = "tool_use"
     return {
         "id": fake._next_id("msg_"),
