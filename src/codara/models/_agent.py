@@ -21,29 +21,23 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic_ai import Agent, Tool
-from pydantic_ai.durable_exec._base import (
+from pydantic_ai.durable_exec import (
+    JSON_CODEC,
     BaseDurabilityCapability,
-    conversation_id_from_run_id,
-)
-from pydantic_ai.durable_exec._codec import JSON_CODEC
-from pydantic_ai.durable_exec._operation import (
+    CallableOperationBackend,
     CapabilityOperationId,
+    DurabilityEngineSpec,
     DurableOperationId,
+    JournalOperationNamer,
     ModelRequestId,
+    RoleBasedOperationConfig,
     ToolsetCallToolId,
     ToolsetGetInstructionsId,
     ToolsetGetToolsId,
     ToolsetValidateToolArgumentsId,
+    conversation_id_from_run_id,
 )
-from pydantic_ai.durable_exec._operation_backend import (
-    CallableOperationBackend,
-    RoleBasedOperationConfig,
-)
-from pydantic_ai.durable_exec._operation_names import (
-    DurableInvocationName,
-    JournalOperationNamer,
-)
-from pydantic_ai.durable_exec._spec import DurabilityEngineSpec
+from pydantic_ai.durable_exec._operation_names import DurableInvocationName  # not re-exported
 from pydantic_ai.exceptions import (
     ModelAPIError,
     ModelRequestTimeout,
