@@ -58,10 +58,12 @@ class Ledger:
         self.undone.append(call.key)
 
 
-def _fence(url: str, run_id: str) -> None:
+def _fence(url: str, run_id: str, ready_at: float = 0) -> None:
     """Stands for the worker dying here: from a connection of its own, the run's lease
-    lapses and its fencing token moves on, so nothing more this attempt writes lands."""
-    sql = "UPDATE codara_runs SET token = token + 1, ready_at = 0, owner = NULL WHERE id = {}"
+    lapses (at ``ready_at``) and its fencing token moves on, so nothing more this attempt
+    writes lands."""
+    sql = f"UPDATE codara_runs SET token = token + 1, ready_at = {float(ready_at)}, owner = NULL "
+    sql += "WHERE id = {}"
     parsed = parse_url(url)
     if parsed.dialect == "sqlite":
         assert parsed.sqlite_path is not None

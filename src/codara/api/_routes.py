@@ -37,7 +37,7 @@ Version = Annotated[
     Field(ge=0, le=2**31, description="The item's version you decided on (409 if it changed)."),
 ]
 RUN_STATUSES = Literal[
-    "queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled"
+    "queued", "running", "sleeping", "waiting", "cancelling", "completed", "failed", "cancelled"
 ]
 
 

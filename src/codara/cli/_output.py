@@ -71,6 +71,7 @@ _STATUS_STYLE = {
     "failed": "red",
     "error": "red",
     "cancelled": "magenta",
+    "cancelling": "magenta",
     "running": "cyan",
     "queued": "blue",
     "waiting": "yellow",

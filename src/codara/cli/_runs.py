@@ -36,7 +36,7 @@ __all__ = ["EXIT_NOT_FINISHED", "run_command", "runs_app", "signal_command"]
 
 EXIT_NOT_FINISHED = 21
 FINISHED = ("completed", "failed", "cancelled")
-STATUSES = ("queued", "running", "sleeping", "waiting", *FINISHED)
+STATUSES = ("queued", "running", "sleeping", "waiting", "cancelling", *FINISHED)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 RunIdArg = Annotated[str, typer.Argument(help="The run's id (see `codara runs list`).")]
@@ -320,7 +320,9 @@ def show_command(
 
 @runs_app.command("cancel")
 def cancel_command(ctx: typer.Context, run_id: RunIdArg, json_out: JsonOpt = False) -> None:
-    """Cancel a run that has not finished (a worker executing it stops at once)."""
+    """Cancel a run that has not finished (a worker executing it stops at once). A run
+    whose effects happened is `cancelling` until a worker has undone them (compensate
+    hooks, newest first), then `cancelled`."""
     import asyncio
 
     from rich.text import Text

@@ -46,7 +46,16 @@ router = APIRouter(include_in_schema=False)
 _ID = r"^[A-Za-z0-9_-]{1,64}$"
 ReviewId = Annotated[str, Path(pattern=_ID)]
 RunId = Annotated[str, Path(pattern=_ID)]
-RUN_STATUSES = ("queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
+RUN_STATUSES = (
+    "queued",
+    "running",
+    "sleeping",
+    "waiting",
+    "cancelling",
+    "completed",
+    "failed",
+    "cancelled",
+)
 _OPEN = ("pending", "claimed")
 
 

@@ -37,6 +37,7 @@ from codara.engine._codec import (
     result_adapter,
 )
 from codara.engine._privacy import RunOriginals
+from codara.engine._step import _PLAIN_STEPS, Step, _plain_step
 from codara.errors import (
     NonDeterminismError,
     StepFailedError,
@@ -100,34 +101,6 @@ class Block:
 
     deadline: float | None
     signal: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """A step's name with its options: ``await ctx.step(Step("charge", timeout=10), fn, x)``.
-
-    ``retry`` replaces the app's retry policy; ``timeout`` bounds each attempt of an async
-    function, in seconds (a sync function runs on the loop and cannot be interrupted);
-    ``result_type`` is the type the journaled result is validated into on replay, for a
-    function whose return type is not declared (a lambda, a ``functools.partial`` of an
-    unannotated function).
-    """
-
-    name: str
-    retry: RetryPolicy | None = None
-    timeout: float | None = None
-    result_type: Any = None
-
-
-_PLAIN_STEPS: dict[str, Step] = {}
-
-
-def _plain_step(name: str) -> Step:
-    """``Step(name)`` with no options, made once per name (names repeat across runs)."""
-    step = Step(name)
-    if len(_PLAIN_STEPS) < 10_000:
-        _PLAIN_STEPS[name] = step
-    return step
 
 
 def _run_start_time(run_id: str) -> float:
@@ -198,6 +171,7 @@ class Context:
         self.blocks: list[Block] = []
         self.quiesced: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.closing = False
+        self.cancelling = False  # replaying a cancelled run to undo its effects
         self.handback: Handback | None = None
         self.root = Branch(self, "", _run_start_time(run_id))
         self._wlock = asyncio.Lock()  # rows are numbered and written one at a time, in order
@@ -254,7 +228,10 @@ class Context:
         self._progress += 1
         op = branch.next_op
         branch.next_op = op + 1
-        return branch, op, self._by_key.pop((branch.path, op), None)
+        rows = self._by_key.pop((branch.path, op), None)
+        if rows is None and self.cancelling:
+            raise Abort  # a cancelled run replays what it did, and does nothing new
+        return branch, op, rows
 
     # -- journal writes --------------------------------------------------------------------
     def _record(

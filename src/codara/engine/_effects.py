@@ -352,6 +352,16 @@ async def _operation(
             raise EffectFailedError(name, str(err.get("message", "failed")),
                                     outcome=err.get("outcome", "unknown"))  # fmt: skip
         # a claim and no result: the worker died while the effect was under way
+        if ctx.cancelling:  # cancelled since: find out if it happened, never do it now
+            from codara.engine._context import Abort
+
+            found = None if effect.reconcile is None else await _reconcile(effect, args, call)
+            if found is None:
+                log.warning("run %s cancelled with effect %s (key %s) under way: neither "
+                            "done nor undone; check it", ctx.run_id, name, call.key)  # fmt: skip
+                raise Abort
+            return await _done(ctx, effect, effect.check_args(args), call, record,
+                               rows[0].input or "null", found[0], "reconciled", 0)  # fmt: skip
         return await _execute(ctx, effect, effect.check_args(args), call, record,
                               rows[0].input or "null", resumed=True)  # fmt: skip
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter
 
-from codara.engine._branch import root_task
+from codara.engine._branch import Branch, root_task
 from codara.engine._codec import decode, dump_error, dumps, validate_input
 from codara.engine._context import RESULT_OP, Abort, Context
 from codara.engine._effects import compensate
@@ -81,6 +81,7 @@ async def execute(
         effects=effects,
     )
     ctx._run_input = decode(claim.input)  # for effect policies: a fact the run did not make
+    ctx.cancelling = claim.cancelling  # then replay what it did, to undo it; nothing new
     if on_context is not None:
         on_context(ctx)
     try:
@@ -95,6 +96,8 @@ async def execute(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         raise
+    if claim.cancelling:
+        return await _cancelled(store, sources, ctx, claim, task, clock)
     if not task.done():
         ctx.closing = True
         task.cancel()
@@ -123,13 +126,45 @@ async def execute(
     return _ended(sources, ctx, await _finish(store, ctx, claim, "failed", None, failure, clock))
 
 
+async def _cancelled(
+    store: Store,
+    sources: Sources | None,
+    ctx: Context,
+    claim: Claim,
+    task: asyncio.Task[Any],
+    clock: Callable[[], float],
+) -> Outcome:
+    """A run cancelled after effects happened: replayed up to what it had done (nothing new
+    runs: ``ctx.cancelling``), its compensable effects are undone newest first, in a branch
+    of their own (``cancel``), each journaled as on failure; then it ends ``cancelled``."""
+    if not task.done():
+        task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    if ctx.handback is not None:
+        return await _hand_back(store, ctx, claim, clock)
+    if ctx.closing:
+        return Outcome("lost")
+    ctx.cancelling = False
+    if ctx._effects_done:
+        branch = Branch(ctx, "cancel", ctx.root.time)
+        branch.started = False  # the undo task is this branch itself, not a child of it
+        undo = root_task(asyncio.get_running_loop(), compensate(ctx), branch)
+        await asyncio.gather(undo, return_exceptions=True)
+        if ctx.handback is not None:
+            return await _hand_back(store, ctx, claim, clock)
+        if ctx.closing or isinstance(undo.exception(), Abort | FencedError):
+            return Outcome("lost")
+    log.info("run %s cancelled; %d effect(s) undone", claim.id, len(ctx._effects_done))
+    return _ended(sources, ctx, await _finish(store, ctx, claim, "cancelled", None, None, clock))
+
+
 def _ended(sources: Sources | None, ctx: Context, outcome: Outcome) -> Outcome:
     """Tell the read observers (lineage) that a run which read data has ended."""
     if (
         sources is not None
         and sources.observers
         and ctx._data["reads"]
-        and outcome.status in ("completed", "failed")
+        and outcome.status in ("completed", "failed", "cancelled")
     ):
         sources.observe_end(ctx.run_id, ctx.workflow, outcome.status)
     return outcome
@@ -145,9 +180,11 @@ async def _finish(
     clock: Callable[[], float],
 ) -> Outcome:
     started = clock()
-    if exc is None:
+    if status == "cancelled":
+        output: str | None = None
+    elif exc is None:
         try:
-            output: str | None = dumps(value)
+            output = dumps(value)
         except TypeError as err:
             status, exc, output = "failed", err, None
     else:

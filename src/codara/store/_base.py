@@ -197,12 +197,15 @@ INSERT_RUN = (
 SELECT_RUN_BY_KEY = "SELECT id, input FROM codara_runs WHERE workflow = ? AND idempotency_key = ?"
 # Claiming: a run still `running` when claimed had a lease that lapsed (its worker was killed
 # or stalled): the streak grows. Any other status means the last claim ended cleanly.
+# A `cancelling` run stays `cancelling` while a worker undoes its effects; it had an owner
+# when claimed only if that worker's lease lapsed.
 CLAIM_SET = (
-    "status = 'running', owner = ?, token = token + 1, attempts = attempts + 1, "
-    "claim_streak = CASE WHEN status = 'running' THEN claim_streak + 1 ELSE 1 END, "
-    "ready_at = ?, updated_at = ?"
+    "status = CASE WHEN status = 'cancelling' THEN 'cancelling' ELSE 'running' END, "
+    "owner = ?, token = token + 1, attempts = attempts + 1, "
+    "claim_streak = CASE WHEN status = 'running' OR (status = 'cancelling' AND owner IS NOT "
+    "NULL) THEN claim_streak + 1 ELSE 1 END, ready_at = ?, updated_at = ?"
 )
-CLAIM_RETURNING = "id, workflow, version, input, token, signal_version, claim_streak"
+CLAIM_RETURNING = "id, workflow, version, input, token, signal_version, claim_streak, status"
 RETRY_RUN = (
     "UPDATE codara_runs SET status = 'queued', ready_at = ?, owner = NULL, output = NULL, "
     "error = NULL, waiting_for = NULL, claim_streak = 0, finished_at = NULL, updated_at = ? "
@@ -217,6 +220,7 @@ INSERT_JOURNAL = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM codara_runs WHERE id = ?"
+RUN_STATUS = "SELECT status FROM codara_runs WHERE id = ?"
 SELECT_JOURNAL = f"SELECT {JOURNAL_COLUMNS} FROM codara_journal WHERE run_id = ? ORDER BY seq"
 FINISH_RUN = (
     "UPDATE codara_runs SET status = ?, output = ?, error = ?, ready_at = NULL, owner = NULL, "
@@ -227,8 +231,9 @@ SUSPEND_RUN = (
     "updated_at = ? WHERE id = ? AND token = ? AND signal_version = ?"
 )
 RELEASE_RUN = (
-    "UPDATE codara_runs SET status = 'queued', ready_at = ?, owner = NULL, error = ?, "
-    "updated_at = ? WHERE id = ? AND token = ? AND status = 'running'"
+    "UPDATE codara_runs SET status = CASE WHEN status = 'cancelling' THEN 'cancelling' "
+    "ELSE 'queued' END, ready_at = ?, owner = NULL, error = ?, "
+    "updated_at = ? WHERE id = ? AND token = ? AND status IN ('running', 'cancelling')"
 )
 FIND_SIGNAL = (
     "SELECT id, payload FROM codara_signals WHERE run_id = ? AND name = ? "
@@ -245,13 +250,23 @@ WAKE_ON_SIGNAL = (
 CANCEL_RUN = (
     "UPDATE codara_runs SET status = 'cancelled', ready_at = NULL, owner = NULL, "
     "token = token + 1, updated_at = ?, finished_at = ? "
-    "WHERE id = ? AND status NOT IN ('completed', 'failed', 'cancelled')"
+    "WHERE id = ? AND status NOT IN ('completed', 'failed', 'cancelled', 'cancelling')"
+)
+# A run with effects done is cancelled by a worker, which undoes them first (docs/effects.md)
+CANCEL_TO_UNDO = (
+    "UPDATE codara_runs SET status = 'cancelling', ready_at = ?, owner = NULL, "
+    "token = token + 1, waiting_for = NULL, updated_at = ? "
+    "WHERE id = ? AND status NOT IN ('completed', 'failed', 'cancelled', 'cancelling') "
+    "AND EXISTS (SELECT 1 FROM codara_journal WHERE run_id = ? AND kind = 'effect' "
+    "AND status = 'ok')"
 )
 HEARTBEAT = (
     "UPDATE codara_runs SET ready_at = ?, updated_at = ? "
-    "WHERE owner = ? AND status = 'running' AND {ids}"
+    "WHERE owner = ? AND status IN ('running', 'cancelling') AND {ids}"
 )
-OWNED = "SELECT id FROM codara_runs WHERE owner = ? AND status = 'running' AND {ids}"
+OWNED = (
+    "SELECT id FROM codara_runs WHERE owner = ? AND status IN ('running', 'cancelling') AND {ids}"
+)
 
 
 def journal_params(r: JournalRecord) -> tuple[Any, ...]:
@@ -299,7 +314,9 @@ def journal_from_row(row: Sequence[Any]) -> JournalRecord:
 
 
 def claim_from_row(row: Sequence[Any]) -> Claim:
-    return Claim(*row)
+    id_, workflow, version, input_, token, signal_version, streak, status = row
+    return Claim(id_, workflow, version, input_, token, signal_version, streak,
+                 cancelling=status == "cancelling")  # fmt: skip
 
 
 def filters(
@@ -495,7 +512,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def cancel(self, run_id: str, now: float) -> bool:
-        """Cancel a run that is not finished; fences its current owner. False if finished."""
+        """Cancel a run that is not finished; fences its current owner. A run with effects
+        done becomes ``cancelling`` (a worker undoes them, then marks it ``cancelled``).
+        False if finished."""
 
     @abc.abstractmethod
     async def execute_raw(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

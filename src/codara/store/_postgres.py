@@ -226,7 +226,8 @@ _CLAIM = (
     f"UPDATE codara_runs r SET {q.CLAIM_SET} FROM ("
     "SELECT id FROM codara_runs WHERE ready_at <= ? AND {keys} "
     "ORDER BY ready_at LIMIT ? FOR UPDATE SKIP LOCKED) c WHERE r.id = c.id "
-    "RETURNING r.id, r.workflow, r.version, r.input, r.token, r.signal_version, r.claim_streak"
+    "RETURNING r.id, r.workflow, r.version, r.input, r.token, r.signal_version, r.claim_streak, "
+    "r.status"
 )
 _CLAIM_ONE = (
     f"UPDATE codara_runs SET {q.CLAIM_SET} "
@@ -236,7 +237,7 @@ _CLAIM_ONE = (
 
 
 _CLAIM_MANY = _pgwire.Prepared(
-    "codara_claim_v1",
+    "codara_claim_v2",
     _pgwire.numbered(_CLAIM.format(keys="workflow_key = ANY(?)")),
     ("text", "float8", "float8", "float8", "text[]", "int4"),
 )
@@ -450,7 +451,11 @@ class PostgresStore(SQLStore):
             rows = await _CLAIM_MANY.fetch(
                 conn, (owner, lease_until, now, now, list(workflow_keys), limit)
             )
-        return [Claim(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6])) for r in rows]  # type: ignore[arg-type]
+        return [
+            Claim(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6]),  # type: ignore[arg-type]
+                  cancelling=r[7] == "cancelling")
+            for r in rows
+        ]  # fmt: skip
 
     # -- the hot path ----------------------------------------------------------------------
     async def append(self, run_id: str, token: int, record: JournalRecord) -> None:

@@ -385,7 +385,11 @@ class SQLStore(Store):
     async def cancel(self, run_id: str, now: float) -> bool:
         async with self._write_tx() as body:
             tx = own_sql(body)
+            if await tx.execute(q.CANCEL_TO_UNDO, (now, now, run_id, run_id)) == 1:
+                await self._wake(tx)  # a worker undoes its effects, then ends its chain
+                return True
             if await tx.execute(q.CANCEL_RUN, (now, now, run_id)) != 1:
-                return False
+                rows = await tx.fetchall(q.RUN_STATUS, (run_id,))
+                return bool(rows) and rows[0][0] == "cancelling"  # cancelled already
             await _audit.record_cancel(tx, run_id, now)  # the chain ends here: audit evidence
             return True

@@ -45,6 +45,8 @@ class Claim:
     streak: int = 1
     """Claims in a row without a clean end (this one included): 1 unless earlier claims'
     leases lapsed while the run was running (its worker was killed or stalled)."""
+    cancelling: bool = False
+    """The run was cancelled after effects happened: undo them, then end it cancelled."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -259,7 +259,10 @@ def _check_outcome(
     results = [r for r in rows if r.kind == "result" and r.seq > last_retry]
     recorded, heads = heads, [h for h in heads if h.length > last_retry]
     status = run.status
-    if status in ("completed", "failed"):
+    # a run cancelled after effects happened is ended by the worker that undid them, with a
+    # ``cancelled`` result row; one cancelled with nothing to undo has none
+    undone = status == "cancelled" and bool(results)
+    if status in ("completed", "failed") or undone:
         if not rows or rows[-1].kind != "result":
             add(
                 None,
