@@ -45,7 +45,8 @@ Workflows:
              effect (once).
 ``pays``     ``n`` effects ``pay`` (``ctx.effect``) into ``payments``, a table that does NOT
              deduplicate (every execution is a payment), with a ``reconcile`` that looks
-             the key up there; attempts are logged in ``effect_attempts``. Aimed kills at
+             the key up there (and ``shadow:I`` as its shadow result); attempts are logged
+             in ``effect_attempts``. Aimed kills at
              ``effect.claimed`` / ``effect.executed`` of ``pay`` land at the first effect.
 ``pays_then_fails``  the same ``n`` payments, then the workflow fails: each payment is
              compensated into ``refunds`` (no deduplication either), newest first, with a
