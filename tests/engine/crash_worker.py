@@ -2,6 +2,8 @@
 
     python tests/engine/crash_worker.py DATABASE_URL [--lease S] [--poll S] [--concurrency N]
                                         [--kill-at POINT:STEP --kill-marker FILE]
+                                        [--kill-at effect.executed:EFFECT --kill-keys FILE
+                                         --kill-marker DIR] [--shadow WORKFLOW]
 
 It registers every test workflow below (all of them: the runs in the database say which
 they need) and runs ``app.work()`` until it is killed. It prints
@@ -20,6 +22,15 @@ handler has not run) and ``effect.executed`` (the handler returned, its result r
 written); and ``tx.body``, inside the ``ledger`` workflow's
 transaction body, after its INSERT and before the transaction commits.
 
+Many aimed kills: ``--kill-at effect.executed:EFFECT --kill-keys FILE --kill-marker DIR``
+kills right after the handler of ``EFFECT`` returned for any idempotency key listed in
+``FILE`` (one a line), once per key: the marker is ``DIR/KEY`` (naming the point, the
+effect, the pid and the key). A worker killed so has exited by itself as far as the test
+can tell; the marker is how it tells such a death from a failure.
+
+``--shadow WORKFLOW`` (repeatable) runs that workflow's effects in shadow mode, as
+``[workflows.WORKFLOW] effects = "shadow"`` in ``codara.toml`` would.
+
 The tests import this file too (by path), for the workflow names, the side tables and
 ``register``: a run can only be enqueued by an app that knows its workflow.
 
@@ -34,11 +45,20 @@ Workflows:
              effect (once).
 ``pays``     ``n`` effects ``pay`` (``ctx.effect``) into ``payments``, a table that does NOT
              deduplicate (every execution is a payment), with a ``reconcile`` that looks
-             the key up there; attempts are logged in ``effect_attempts``. Aimed kills at
+             the key up there (and ``shadow:I`` as its shadow result); attempts are logged
+             in ``effect_attempts``. Aimed kills at
              ``effect.claimed`` / ``effect.executed`` of ``pay`` land at the first effect.
 ``pays_then_fails``  the same ``n`` payments, then the workflow fails: each payment is
              compensated into ``refunds`` (no deduplication either), newest first, with a
              ``compensated`` hook that looks the key up there.
+``effect_series``  ``{"effect": E, "n": N, "pause": S}``: ``N`` effects ``E``, each after a
+             pause of ``S`` seconds (so that random kills land mid-run, even in shadow mode
+             where no handler runs). ``E`` is ``pay`` (above), ``pay_blind`` (the same
+             payments, with no ``reconcile``: a second execution pays twice) or ``deposit``
+             (into ``deposits``, a service that DOES deduplicate: UNIQUE key, ON CONFLICT DO
+             NOTHING; no ``reconcile``, so it is executed again after a crash and the
+             service drops the repeat). Every handler logs its executions in
+             ``effect_attempts``.
 ``overlap``  ``n`` plain steps that each sleep a little and log (run, step, pid, start, end)
              into ``step_log`` from a separate autocommit connection, outside the journal
              transaction: two executions of one step at once would show as overlapping
@@ -78,12 +98,20 @@ STEP_LOG_DDL = (
 # An external payments system that does NOT deduplicate: every execution is a payment.
 PAYMENTS_DDL = "CREATE TABLE payments (key TEXT NOT NULL, worker TEXT NOT NULL)"
 REFUNDS_DDL = "CREATE TABLE refunds (key TEXT NOT NULL, worker TEXT NOT NULL)"
+# An external service that DOES deduplicate by the idempotency key.
+DEPOSITS_DDL = (
+    "CREATE TABLE deposits (key TEXT NOT NULL, worker TEXT NOT NULL, CONSTRAINT uq_deposits_key "
+    "UNIQUE (key))"
+)
 SIDE_TABLES = (
     LEDGER_DDL, EFFECTS_DDL, EFFECT_ATTEMPTS_DDL, STEP_LOG_DDL, PAYMENTS_DDL, REFUNDS_DDL,
+    DEPOSITS_DDL,
 )  # fmt: skip
 
 WORKER = str(os.getpid())
 KILL: tuple[str, str, Path] | None = None  # (point, step, marker file), from --kill-at
+KILL_KEYS: frozenset[str] | None = None  # from --kill-keys: kill once per key, markers in a dir
+EXECUTED: str | None = None  # the key of the effect whose handler returned last (see _executed)
 
 
 def kill_here(point: str, step: str, note: str = "") -> None:
@@ -91,8 +119,14 @@ def kill_here(point: str, step: str, note: str = "") -> None:
     file does not exist yet (creating it first: the kill happens once per marker)."""
     if KILL is None or (point, step) != KILL[:2]:
         return
+    marker = KILL[2]
+    if KILL_KEYS is not None:  # aimed at some keys: the one whose handler just returned
+        if EXECUTED not in KILL_KEYS:
+            return
+        marker = KILL[2] / EXECUTED
+        note = f"key={EXECUTED}"
     try:
-        fd = os.open(KILL[2], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return  # killed here once already: this is the replacement worker
     os.write(fd, f"{point} {step} pid={os.getpid()} {note}".strip().encode())
@@ -203,7 +237,18 @@ def register(app: codara.App, side: SideDB | None = None) -> None:
         await side.execute("INSERT INTO effect_attempts (key, worker) VALUES (?, ?)",
                            (call.key, WORKER))  # fmt: skip
         await side.execute("INSERT INTO payments (key, worker) VALUES (?, ?)", (call.key, WORKER))
-        return call.key
+        return _executed(call.key)
+
+    async def deposit(args: dict[str, Any], call: codara.EffectCall) -> str:
+        assert side is not None
+        await asyncio.sleep(0.01)
+        await side.execute("INSERT INTO effect_attempts (key, worker) VALUES (?, ?)",
+                           (call.key, WORKER))  # fmt: skip
+        await side.execute(
+            "INSERT INTO deposits (key, worker) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+            (call.key, WORKER),
+        )
+        return _executed(call.key)
 
     async def paid(args: dict[str, Any], call: codara.EffectCall) -> str | None:
         assert side is not None
@@ -219,8 +264,22 @@ def register(app: codara.App, side: SideDB | None = None) -> None:
         assert side is not None
         return bool(await side.count("SELECT COUNT(*) FROM refunds WHERE key = ?", (call.key,)))
 
+    def shadow(args: dict[str, Any]) -> str:
+        return f"shadow:{args['i']}"
+
     app.effect(codara.Effect(name="pay", run=pay, reconcile=paid, compensate=refund,
-                             compensated=refunded))  # fmt: skip
+                             compensated=refunded, shadow=shadow))  # fmt: skip
+    app.effect(codara.Effect(name="pay_blind", run=pay))
+    app.effect(codara.Effect(name="deposit", run=deposit))
+
+    @app.workflow(name="effect_series")
+    async def effect_series(ctx: codara.Context, job: dict[str, Any]) -> int:
+        done = 0
+        for i in range(job["n"]):
+            await asyncio.sleep(job["pause"])
+            await ctx.effect(job["effect"], {"i": i})
+            done += 1
+        return done
 
     @app.workflow(name="pays_then_fails")
     async def pays_then_fails(ctx: codara.Context, n: int) -> int:
@@ -245,6 +304,15 @@ def register(app: codara.App, side: SideDB | None = None) -> None:
         return done
 
 
+def _executed(key: str) -> str:
+    """Note ``key`` as the effect whose handler is returning. The engine calls the fault
+    hook (``effect.executed``) right after the handler returns, with no ``await`` in
+    between, so the hook sees this handler's key even with many runs in the process."""
+    global EXECUTED
+    EXECUTED = key
+    return key
+
+
 def _options(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url")
@@ -257,7 +325,24 @@ def _options(argv: list[str]) -> argparse.Namespace:
         metavar="POINT:STEP",
         help="SIGKILL this worker at POINT (step.executed, step.journaled, tx.body) of STEP",
     )
-    parser.add_argument("--kill-marker", type=Path, help="with --kill-at: kill only once")
+    parser.add_argument(
+        "--kill-marker",
+        type=Path,
+        help="with --kill-at: kill only once (with --kill-keys: a directory, once per key)",
+    )
+    parser.add_argument(
+        "--kill-keys",
+        type=Path,
+        help="with --kill-at effect.executed:EFFECT: kill only after the effects whose keys "
+        "this file lists, one a line",
+    )
+    parser.add_argument(
+        "--shadow",
+        action="append",
+        default=[],
+        metavar="WORKFLOW",
+        help='run this workflow\'s effects in shadow mode (effects = "shadow")',
+    )
     parser.add_argument(
         "--resume-lease",
         type=float,
@@ -279,16 +364,22 @@ def _options(argv: list[str]) -> argparse.Namespace:
             parser.error(f"--kill-at {args.kill_at!r}: expected POINT:STEP")
         if args.kill_marker is None:
             parser.error("--kill-at needs --kill-marker")
+        if args.kill_keys is not None and point != "effect.executed":
+            parser.error("--kill-keys works with --kill-at effect.executed:EFFECT only")
+    elif args.kill_keys is not None:
+        parser.error("--kill-keys needs --kill-at effect.executed:EFFECT")
     return args
 
 
 def _aim(args: argparse.Namespace) -> None:
     """Install the ``--kill-at`` kill in this worker process."""
-    global KILL
+    global KILL, KILL_KEYS
     if args.kill_at is None:
         return
     point, _, step = args.kill_at.partition(":")
     KILL = (point, step, args.kill_marker)
+    if args.kill_keys is not None:
+        KILL_KEYS = frozenset(args.kill_keys.read_text().split())
     if point.startswith(("step.", "effect.", "compensate.")):
         set_fault_hook(kill_here)
 
@@ -303,6 +394,7 @@ async def work(args: argparse.Namespace) -> None:
         worker=WorkerSettings(
             concurrency=args.concurrency, lease_seconds=lease, poll_interval=args.poll
         ),
+        workflows={name: {"effects": "shadow"} for name in args.shadow},
     )
     app = codara.App(settings=settings, migrate="check")
     register(app, SideDB(args.url))
