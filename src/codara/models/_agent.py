@@ -46,6 +46,7 @@ from pydantic_ai.exceptions import (
 )
 
 from codara.engine._branch import current_branch
+from codara.engine._codec import dumps
 from codara.engine._context import Step
 from codara.engine._effects import EffectFailedError
 from codara.engine._privacy import privacy
@@ -157,7 +158,10 @@ class _StepBackend(CallableOperationBackend[UnitConfig]):
             return {"response": payload, **_usage(payload, settings)} if request else payload
 
         record = await ctx.step(step, unit)
-        return record["response"] if request else record
+        if not request:
+            return record
+        ctx._model_said.append(dumps(record["response"]))  # provenance: what a model said
+        return record["response"]
 
 
 def _usage(response: object, settings: LLMSettings | None) -> dict[str, Any]:
