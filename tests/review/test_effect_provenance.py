@@ -24,8 +24,8 @@ from codara.models import LLMSettings
 from codara.review import install_reviews
 from codara.testing import FakeLLMServer, FakeReply
 
-OURS = {"id": 7, "iban": "DE89370400440532013000", "email": "ana@example.org"}
-THEIRS = {"id": 8, "iban": "GB33BUKB20201555555555", "email": "bob@example.net"}
+OURS: dict[str, Any] = {"id": 7, "iban": "DE89370400440532013000", "email": "ana@example.org"}
+THEIRS: dict[str, Any] = {"id": 8, "iban": "GB33BUKB20201555555555", "email": "bob@example.net"}
 
 
 def token(kind: str, value: str) -> str:
@@ -117,7 +117,7 @@ def compromised(text: str, found: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _other_customers_iban() -> str:
-    return THEIRS["iban"]
+    return str(THEIRS["iban"])
 
 
 class World:
