@@ -51,9 +51,7 @@ if TYPE_CHECKING:
 __all__ = ["install_effect_policies"]
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
-_PATH = re.compile(
-    rf"^(input(\.{_NAME})+|read\.[A-Za-z0-9_-]+\.{_NAME}(\[{_NAME}={_NAME}\])?)$"
-)
+_PATH = re.compile(rf"^(input(\.{_NAME})+|read\.[A-Za-z0-9_-]+\.{_NAME}(\[{_NAME}={_NAME}\])?)$")
 _PICK = re.compile(rf"^(?P<field>{_NAME})\[(?P<key>{_NAME})=(?P<arg>{_NAME})\]$")
 _COMPUTED = ("provenance", "foreign")
 _MISSING = object()
@@ -197,8 +195,10 @@ def install_effect_policies(app: App) -> None:
             computed = policies.policy_input.get(table_name)
             if computed is None:
                 continue
-            if table_name in facts or not isinstance(computed, Mapping) or any(
-                spec != kind for spec in computed.values()
+            if (
+                table_name in facts
+                or not isinstance(computed, Mapping)
+                or any(spec != kind for spec in computed.values())
             ):
                 raise ConfigError(
                     f"[effects.{name}] policy_input.{table_name} in {where} is computed by "
