@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.mcp.conftest import TOKEN, ToolServer, stdio_table, write_config
+from tests.mcp.conftest import TOKEN, ToolServer, start_http_server, stdio_table, write_config
 
 import codara
 from codara.engine import RetryPolicy
@@ -111,7 +111,8 @@ async def test_streamable_http_sends_the_secret_header_and_never_journals_it(
 async def test_refused_before_sending_and_failures_after_are_journaled_step_errors(
     tmp_path: Path, sqlite_url: str, stdio_server: ToolServer
 ) -> None:
-    app = _app(write_config(tmp_path, stdio_table(tools=READS)), sqlite_url)
+    table = stdio_table(tools=READS, extra="timeout_s = 1.5")
+    app = _app(write_config(tmp_path, table), sqlite_url, attempts=1)
     outcomes: dict[str, str] = {}
 
     @app.workflow(name="try")
@@ -124,6 +125,7 @@ async def test_refused_before_sending_and_failures_after_are_journaled_step_erro
             ("isError", "broken", {}),
             ("bad structure", "bad_order", {}),
             ("text for JSON", "text_order", {}),
+            ("timeout", "slow", {"seconds": 30}),
         ]
         for label, tool, args in cases:
             try:
@@ -133,11 +135,14 @@ async def test_refused_before_sending_and_failures_after_are_journaled_step_erro
         return outcomes
 
     async with app:
+        definitions = {d.name: d for d in await app.mcp.definitions("crm")}
         run_id = await app.start_run("try", None)
         assert (await app.resume(run_id)).status == "completed"
         rows = await app.journal(run_id)
-    # refused before anything was sent: only the three that are allowed reached the server
-    assert [c["tool"] for c in stdio_server.calls()] == ["broken", "bad_order", "text_order"]
+    # refused before anything was sent: only the four that are allowed reached the server
+    assert [c["tool"] for c in stdio_server.calls()] == [
+        "broken", "bad_order", "text_order", "slow"
+    ]  # fmt: skip
     assert "MCP tool crm.delete_everything is not declared" in outcomes["undeclared"]
     assert "declared an effect: it is called with ctx.effect('mcp.crm.refund'" in outcomes["effect"]
     assert (
@@ -152,11 +157,22 @@ async def test_refused_before_sending_and_failures_after_are_journaled_step_erro
         in outcomes["bad structure"]  # fmt: skip
     assert "text_order returned a malformed result: Tool text_order has an output schema but " \
         "did not return structured content" in outcomes["text for JSON"]  # fmt: skip
+    assert "slow did not answer within 1.5 s" in outcomes["timeout"]
     errors = [r for r in rows if r.kind == "step"]
-    assert len(errors) == 7
+    assert len(errors) == 8
     assert all(r.status == "error" and r.attempts == 1 for r in errors)
     assert EMAIL not in _journal_text(rows)
     assert all("\n" not in message.split("\n  hint: ")[0] for message in outcomes.values())
+    # for an agent: the declared tools only, as the server describes them
+    assert sorted(definitions) == sorted(
+        ["lookup_order", "greet", "refund", "bad_order", "text_order", "broken", "slow", "die"]
+    )
+    lookup, refund = definitions["lookup_order"], definitions["refund"]
+    assert (lookup.kind, lookup.effect) == ("read", None)
+    assert lookup.description == "Look an order up by its id."
+    assert lookup.input_schema["required"] == ["order_id"]
+    assert (refund.kind, refund.effect) == ("effect", "mcp.crm.refund")
+    assert {"order_id", "amount_cents"} <= set(refund.input_schema["properties"])
 
 
 async def test_a_stdio_server_that_dies_mid_call_is_started_again_and_the_step_retried(
@@ -186,23 +202,32 @@ async def test_a_stdio_server_that_dies_mid_call_is_started_again_and_the_step_r
     assert step.attempts == 2
 
 
-async def test_a_call_past_timeout_fails_clearly(
-    tmp_path: Path, sqlite_url: str, stdio_server: ToolServer
+async def test_an_http_server_that_dies_mid_call_fails_the_step_clearly_after_its_retries(
+    tmp_path: Path, sqlite_url: str
 ) -> None:
-    table = stdio_table(tools=READS, extra="timeout_s = 1.5")
-    app = _app(write_config(tmp_path, table), sqlite_url, attempts=1)
+    proc, server = start_http_server(tmp_path)
+    try:
+        config = f'[mcp.crm]\nurl = "{server.url}"\ntimeout_s = 5\ntools = {{ die = "read" }}\n'
+        app = _app(write_config(tmp_path, config), sqlite_url, attempts=2)
 
-    @app.workflow(name="slow")
-    async def slow(ctx: codara.Context, _: None) -> Any:
-        return await codara.mcp_read(ctx, "crm", "slow", {"seconds": 30})
+        @app.workflow(name="die")
+        async def die(ctx: codara.Context, _: None) -> Any:
+            return await codara.mcp_read(ctx, "crm", "die", {})
 
-    async with app:
-        await app.ready_mcp()  # started here, so the 1.5 s are the call's alone
-        outcome = await app.resume(await app.start_run("slow", None))
+        async with app:
+            run_id = await app.start_run("die", None)
+            outcome = await app.resume(run_id)
+            rows = await app.journal(run_id)
+    finally:
+        proc.kill()
+        proc.wait()
     assert outcome.status == "failed"
     assert outcome.error is not None
-    assert "crm' (stdio: python" in outcome.error["message"]
-    assert "slow did not answer within 1.5 s" in outcome.error["message"]
+    assert [c["tool"] for c in server.calls()] == ["die"]
+    assert f"MCP server 'crm' ({server.url}) cannot be reached" in outcome.error["message"]
+    (step,) = [r for r in rows if r.kind == "step"]
+    assert step.status == "error"
+    assert step.attempts == 2  # it died, then was not there any more
 
 
 async def test_start_checks_name_the_server_and_what_is_wrong(
@@ -221,13 +246,20 @@ async def test_start_checks_name_the_server_and_what_is_wrong(
 
     no_binary = '[mcp.crm]\ncommand = "/nonexistent/mcp-server"\ntools = { a = "read" }\n'
     app = _app(write_config(tmp_path, no_binary, "b.toml"), sqlite_url)
+
+    @app.workflow(name="w")
+    async def w(ctx: codara.Context, _: None) -> Any:
+        return await codara.mcp_read(ctx, "crm", "a", {})
+
     async with app:
+        run_id = await app.start_run("w", None)
         with pytest.raises(
             ToolError,
             match=r"MCP server 'crm' \(stdio: mcp-server\) cannot be "
             "started: FileNotFoundError",
         ):
-            await app.ready_mcp()
+            await app.work(until_idle=True)  # the worker stops at start, before any run
+        assert (await app.get_run(run_id)).status == "queued"
 
     monkeypatch.delenv("MCP_LEDGER_FILE")
     app = _app(write_config(tmp_path, stdio_table(tools=READS), "c.toml"), sqlite_url)
@@ -238,20 +270,3 @@ async def test_start_checks_name_the_server_and_what_is_wrong(
             "environment variable MCP_LEDGER_FILE, which is not set",
         ):
             await app.ready_mcp()
-
-
-async def test_definitions_describe_only_the_declared_tools(
-    tmp_path: Path, sqlite_url: str, stdio_server: ToolServer
-) -> None:
-    tools = '{ lookup_order = "read", refund = { kind = "effect", effect = "refund" } }'
-    app = _app(write_config(tmp_path, stdio_table(tools=tools)), sqlite_url)
-    async with app:
-        found = {d.name: d for d in await app.mcp.definitions("crm")}
-    assert sorted(found) == ["lookup_order", "refund"]
-    assert found["lookup_order"].kind == "read"
-    assert found["lookup_order"].effect is None
-    assert found["lookup_order"].description == "Look an order up by its id."
-    assert found["lookup_order"].input_schema["required"] == ["order_id"]
-    assert found["refund"].kind == "effect"
-    assert found["refund"].effect == "refund"
-    assert set(found["refund"].input_schema["properties"]) >= {"order_id", "amount_cents"}

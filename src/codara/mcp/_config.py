@@ -93,7 +93,9 @@ class ServerConfig(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     """HTTP headers, each value made of ``${NAME}`` environment variables."""
     timeout_s: float = Field(default=30.0, gt=0, le=3600)
-    """Seconds to start or reach the server, and for each tool call to answer."""
+    """Seconds for each tool call to answer."""
+    start_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    """Seconds to start (stdio) or reach (HTTP) the server and list its tools."""
     tools: dict[str, ToolDecl] = Field(min_length=1)
     """The only tools that may be called: name -> ``"read"`` | ``"effect"`` | a table."""
 
@@ -122,10 +124,10 @@ class ServerConfig(BaseModel):
     @field_validator("env")
     @classmethod
     def _env_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for name in value:
+        for i, name in enumerate(value, 1):
             if not ENV_NAME.match(name):
-                raise ValueError(
-                    f"{name!r} is not an environment variable name: env lists names, the "
+                raise ValueError(  # not quoted: it may be a value, and a secret
+                    f"entry {i} is not an environment variable name: env lists names, the "
                     "values come from the environment"
                 )
         return value
@@ -193,7 +195,11 @@ def _problems(exc: ValidationError) -> str:
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(table)"
         got = err.get("input")
-        shown = "" if isinstance(got, Mapping) or err["type"] == "missing" else f" (got {got!r})"
+        secretive = bool(err["loc"]) and err["loc"][0] in ("env", "headers")  # may hold a secret
+        shown = (
+            "" if isinstance(got, Mapping) or err["type"] == "missing" or secretive
+            else f" (got {got!r})"
+        )  # fmt: skip
         parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}{shown}")
     return "; ".join(parts)
 

@@ -114,14 +114,14 @@ class Connection:
         params = self._transport_params()  # a missing variable: ConfigError, before a process
         task = loop.create_task(self._hold(params, ready, stop), context=contextvars.Context())
         try:
-            async with asyncio.timeout(self.config.timeout_s):
+            async with asyncio.timeout(self.config.start_timeout_s):
                 session, tools = await asyncio.shield(ready)
         except TimeoutError:
             stop.set()
             task.cancel()
             raise ToolError(
-                f"{self.what} did not start or answer within {self.config.timeout_s:g} s",
-                hint="check that the server starts by hand; raise timeout_s if it is slow",
+                f"{self.what} did not start or answer within {self.config.start_timeout_s:g} s",
+                hint="check that the server starts by hand; raise start_timeout_s if it is slow",
             ) from None
         except asyncio.CancelledError:
             stop.set()
