@@ -114,6 +114,15 @@ def test_tables_and_names_are_checked_too(tmp_path: Path, text: str, expected: s
     assert expected.format(path=path) in err.value.message
 
 
+def test_the_example_in_the_docs_loads(tmp_path: Path) -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "mcp.md").read_text()
+    example = docs.split("```toml\n", 1)[1].split("```", 1)[0]
+    app = codara.App(f"sqlite:///{tmp_path}/c.db", config_file=write_config(tmp_path, example))
+    assert sorted(app.mcp.configs) == ["billing", "crm"]
+    assert "mcp.crm.refund" in app.effects.by_name
+    assert app.mcp.configs["crm"].tools["refund"].key_for_reconcile == "idempotency_key"
+
+
 def test_a_good_table_starts_nothing_and_registers_its_effect_tools(tmp_path: Path) -> None:
     text = GOOD + '[mcp.erp]\nurl = "https://erp.example/mcp"\ntools = { post = { kind = ' \
         '"effect", effect = "erp.post" } }\n'  # fmt: skip

@@ -40,6 +40,7 @@ class Refund(BaseModel):
     refund_id: str
     order_id: str
     amount_cents: int
+    contact: str = "jane.doe@example.com"  # personal: the journal must hold its token
 
 
 class ToolServer(MCPServer):

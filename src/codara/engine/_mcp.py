@@ -92,9 +92,18 @@ async def mcp_read(
 
 
 # -- effect tools --------------------------------------------------------------------------
+def _tokens(answer: Any) -> Any:
+    """An effect tool's answer with personal values tokenised before the effect journals
+    it. An effect's handler has no store, so their originals are not kept in the vault."""
+    from codara.engine._privacy import privacy
+
+    masked, _ = privacy().mask(answer)
+    return masked
+
+
 async def _run(servers: McpServers, server: str, tool: str, args: Any, call: EffectCall) -> Any:
     try:
-        return await servers.call(server, tool, args, kind="effect", key=call.key)
+        return _tokens(await servers.call(server, tool, args, kind="effect", key=call.key))
     except (ScopeError, ConfigError) as exc:  # refused before anything was sent
         raise EffectRefused(exc.message) from None
     except ToolError as exc:
@@ -115,7 +124,7 @@ async def _reconcile(servers: McpServers, server: str, decl: ToolDecl, args: Any
         raise _masked(exc) from None
     if isinstance(found, dict) and set(found) == {"result"}:
         found = found["result"]  # the SDK's servers wrap a return that is not an object
-    return None if found in (None, {}, [], "") else found
+    return None if found in (None, {}, [], "") else _tokens(found)
 
 
 def _shadow(result: Any, args: Any) -> Any:

@@ -15,8 +15,10 @@ import contextlib
 import contextvars
 import logging
 import os
+import re
 import sys
 from collections.abc import Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from codara.errors import ConfigError, ToolError
@@ -30,6 +32,10 @@ if TYPE_CHECKING:
 __all__ = ["Connection"]
 
 log = logging.getLogger("codara.mcp")
+
+
+def _value_of(values: Mapping[str, str], match: re.Match[str]) -> str:
+    return values[match.group(1)]
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -59,6 +65,7 @@ class Connection:
         self.where = where
         self._environ = environ
         self._lock = asyncio.Lock()
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
         self._session: ClientSession | None = None
         self._tools: dict[str, Tool] = {}
         self._task: asyncio.Task[None] | None = None
@@ -90,15 +97,19 @@ class Connection:
         return value
 
     def _headers(self) -> dict[str, str]:
-        return {
-            name: VARIABLE.sub(lambda m, n=name: self._variable(m.group(1), f"headers.{n}"), t)  # type: ignore[misc]
-            for name, t in self.config.headers.items()
-        }
+        headers = {}
+        for name, template in self.config.headers.items():
+            values = {var: self._variable(var, f"headers.{name}")
+                      for var in VARIABLE.findall(template)}  # fmt: skip
+            headers[name] = VARIABLE.sub(partial(_value_of, values), template)
+        return headers
 
     # -- the session -----------------------------------------------------------------------
     async def session(self) -> tuple[ClientSession, dict[str, Tool]]:
         """The open session and the server's tools, opening it (again) if need be."""
         loop = asyncio.get_running_loop()
+        if self._lock_loop is not loop:  # an asyncio.Lock serves one event loop
+            self._lock, self._lock_loop = asyncio.Lock(), loop
         async with self._lock:
             alive = self._task is not None and not self._task.done() and self._loop is loop
             if self._session is not None and alive:
@@ -119,6 +130,7 @@ class Connection:
         except TimeoutError:
             stop.set()
             task.cancel()
+            await asyncio.gather(task, return_exceptions=True)  # the SDK stops the process
             raise ToolError(
                 f"{self.what} did not start or answer within {self.config.start_timeout_s:g} s",
                 hint="check that the server starts by hand; raise start_timeout_s if it is slow",
