@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         EffectRefused,
         RetryPolicy,
         Step,
+        mcp_read,
     )
     from codara.store import Tx
 
@@ -58,6 +59,7 @@ __all__ = [
     "UnknownWorkflowError",
     "WaitTimeoutError",
     "WorkflowVersionError",
+    "mcp_read",
 ]
 
 __version__ = "0.1.0"
@@ -72,6 +74,7 @@ _LAZY = {
     "RetryPolicy": "codara.engine",
     "Step": "codara.engine",
     "Tx": "codara.store",
+    "mcp_read": "codara.engine",
 }
 
 

@@ -30,15 +30,16 @@ agree. The tree is split by who has to act, as pydantic-ai does::
         ├── PoisonRunError         a run crashed its worker too many times in a row
         ├── RunWaitTimeoutError    wait_run gave up before the run finished
         ├── ModelCallError         a model provider failed
-        └── SourceError            a data source failed to answer (unreachable, bad reply)
-            └── StaleDataError     a read refused because the data is older than allowed
+        ├── SourceError            a data source failed to answer (unreachable, bad reply)
+        │   └── StaleDataError     a read refused because the data is older than allowed
+        └── ToolError              an MCP tool call failed (server away, isError, malformed)
 
 Errors that must not be retried carry ``non_retryable = True`` (as temporalio does).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 __all__ = [
     "CodaraError",
@@ -64,6 +65,7 @@ __all__ = [
     "StepTimeoutError",
     "StoreError",
     "StoreUnavailableError",
+    "ToolError",
     "UnknownWorkflowError",
     "UserError",
     "WaitTimeoutError",
@@ -295,3 +297,30 @@ class StaleDataError(SourceError):
 
     code = "stale_data"
     non_retryable = True
+
+
+class ToolError(RunError):
+    """An MCP tool call failed: the server could not be started or reached, went away or
+    timed out during the call, reported an error (``isError``), or returned a result that
+    breaks the tool's output schema; or the call was refused before it was sent (its
+    arguments do not match the tool's input schema).
+
+    ``outcome`` says what is known of an effect: ``refused`` (nothing was done: the call was
+    refused before it was sent, or the server said it failed), ``unknown`` (it may have
+    happened). ``non_retryable`` is set when the same call would fail the same way."""
+
+    code = "tool_failed"
+    http_status = 502
+    exit_code = 16
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        outcome: Literal["refused", "unknown"] = "unknown",
+        non_retryable: bool = False,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.outcome = outcome
+        self.non_retryable = non_retryable

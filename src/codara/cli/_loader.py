@@ -190,6 +190,7 @@ def open_app(opts: Options, *, workflows: bool, migrate: Migrate = "check") -> A
     for tick in user.tickers:  # housekeeping such as install_reviews' deadline sweep
         app.add_ticker(tick)
     app._effects = user._effects  # its effects, with the policy gates install_reviews made
+    app._mcp = user._mcp  # its MCP servers, if it loaded them (their effects are among those)
     if not app.workflows():
         raise ConfigError(
             f"the app {spec!r} (from {source}) has no workflows registered",

@@ -189,6 +189,7 @@ async def _work(app: App, concurrency: int | None, until_idle: bool) -> int:
     try:
         async with app:
             await app.ready_sources()
+            await app.ready_mcp()
             worker = app.worker(concurrency=concurrency)
             names = sorted({f"{wf.name}@{wf.version}" for wf in app.workflows()})
             log.info(

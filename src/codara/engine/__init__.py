@@ -8,6 +8,7 @@ from codara.engine._context import Context, Step
 from codara.engine._effects import Effect, EffectCall, EffectFailedError, EffectRefused
 from codara.engine._executor import Outcome, Workflow
 from codara.engine._journal import operator_name
+from codara.engine._mcp import mcp_read
 from codara.engine._retry import NO_RETRY, RetryPolicy
 from codara.engine._signals import (
     RESERVED_SIGNAL_PREFIXES,
@@ -33,6 +34,7 @@ __all__ = [
     "Worker",
     "Workflow",
     "check_signal_name",
+    "mcp_read",
     "new_run_id",
     "operator_name",
 ]

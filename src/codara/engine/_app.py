@@ -38,6 +38,7 @@ from codara.store import Migrate as _Migrate
 from codara.trace import Anchor, AuditReport, chain_key, genesis_hash, verify_chain
 
 if TYPE_CHECKING:
+    from codara.mcp import McpServers
     from codara.privacy import Finding
     from codara.sources import Sources
 
@@ -85,6 +86,7 @@ class App:
         self._sources: Sources | None = None
         self._effects = Effects()
         self._effect_modes_loaded = False
+        self._mcp: McpServers | None = None
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> App:
@@ -160,6 +162,7 @@ class App:
         settings and the ``[effects.NAME]`` policy gates, validated when first asked for (a
         worker asks at start)."""
         if not self._effect_modes_loaded:
+            self.mcp  # noqa: B018 - registers the effect tools of [mcp.*] before the gates check
             where = self.settings.source_file or "the configuration"
             self._effects.load_modes(self.settings.section("workflows"), where)
             self._effects.check_gates(where)
@@ -211,7 +214,35 @@ class App:
             await sources.check()
         return sources
 
+    @property
+    def mcp(self) -> McpServers:
+        """The ``[mcp.NAME]`` servers of the settings, validated when first asked for (a
+        worker asks at start: :meth:`ready_mcp`), their tools declared ``effect`` registered
+        as effects then; each server is started or reached at its first call (docs/mcp.md)."""
+        if self._mcp is None:
+            from codara.engine._mcp import mcp_effects
+            from codara.mcp import load_servers
+
+            servers = load_servers(
+                self.settings.section("mcp"), self.settings.source_file or "the configuration"
+            )
+            for effect in mcp_effects(servers):
+                self._effects.add(effect)
+            self._mcp = servers
+        return self._mcp
+
+    async def ready_mcp(self) -> McpServers:
+        """Start or reach every declared MCP server once and check that it offers every
+        declared tool, so that a wrong command, an unreachable URL, a missing variable or a
+        misspelt tool stops a worker at start, with the server named, not a run later."""
+        servers = self.mcp
+        if not servers.checked:
+            await servers.check()
+        return servers
+
     async def close(self) -> None:
+        if self._mcp is not None:
+            await self._mcp.close()
         if self._sources is not None:
             await self._sources.close()
         if self._store is not None:
@@ -320,6 +351,7 @@ class App:
                     retry=self.retry_policy,
                     sources=self.sources,
                     effects=self.effects,
+                    mcp=self.mcp,
                 )
             )
             leases.watch(claim.id, task)
@@ -380,6 +412,7 @@ class App:
             max_claims=self.settings.worker.max_claims,
             sources=self.sources,
             effects=self.effects,
+            mcp=self.mcp,
         )
 
     def _tick(self, fn: Callable[[App], Awaitable[object]]) -> Callable[[], Awaitable[object]]:
@@ -402,6 +435,7 @@ class App:
     ) -> int:
         """Run a worker in this process; return how many runs it executed."""
         await self.ready_sources()
+        await self.ready_mcp()
         return await self.worker(concurrency=concurrency).run(until_idle=until_idle, stop=stop)
 
     # -- signals, cancel, inspection -------------------------------------------------------

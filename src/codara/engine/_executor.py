@@ -14,6 +14,7 @@ from codara.engine._branch import Branch, root_task
 from codara.engine._codec import decode, dump_error, dumps, validate_input
 from codara.engine._context import RESULT_OP, Abort, Context
 from codara.engine._effects import compensate
+from codara.engine._mcp import bind
 from codara.engine._retry import RetryPolicy
 from codara.errors import CodaraError
 from codara.store import Claim, FencedError, JournalRecord, Store
@@ -21,6 +22,7 @@ from codara.trace import chain_key, genesis_hash
 
 if TYPE_CHECKING:
     from codara.engine._effects import Effects
+    from codara.mcp import McpServers
     from codara.sources import Sources
 
 __all__ = ["Outcome", "Workflow", "execute"]
@@ -61,6 +63,7 @@ async def execute(
     step_timeout: float | None = None,
     sources: Sources | None = None,
     effects: Effects | None = None,
+    mcp: McpServers | None = None,
 ) -> Outcome:
     journal = await store.journal(claim.id)
     key = chain_key()
@@ -82,6 +85,7 @@ async def execute(
     )
     ctx._run_input = decode(claim.input)  # for effect policies: a fact the run did not make
     ctx.cancelling = claim.cancelling  # then replay what it did, to undo it; nothing new
+    bind(ctx, mcp)  # for codara.mcp_read
     if on_context is not None:
         on_context(ctx)
     try:

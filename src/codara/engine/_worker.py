@@ -31,6 +31,7 @@ from codara.store import Claim, Store
 
 if TYPE_CHECKING:
     from codara.engine._effects import Effects
+    from codara.mcp import McpServers
     from codara.sources import Sources
 
 __all__ = ["MAX_BACKOFF", "Backoff", "Leases", "Poll", "Worker"]
@@ -190,10 +191,12 @@ class Worker:
         max_claims: int = 5,
         sources: Sources | None = None,
         effects: Effects | None = None,
+        mcp: McpServers | None = None,
     ) -> None:
         self.store = store
         self.sources = sources
         self.effects = effects
+        self.mcp = mcp
         self.workflows = workflows
         self.concurrency = concurrency
         self.lease = lease_seconds
@@ -363,7 +366,7 @@ class Worker:
             outcome = await execute(
                 self.store, wf, claim, clock=self.clock, retry=self.retry,
                 on_context=partial(self._on_context, claim), sources=self.sources,
-                effects=self.effects,
+                effects=self.effects, mcp=self.mcp,
             )  # fmt: skip
             log.info(
                 "run %s (%s@%s): %s after %.3f s",
