@@ -2,6 +2,6 @@
 (docs/agents.md). The names live in :mod:`codara.models._agent`; this is their public home.
 Importing it loads Pydantic AI."""
 
-from codara.models._agent import CodaraDurability, durable_agent, effect_tool
+from codara.models._agent import CodaraDurability, durable_agent, effect_tool, mcp_tools
 
-__all__ = ["CodaraDurability", "durable_agent", "effect_tool"]
+__all__ = ["CodaraDurability", "durable_agent", "effect_tool", "mcp_tools"]

@@ -54,10 +54,10 @@ from codara.errors import WorkflowCodeError
 from codara.models._llm import _api_key, _call_error, _redact_values
 
 if TYPE_CHECKING:
-    from codara.engine import Context, Effect
+    from codara.engine import App, Context, Effect
     from codara.models._llm import LLMSettings
 
-__all__ = ["CodaraDurability", "durable_agent", "effect_tool"]
+__all__ = ["CodaraDurability", "durable_agent", "effect_tool", "mcp_tools"]
 
 UnitConfig = dict[str, Any]  # a durable unit's step options: "retry", "timeout"
 _IN_RUN = {"codara": False}  # tool metadata: run in the workflow, not as a step
@@ -234,7 +234,13 @@ class CodaraDurability(BaseDurabilityCapability[Any]):
         return None if ctx is None else datetime.fromtimestamp(ctx.now(), UTC)
 
 
-def effect_tool(effect: Effect, *, name: str | None = None, description: str | None = None) -> Tool:
+def effect_tool(
+    effect: Effect,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    json_schema: dict[str, Any] | None = None,
+) -> Tool:
     """The effect ``effect`` (declared with ``App.effect``) as an agent tool.
 
     The model proposes the arguments (checked against the effect's ``args_type``, whose JSON
@@ -245,7 +251,9 @@ def effect_tool(effect: Effect, *, name: str | None = None, description: str | N
     the workflow.
     """
     adapter = effect._args
-    schema: dict[str, Any] = adapter.json_schema() if adapter is not None else {"type": "object"}
+    schema: dict[str, Any] = json_schema or (
+        adapter.json_schema() if adapter is not None else {"type": "object"}
+    )
     if schema.get("type") != "object":
         raise WorkflowCodeError(
             f"effect {effect.name!r}: an agent tool needs arguments that are an object",
@@ -271,6 +279,40 @@ def effect_tool(effect: Effect, *, name: str | None = None, description: str | N
     )
     tool.metadata = dict(_IN_RUN)
     return tool
+
+
+async def mcp_tools(app: App, server: str) -> list[Tool]:
+    """The tools declared in ``[mcp.SERVER]`` as agent tools (the server is reached to
+    describe them: call this once, at start, not in workflow code). A ``read`` tool calls
+    :func:`codara.mcp_read` (one journaled, masked step per call); an ``effect`` tool is
+    :func:`effect_tool` of its effect (key, policies, shadow mode). Tools not declared are
+    not offered."""
+    from codara.engine._mcp import mcp_read
+
+    tools: list[Tool] = []
+    for d in await app.mcp.definitions(server):
+        if d.kind == "effect" and d.effect is not None:
+            effect = app._effects.get(d.effect)
+            about = d.description or None
+            tools.append(effect_tool(effect, name=d.name, description=about,
+                                     json_schema=d.input_schema))  # fmt: skip
+            continue
+
+        async def read(*, _tool: str = d.name, **args: Any) -> Any:
+            ctx = _context()
+            if ctx is None:
+                raise WorkflowCodeError(f"MCP tool {server}.{_tool} called outside a run")
+            return await mcp_read(ctx, server, _tool, args)
+
+        tool = Tool.from_schema(
+            read,
+            name=d.name,
+            description=d.description or f"{d.name} of {server}",
+            json_schema=d.input_schema or {"type": "object"},
+        )
+        tool.metadata = dict(_IN_RUN)  # mcp_read journals the call itself
+        tools.append(tool)
+    return tools
 
 
 def durable_agent(
