@@ -287,6 +287,14 @@ def register(app: codara.App, side: SideDB | None = None) -> None:
             await ctx.effect("pay", {"i": i})
         raise ValueError("the order was cancelled by the bank: undo the payments")
 
+    @app.workflow(name="pays_then_waits")
+    async def pays_then_waits(ctx: codara.Context, n: int) -> int:
+        for i in range(n):
+            await ctx.effect("pay", {"i": i})
+        await ctx.wait_for("shipped")  # the test cancels the run here
+        await ctx.effect("pay", {"i": n})
+        return n
+
     @app.workflow(name="pays")
     async def pays(ctx: codara.Context, n: int) -> int:
         done = 0

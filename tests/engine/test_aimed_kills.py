@@ -94,7 +94,8 @@ async def _kill_then_resume(
             attempts,
             ledger,
         )
-        assert (await app.get_run(run_id)).status == "running"  # its lease has to lapse
+        # its lease has to lapse (a cancelled run being undone stays "cancelling")
+        assert (await app.get_run(run_id)).status in ("running", "cancelling")
 
         fleet.start()  # the marker exists: this one runs to the end
         t0 = time.monotonic()
@@ -305,6 +306,47 @@ async def test_a_kill_during_compensation_undoes_each_payment_exactly_once(
         assert paid == dict.fromkeys(keys, 1)
         rows = [(r.kind, r.status) for r in await app.journal(run_id) if r.kind == "compensate"]
         assert rows == [("compensate", "claimed"), ("compensate", "ok")] * STEPS
+        report = await app.verify()
+        assert report.ok, report.problems
+    finally:
+        await app.close()
+
+
+async def test_a_kill_while_undoing_a_cancelled_run_refunds_each_payment_exactly_once(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Three payments, then the run waits and is cancelled. The worker undoing it is killed
+    right after the first refund ran and before its row: the resumer asks ``compensated``,
+    does not refund it again, refunds the other two newest first, pays nothing new, and
+    ends the run cancelled."""
+    app = await _open_app(db_url)
+    try:
+        run_id = await app.start_run("pays_then_waits", STEPS)
+        (tmp_path / "w").mkdir()
+        fleet = crash_worker.Fleet(app.settings.store.url, tmp_path / "w", "--lease", "1.0")
+        try:
+            fleet.start()
+            t0 = time.monotonic()
+            while (await app.get_run(run_id)).status != "waiting":
+                assert time.monotonic() - t0 < DEADLINE, f"never waited:\n{fleet.tail()}"
+                await asyncio.sleep(0.05)
+        finally:
+            fleet.close()
+        await app.cancel(run_id)
+        assert (await app.get_run(run_id)).status == "cancelling"
+        at_death, _ = await _kill_then_resume(
+            app, tmp_path, run_id, "compensate.executed:pay", until="cancelled"
+        )
+        assert at_death.marker.startswith(f"compensate.executed pay pid={at_death.victim}")
+        refunds = [str(k) for (k,) in await app.store.execute_raw(
+            "SELECT key FROM refunds ORDER BY rowid" if db_url.startswith("sqlite")
+            else "SELECT key FROM refunds ORDER BY ctid")]  # fmt: skip
+        keys = [f"{run_id}:r:{i}" for i in range(STEPS)]
+        assert refunds == list(reversed(keys))  # each once, newest first
+        paid, _ = await _payments(app, run_id)
+        assert paid == dict.fromkeys(keys, 1)  # and the payment after the wait never made
+        rows = [(r.branch, r.status) for r in await app.journal(run_id) if r.kind == "compensate"]
+        assert rows == [("cancel", "claimed"), ("cancel", "ok")] * STEPS
         report = await app.verify()
         assert report.ok, report.problems
     finally:
