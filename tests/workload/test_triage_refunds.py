@@ -285,6 +285,8 @@ async def test_a_run_failing_after_its_refund_cancels_it(
         await settle(app)
         record = await app.get_run(run_id)
         report = await data_report(app)
+        with pytest.raises(ConflictError, match="compensated"):  # not as if it still stood
+            await app.retry(run_id, by="ops")
     assert record.status == "failed", record.status
     [refund] = bank.ledger()
     assert refund["status"] == "cancelled"

@@ -100,7 +100,18 @@ async def fail_poisoned(
 
 
 async def retry_run(store: Store, run: RunRecord, by: str, now: float) -> JournalRecord:
-    """Queue the failed ``run`` again, journaling who did it; ConflictError if not failed."""
+    """Queue the failed ``run`` again, journaling who did it; ConflictError if not failed,
+    or if its effects were compensated (a retry would replay them from the journal as done,
+    and the run complete on effects that were undone)."""
+    if run.status == "failed":  # compensations come before the failed result: final here
+        undone = sorted({r.name for r in await store.journal(run.id) if r.kind == "compensate"})
+        if undone:
+            raise ConflictError(
+                f"run {run.id} cannot be retried: its effects were compensated after it "
+                f"failed ({', '.join(undone)}), and a retry would take them as still done",
+                hint="start a new run, or fork it (`codara runs fork RUN --from STEP`) from "
+                "before its first effect so the effects are made again",
+            )
 
     def build(head: JournalRecord | None) -> JournalRecord:
         marker = dumps({"by": by, "at": now})
