@@ -279,12 +279,12 @@ class _Server(ThreadingHTTPServer):
 
 
 class PaymentsService:
-    """The payments service on ``host`` (loopback) and an OS-chosen port, in a thread of
-    this process; ``with PaymentsService(path) as service: service.url``."""
+    """The payments service on ``host`` (loopback) and ``port`` (0: one the OS chooses), in
+    a thread of this process; ``with PaymentsService(path) as service: service.url``."""
 
-    def __init__(self, ledger_path: Path, *, host: str = "127.0.0.1") -> None:
+    def __init__(self, ledger_path: Path, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.ledger = Ledger(ledger_path)
-        self._server = _Server((host, 0), _Handler)
+        self._server = _Server((host, port), _Handler)
         self._server.ledger = self.ledger
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="payments-service", daemon=True
@@ -438,3 +438,38 @@ def _reason(r: httpx.Response) -> str:
 
 def _result(body: dict[str, Any]) -> dict[str, Any]:
     return {k: body[k] for k in ("refund_id", "transaction_id", "amount_cents", "currency")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m examples.support_triage.payments``: serve the payments service for the
+    CRM's transactions until interrupted (for ``codara worker`` processes, whose
+    ``[triage] payments_url`` names it)."""
+    import argparse
+    import time
+
+    from .app import CONFIG, crm_url, load
+
+    p = argparse.ArgumentParser(
+        prog="python -m examples.support_triage.payments",
+        description="Serve the demo's payments service on loopback.",
+    )
+    p.add_argument("--config", type=Path, default=CONFIG, help="codara.toml to take the CRM from")
+    p.add_argument("--crm-url", help="the CRM database (default: [sources.crm] of --config)")
+    p.add_argument("--ledger", type=Path, default=Path("demo-out/payments.db"))
+    p.add_argument("--port", type=int, default=0, help="default: one the OS chooses")
+    args = p.parse_args(argv)
+    url = args.crm_url or crm_url(load(args.config))
+    service = PaymentsService(args.ledger, port=args.port)
+    try:
+        service.ledger.load_charges(charges_from(url), keep_refunds=True)
+        print(f"payments service at {service.url} (ledger {args.ledger}); Ctrl-C stops it")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        service.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
