@@ -306,10 +306,17 @@ async def test_a_run_whose_effects_were_compensated_is_not_retried_as_if_they_st
             await app.retry(run_id, by="ops")
         assert refused.value.hint is not None
         assert "fork" in refused.value.hint
+        # a fork from after the payment would replay it as done too; from before, it pays
+        with pytest.raises(codara.ConflictError, match=r"(?s)'pay'.*compensated.*seq:0"):
+            await app.fork(run_id, from_step="reply", by="ops")
+        forked = await app.fork(run_id, from_step="pay", by="ops")
         await app.work(until_idle=True)
         record = await app.get_run(run_id)
+        again = await app.get_run(forked)
     assert record.status == "failed"  # not completed on an undone payment
     assert ledger.undone == [key]
+    assert again.status == "completed", again.error
+    assert len(ledger.done) == 2  # the fork paid anew, under its own key
 
 
 def test_effect_failed_error_is_a_run_error() -> None:
