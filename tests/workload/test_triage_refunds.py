@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import sqlite3
 import tomllib
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from examples.support_triage import crm as crm_module
 from examples.support_triage.__main__ import main
 from examples.support_triage.app import CONFIG, Workload, build, load
@@ -273,7 +275,8 @@ async def test_a_run_failing_after_its_refund_cancels_it(
     tmp_path: Path, model_cache: Path, payments_service: Callable[[str], PaymentsService]
 ) -> None:
     """The reply cannot be written after the refund was made: the run fails and the
-    refund is compensated (cancelled at the service), which the report shows."""
+    refund is compensated (cancelled at the service), which the report shows. It is not
+    retried as if the refund stood; forked from before the refund, it refunds anew."""
     bank = _bank(tmp_path, model_cache, payments_service)
     async with bank.app as app:
         run_id = await _ask(app, "R1", bank.tx["big"]["customer_id"])
@@ -285,17 +288,30 @@ async def test_a_run_failing_after_its_refund_cancels_it(
         await settle(app)
         record = await app.get_run(run_id)
         report = await data_report(app)
+        assert bank.service is not None
+        ledger_then = bank.service.ledger.totals()
+        cancelled = bank.ledger()
         with pytest.raises(ConflictError, match="compensated"):  # not as if it still stood
             await app.retry(run_id, by="ops")
+        with pytest.raises(ConflictError, match="compensated") as refused:
+            await app.fork(run_id, from_step="reply.send", by="ops")
+        crm_module.metadata.create_all(sa.create_engine(f"sqlite:///{tmp_path / 'crm.db'}"))
+        before = re.search(r"--from (seq:\d+)", refused.value.hint or "")
+        assert before is not None, refused.value.hint
+        forked = await app.fork(run_id, from_step=before.group(1), by="ops")
+        await settle(app)
+        [again] = (await _outputs(app, {"fork": forked})).values()
     assert record.status == "failed", record.status
-    [refund] = bank.ledger()
-    assert refund["status"] == "cancelled"
+    assert [r["status"] for r in cancelled] == ["cancelled"]
     r = report.refunds
     assert (r.executed, r.compensated) == (1, 1)
-    assert bank.service is not None
-    r.ledger = bank.service.ledger.totals()
+    r.ledger = ledger_then
     assert r.ledger == {"refunded": 0, "cancelled": 1, "cents": {}}
     assert r.ledger_agrees
+    assert again["refund"]["status"] == "refunded"
+    assert [(x["key"], x["status"]) for x in bank.ledger()] == [
+        (f"refund:{run_id}", "cancelled"), (f"refund:{forked}", "refunded"),
+    ]  # fmt: skip
 
 
 async def test_shadow_mode_refunds_nothing(
