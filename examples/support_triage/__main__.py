@@ -1,18 +1,22 @@
 """`make demo`: triage the bank's support inbox end to end, offline, on SQLite; print the report.
 
-python -m examples.support_triage [--tickets N] [--concurrency N] [--crm-url URL] [--json]
+python -m examples.support_triage [--tickets N] [--concurrency N] [--crm-url URL]
+                                  [--payments-url URL] [--json]
 
 The demo writes the day's inbox (a CSV with some bad rows) under the inbox source's root
 and creates the CRM (customers, cards, transactions; some stale, some broken) in SQLite,
-or in the database --crm-url names; then the `intake` workflow reads the inbox through
-its source and starts one `triage` run per ticket, which reads the CRM through the `crm`
-and `payments` sources.
+or in the database --crm-url names; it starts the payments service on loopback (its
+ledger in [triage] payments_ledger, its charges the CRM's transactions) unless
+--payments-url (or [triage] payments_url) names one already running; then the `intake`
+workflow reads the inbox through its source and starts one `triage` run per ticket, which
+reads the CRM through the `crm` and `payments` sources and refunds through the service.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import resource
 import sys
@@ -32,12 +36,14 @@ from rich.progress import (
 from rich.table import Table
 
 import codara
+from codara.config import Settings
 from codara.errors import CodaraError
 from codara.review import Principal, Reviews
 from codara.store import parse_url
 
 from . import crm as crm_module
-from .app import CONFIG, build, crm_url, inbox_root, load
+from . import payments as payments_module
+from .app import CONFIG, Workload, build, crm_url, inbox_root, load
 from .data import load_examples, split
 from .inbox import write_inbox
 from .report import build_report, print_report
@@ -56,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
         "--crm-url",
         help="the CRM's database (SQLAlchemy URL, e.g. postgresql://127.0.0.1/test); "
         "default: the SQLite file of codara.toml's [sources.crm]",
+    )
+    p.add_argument(
+        "--payments-url",
+        help="a payments service already running (http://HOST:PORT); default: [triage] "
+        "payments_url, else the demo starts its own on loopback",
     )
     p.add_argument("--keep", action="store_true", help="keep earlier runs in the database")
     p.add_argument("--json", action="store_true", help="also print the report as JSON")
@@ -121,9 +132,26 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
     overrides = {"inbox_size": args.tickets} if args.tickets else {}
     if not args.keep:
         _reset_database(settings.store.url)
+    if args.payments_url is not None:
+        overrides["payments_url"] = payments_module.check_url(args.payments_url)
     work = build(settings, **overrides)
-    cfg = work.settings
     concurrency = args.concurrency or settings.worker.concurrency
+    with contextlib.ExitStack() as stack:
+        return await _run(args, console, settings, work, concurrency, stack)
+
+
+async def _run(
+    args: argparse.Namespace,
+    console: Console,
+    settings: Settings,
+    work: Workload,
+    concurrency: int,
+    stack: contextlib.ExitStack,
+) -> int:
+    cfg = work.settings
+    own_service = work.payments.url is None
+    if not own_service:  # someone else's: it must answer before any ticket is triaged
+        await work.payments.check()
 
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -142,6 +170,13 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
             seed=cfg.seed,
         )
         seeded = await asyncio.to_thread(crm_module.create, crm_url(settings))
+        if own_service:  # the card processor's book of the same charges, on loopback
+            service = await asyncio.to_thread(
+                payments_module.start_for, crm_url(settings), cfg.payments_ledger,
+                keep_refunds=args.keep,
+            )  # fmt: skip
+            stack.callback(service.stop)
+            work.payments.url = service.url
         manifest = write_inbox(inbox_root(settings), parts.inbox, seed=cfg.seed)
         progress.update(prep, completed=1)
 
@@ -170,8 +205,16 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
                 waited = await decide_pending(app, on_review)
                 resume = progress.add_task("Resuming reviewed tickets", total=manifest.tickets)
                 await _drain(app, concurrency, progress, resume)
+                # a reviewed refund request may stop again, at the refund's own review
+                for _ in range(3):
+                    if not await Reviews(app.store, app.clock).counts(ADMIN):
+                        break
+                    waited += await decide_pending(app, on_review)
+                    await _drain(app, concurrency, progress, resume)
             report = await build_report(app, seconds=seconds)
             report.decision_seconds = waited
+            if report.data is not None:
+                report.data.refunds.ledger = await asyncio.to_thread(work.payments.totals)
 
     console.print()
     try:
@@ -190,6 +233,12 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
         f"{seeded.transactions} transactions; {work.crm.counts()} (replies sent, tickets "
         "queued for people)"
     )
+    ledger = report.data.refunds.ledger if report.data is not None else None
+    if ledger is not None:
+        console.print(
+            f"payments service {work.payments.url}: {ledger['refunded']} refunds in its "
+            f"ledger, {ledger['cancelled']} cancelled"
+        )
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     return 0 if report.failed == 0 and report.unfinished == 0 else 1  # waiting is fine

@@ -16,6 +16,7 @@ from codara.review import ReviewGate, install_reviews
 
 from .crm import CRM
 from .model import TriageModel
+from .payments import Payments
 from .settings import TriageSettings, triage_settings
 from .workflow import register
 
@@ -27,6 +28,9 @@ class Workload:
     app: codara.App
     model: TriageModel
     crm: CRM
+    payments: Payments
+    """The payments service's client; its ``url`` may be set after the build (the demo
+    starts the service first)."""
     settings: TriageSettings
 
 
@@ -41,10 +45,11 @@ def build(settings: Settings | None = None, **overrides: object) -> Workload:
     app = codara.App(settings=settings)
     model = TriageModel(triage, settings.embedding)
     crm = CRM(crm_url(settings))
+    payments = Payments(triage.payments_url)
     gate = ReviewGate.from_settings(settings, "triage")
-    register(app, model, crm, gate, sensitive=frozenset(triage.sensitive_intents))
+    register(app, model, crm, payments, gate, sensitive=frozenset(triage.sensitive_intents))
     install_reviews(app)
-    return Workload(app, model, crm, triage)
+    return Workload(app, model, crm, payments, triage)
 
 
 def crm_url(settings: Settings) -> str:

@@ -67,6 +67,8 @@ class Transaction(BaseModel):
     """A recent card transaction: a row of transactions joined with its card."""
 
     id: int = Field(ge=1)
+    customer_id: int = Field(ge=1)
+    card_id: int = Field(ge=1)
     pan: str
     amount_cents: int
     currency: Literal["EUR", "GBP", "USD"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,52 @@ class SourceReads:
     """Batches older than the source's max_age (read and flagged)."""
 
 
+REFUND = "payments.refund"
+
+
+@dataclass
+class RefundReport:
+    """What became of the refunds (the ``payments.refund`` effect), from the journal and
+    the review queue, and the payments service's own ledger as an independent check."""
+
+    executed: int = 0
+    reconciled: int = 0
+    """Found made at the service after an unknown outcome (its reconcile), not made again."""
+    shadow: int = 0
+    held_for_review: int = 0
+    """Refunds a policy sent to a person (finance), decided or not."""
+    awaiting_review: int = 0
+    denied_by_policy: int = 0
+    rejected_by_reviewer: int = 0
+    refused_by_service: int = 0
+    failed: int = 0
+    """Outcome still unknown when the retries ran out (the run failed)."""
+    compensated: int = 0
+    """Made, then cancelled because the run failed afterwards."""
+    cents: Counter[str] = field(default_factory=Counter)
+    """Refunded (executed or reconciled), per currency, by the journal."""
+    ledger: dict[str, Any] | None = None
+    """The payments service's totals (``GET /ledger``): refunded, cancelled, cents."""
+
+    @property
+    def made(self) -> int:
+        """Refunds that should stand in the service's ledger."""
+        return self.executed + self.reconciled - self.compensated
+
+    @property
+    def ledger_agrees(self) -> bool | None:
+        if self.ledger is None:
+            return None
+        return (
+            int(self.ledger.get("refunded", 0)) == self.made
+            and int(self.ledger.get("cancelled", 0)) == self.compensated
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**{k: v for k, v in vars(self).items() if k != "cents"},
+                "cents": dict(self.cents), "ledger_agrees": self.ledger_agrees}  # fmt: skip
+
+
 @dataclass
 class DataReport:
     """What the workflows read, from the journal's lineage, and what went to quarantine."""
@@ -33,11 +80,14 @@ class DataReport:
     intake: dict[str, Any] | None = None
     effects: dict[str, Counter[str]] = field(default_factory=dict)
     """effect -> how its operations ended: executed, reconciled, shadow, denied (by a
-    policy or a reviewer), failed, compensated (from the journal)."""
+    policy or a reviewer), refused (by the system it calls), failed, compensated (from the
+    journal)."""
+    refunds: RefundReport = field(default_factory=RefundReport)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "effects": {name: dict(c) for name, c in sorted(self.effects.items())},
+            "refunds": self.refunds.as_dict(),
             "reads": {name: vars(r) for name, r in sorted(self.reads.items())},
             "quarantined": [
                 {"source": s, "rule": r, "records": n, "distinct": d}
@@ -75,13 +125,38 @@ async def data_report(app: codara.App) -> DataReport:
         "SELECT kind, name, status, output, error FROM codara_journal "
         "WHERE kind IN ('effect', 'compensate') AND status <> 'claimed'"
     ):
-        if status != "ok":  # denied by a policy or a reviewer, or failed
-            denied = json.loads(error or "{}").get("outcome") == "denied"
-            how = "denied" if denied else "failed"
+        if status != "ok":  # denied by a policy or a reviewer, refused, or failed
+            failure = json.loads(error or "{}")
+            outcome = failure.get("outcome")
+            how = outcome if outcome in ("denied", "refused") else "failed"
         else:
             how = "compensated" if kind == "compensate" else str(json.loads(output)["via"])
         report.effects.setdefault(str(name), Counter())[how] += 1
+        if name == REFUND:
+            _count_refund(report.refunds, how, output, error)
+    for status, n in await app.store.execute_raw(
+        "SELECT status, COUNT(*) FROM codara_reviews WHERE step = ? GROUP BY status",
+        (f"effect:{REFUND}",),
+    ):
+        report.refunds.held_for_review += int(n)
+        report.refunds.awaiting_review += int(n) if status == "pending" else 0
     return report
+
+
+def _count_refund(refunds: RefundReport, how: str, output: str | None, error: str | None) -> None:
+    if how == "denied":  # the gate's reason says who: "denied (POLICY)" or "rejected (...)"
+        message = str(json.loads(error or "{}").get("message", ""))
+        if "was denied: rejected" in message:
+            refunds.rejected_by_reviewer += 1
+        else:
+            refunds.denied_by_policy += 1
+    elif how == "refused":
+        refunds.refused_by_service += 1
+    elif how in ("executed", "reconciled", "shadow", "compensated", "failed"):
+        setattr(refunds, how, getattr(refunds, how) + 1)
+    if how in ("executed", "reconciled"):
+        result = json.loads(output or "{}")["result"]
+        refunds.cents[str(result["currency"])] += int(result["amount_cents"])
 
 
 @dataclass
@@ -242,15 +317,18 @@ def print_data(report: TriageReport, data: DataReport, console: Console) -> None
             f"{report.stale_decisions:,} decisions used a stale customer record"
         )
     if data.effects:
-        done = Table(title="Effects on the CRM (ctx.effect; from the journal)")
-        hows = ("executed", "reconciled", "shadow", "denied", "failed", "compensated")
-        done.add_column("effect")
+        done = Table(title="Effects on the CRM and the payments service (ctx.effect; journal)")
+        hows = ("executed", "reconciled", "shadow", "denied", "refused", "failed",
+                "compensated")  # fmt: skip
+        names = sorted(data.effects)
+        done.add_column("outcome")
+        for name in names:
+            done.add_column(name, justify="right")
         for how in hows:
-            done.add_column(how, justify="right")
-        for name, c in sorted(data.effects.items()):
-            done.add_row(name, *(f"{c[h]:,}" for h in hows))
+            done.add_row(how, *(f"{data.effects[n][how]:,}" for n in names))
         console.print(done)
         console.print(f"held for review (no effect yet): {report.waiting_review:,} tickets")
+    print_refunds(data.refunds, console)
     if data.quarantine:
         table = Table(title="Quarantined, by source and reason (`codara quarantine list`)")
         for column in ("source", "rule", "records", "distinct"):
@@ -258,6 +336,42 @@ def print_data(report: TriageReport, data: DataReport, console: Console) -> None
         for source, rule, n, distinct in data.quarantine:
             table.add_row(source, rule, f"{n:,}", f"{distinct:,}")
         console.print(table)
+
+
+def print_refunds(r: RefundReport, console: Console) -> None:
+    if not (r.held_for_review or r.executed or r.reconciled or r.shadow or r.denied_by_policy
+            or r.rejected_by_reviewer or r.refused_by_service or r.failed):  # fmt: skip
+        return
+    table = Table(title="Refunds (payments.refund; the journal, the reviews, the ledger)",
+                  show_header=False)  # fmt: skip
+    table.add_column("what")
+    table.add_column("refunds", justify="right")
+    for what, n in (
+        ("executed", r.executed),
+        ("reconciled (made, found after a failure)", r.reconciled),
+        ("shadow (recorded, not made)", r.shadow),
+        ("held for review by finance", r.held_for_review),
+        ("  of which still waiting", r.awaiting_review),
+        ("denied by policy", r.denied_by_policy),
+        ("rejected by a reviewer", r.rejected_by_reviewer),
+        ("refused by the payments service", r.refused_by_service),
+        ("failed (outcome unknown)", r.failed),
+        ("compensated (cancelled: the run failed)", r.compensated),
+    ):
+        table.add_row(what, f"{n:,}")
+    table.add_row("amount refunded", _money(r.cents))
+    if r.ledger is not None:
+        ledger = r.ledger
+        table.add_row("the service's ledger: refunds standing", f"{ledger['refunded']:,}")
+        table.add_row("  amount", _money(ledger["cents"]))
+        table.add_row("  cancelled", f"{ledger['cancelled']:,}")
+        agrees = "yes" if r.ledger_agrees else "[bold red]NO[/bold red]"
+        table.add_row("ledger agrees with the journal", agrees)
+    console.print(table)
+
+
+def _money(cents: Mapping[str, int]) -> str:
+    return ", ".join(f"{c / 100:,.2f} {cur}" for cur, c in sorted(cents.items())) or "-"
 
 
 def _pct(value: float | None) -> str:

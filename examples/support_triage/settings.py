@@ -30,6 +30,11 @@ class TriageSettings(BaseModel):
     sensitive_intents: tuple[str, ...] = DEFAULT_SENSITIVE
     cache_dir: Path = Path(".cache/codara")
     seed: int = 77
+    payments_url: str | None = None
+    """The payments service the refunds go to; unset, the demo starts its own on loopback
+    (``codara worker`` processes need it set)."""
+    payments_ledger: Path = Path("demo-out/payments.db")
+    """The ledger of the payments service the demo starts (recreated on each demo)."""
 
 
 def triage_settings(settings: Settings) -> TriageSettings:

@@ -1,7 +1,9 @@
 """Simulated reviewers for the demo: they decide each pending review with the dataset's label.
 
 Approve when the proposed intent is the labelled one; otherwise correct the intent (an edit),
-so the report can show the outcome with people in the loop. Real reviewers use the console
+so the report can show the outcome with people in the loop. A refund held for finance (the
+``payments.refund`` effect's review) is approved as proposed: the policy already refused
+what is not the customer's, not settled or more than was charged. Real reviewers use the console
 (`codara serve`) or `codara review ...`.
 """
 
@@ -18,6 +20,7 @@ REVIEWERS = {
     "sim-support": ["support"],
     "sim-fraud": ["fraud", "fraud-lead"],
     "sim-audit": ["audit"],
+    "sim-finance": ["finance"],
 }
 
 
@@ -37,7 +40,9 @@ async def decide_pending(
         run = await app.get_run(item.run_id)
         label = json.loads(run.input).get("label")
         who = people[item.role]
-        if label is None or item.proposal.get("intent") == label:
+        if item.step.startswith("effect:"):  # an effect's arguments, not a reply
+            decided = await reviews.approve(who, item.id, comment="within the refund rules")
+        elif label is None or item.proposal.get("intent") == label:
             decided = await reviews.approve(who, item.id, comment="matches the label")
         else:
             corrected = {**item.proposal, "intent": label}
@@ -46,4 +51,17 @@ async def decide_pending(
             waited.append(decided.decided_at - decided.created_at)
         if on_progress is not None:
             on_progress(done, len(pending))
+    return waited
+
+
+async def settle(app: codara.App, *, rounds: int = 4) -> list[float]:
+    """Work until nothing is ready, deciding what people must decide, until nothing waits
+    for a person (a reviewed refund request can stop again, at its refund's review)."""
+    waited: list[float] = []
+    await app.work(until_idle=True)
+    for _ in range(rounds):
+        if not await Reviews(app.store, app.clock).counts(Principal("sim", frozenset({"admin"}))):
+            break
+        waited += await decide_pending(app)
+        await app.work(until_idle=True)
     return waited

@@ -14,27 +14,47 @@ customer the CRM does not know is quarantined, not guessed at.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 import codara
+from codara.engine import EffectFailedError
 from codara.errors import ConflictError
 from codara.review import ReviewGate
 
 from .crm import CRM
 from .data import Ticket
 from .model import Intent, TriageModel
+from .payments import Payments, RefundArgs
 
 CUSTOMER = "SELECT id, name, email, iban, tier, country, updated_at FROM customers WHERE id = :id"
 """The customer record: its personal columns come masked (tokens), see codara.toml."""
 
-RECENT = (
-    "SELECT t.id, c.pan, t.amount_cents, t.currency, t.merchant, t.status, t.at "
-    "FROM transactions t JOIN cards c ON c.id = t.card_id "
-    "WHERE t.customer_id = :customer ORDER BY t.at DESC, t.id DESC LIMIT 5"
+_TX = (
+    "SELECT t.id, t.customer_id, t.card_id, c.pan, t.amount_cents, t.currency, t.merchant, "
+    "t.status, t.at FROM transactions t JOIN cards c ON c.id = t.card_id "
 )
+RECENT = _TX + "WHERE t.customer_id = :customer ORDER BY t.at DESC, t.id DESC LIMIT 5"
 """The customer's five latest card transactions, for the reviewer's context."""
+
+LATEST = _TX + "WHERE t.customer_id = :customer ORDER BY t.at DESC, t.id DESC LIMIT 1"
+"""The transaction a refund request is taken to be about: the customer's latest."""
+
+NAMED = _TX + "WHERE t.id = :id"
+"""The transaction a message names ("transaction 123"): whoever's it is, the refund policy
+compares its owner with the ticket's customer."""
+
+REFUND_INTENT = "request_refund"
+"""The intent whose answer is a refund through the payments service."""
+
+_NAMED_TX = re.compile(r"\b(?:transaction|payment|charge)\s+(?:no\.?\s*|#\s*)?(\d{1,9})\b", re.I)
+_AMOUNT = re.compile(
+    r"(?:(?:[€£$]|\b(?:EUR|GBP|USD))\s?(\d{1,7}(?:[.,]\d{1,2})?)\b"
+    r"|\b(\d{1,7}(?:[.,]\d{1,2})?)\s?(?:[€£$]|(?:EUR|GBP|USD|euros?|pounds?|dollars?)\b))",
+    re.I,
+)
 
 
 class ReplyArgs(BaseModel):
@@ -77,6 +97,20 @@ class Outcome(BaseModel):
     reference: str
     stale_data: bool = False
     """A record the decision used was older than its source's max_age."""
+    refund: RefundOutcome | None = None
+    """For a refund request (intent ``request_refund``) the reply was cleared for."""
+
+
+class RefundOutcome(BaseModel):
+    """What became of a refund request."""
+
+    status: Literal["refunded", "shadow", "denied", "refused", "no_transaction"]
+    transaction_id: int | None = None
+    amount_cents: int | None = None
+    currency: str | None = None
+    refund_id: str | None = None
+    reason: str | None = None
+    """Why it was not made: the policy or reviewer (denied), the service (refused)."""
 
 
 class IntakeRequest(BaseModel):
@@ -106,10 +140,29 @@ def render_reply(intent: str, customer: dict[str, Any]) -> str:
     )
 
 
+def render_refund(refund: RefundOutcome) -> str:
+    amount = f"{(refund.amount_cents or 0) / 100:.2f} {refund.currency}"
+    return (
+        f"Hello, we have refunded {amount} of transaction {refund.transaction_id} to the card "
+        "it was paid with. It shows on your account within 5 working days."
+    )
+
+
+def asked_amount(text: str) -> int | None:
+    """The amount, in cents, a message asks for ("a refund of 25.90 EUR"), if it names one.
+    The customer's words: the refund policy caps it at what was charged."""
+    found = _AMOUNT.search(text)
+    if found is None:
+        return None
+    whole, _, cents = (found.group(1) or found.group(2)).replace(",", ".").partition(".")
+    return int(whole) * 100 + int(cents.ljust(2, "0") or 0)
+
+
 def register(
     app: codara.App,
     model: TriageModel,
     crm: CRM,
+    payments: Payments,
     gate: ReviewGate,
     *,
     sensitive: frozenset[str],
@@ -189,7 +242,57 @@ def register(
         shadow=lambda args: "shadow:handoff", args_type=HandoffArgs,
     ))  # fmt: skip
 
-    @app.workflow(name="triage", version="5")
+    # A refund goes to the payments service, a system of its own, under the key
+    # refund:RUN: the service deduplicates by it and answers "was it made?" for the
+    # reconcile; a refund of a run that fails afterwards is cancelled (compensated). The
+    # policies of [effects."payments.refund"] decide first, on facts Codara read itself.
+    app.effect(codara.Effect(
+        name="payments.refund", run=payments.refund, reconcile=payments.find,
+        compensate=payments.cancel, compensated=payments.cancelled, args_type=RefundArgs,
+        shadow=lambda args: {"refund_id": "shadow", "transaction_id": args["transaction_id"],
+                             "amount_cents": args["amount_cents"], "currency": args["currency"]},
+        retry=codara.RetryPolicy(max_attempts=4), timeout=10.0,
+    ))  # fmt: skip
+
+    async def refund(ctx: codara.Context, ticket: Ticket, customer_id: int) -> RefundOutcome:
+        """Refund the transaction the ticket is about (the one it names, else the customer's
+        latest), read through the governed ``payments`` source: that read is the policy's
+        facts, so it must be the run's latest read of the source."""
+        named = _NAMED_TX.search(ticket.text)
+        if named:
+            found = await ctx.read("payments", NAMED, id=int(named.group(1)))
+        else:
+            found = await ctx.read("payments", LATEST, customer=customer_id)
+        tx = found.one()
+        if tx is None:
+            why = "it broke the payments source's rules" if found.quarantined else "none found"
+            return RefundOutcome(
+                status="no_transaction", reason=f"no refundable transaction: {why}"
+            )
+        args = RefundArgs(
+            ticket_id=ticket.id,
+            customer_id=customer_id,
+            transaction_id=tx["id"],
+            card_id=tx["card_id"],
+            amount_cents=asked_amount(ticket.text) or tx["amount_cents"],
+            currency=tx["currency"],
+        )
+        asked = RefundOutcome(status="refunded", transaction_id=args.transaction_id,
+                              amount_cents=args.amount_cents, currency=args.currency)  # fmt: skip
+        try:
+            done = await ctx.effect(
+                "payments.refund", args.model_dump(), key=f"refund:{ctx.run_id}"
+            )
+        except EffectFailedError as exc:
+            if exc.outcome not in ("denied", "refused"):
+                raise  # unknown: the run fails, saying to check the service for the key
+            return asked.model_copy(update={"status": exc.outcome, "reason": exc.message})
+        status: Literal["refunded", "shadow"] = (
+            "shadow" if done["refund_id"] == "shadow" else "refunded"
+        )
+        return RefundOutcome(status=status, **{k: done[k] for k in _REFUND_FIELDS})
+
+    @app.workflow(name="triage", version="6")
     async def triage(ctx: codara.Context, ticket: Ticket) -> Outcome:
         # classify first: the runs that start together reach the model together, batched
         intent: Intent = await ctx.step("classify", model.classify, ticket.text)
@@ -234,9 +337,15 @@ def register(
         )
         final: ReplyProposal = check.proposal
         reviewers = check.review.reviewers if check.review else []
-        if check.go_ahead:
+        refunded = None
+        if check.go_ahead and final.intent == REFUND_INTENT:
+            refunded = await refund(ctx, ticket, customer_id)
+        why = _why(check.decision)
+        if check.go_ahead and (refunded is None or refunded.status in ("refunded", "shadow")):
             body = final.reply
-            if final.intent != proposal.intent and final.reply == proposal.reply:
+            if refunded is not None:
+                body = render_refund(refunded)
+            elif final.intent != proposal.intent and final.reply == proposal.reply:
                 body = render_reply(final.intent, customer)  # intent corrected: answer that
             reply = {"ticket_id": ticket.id, "customer_id": customer_id,
                      "intent": final.intent, "body": body}  # fmt: skip
@@ -245,9 +354,13 @@ def register(
                 "auto_reply" if check.outcome == "allowed" else "reviewed_reply"
             )
         else:
+            reason = str(check.decision.get("reason") or check.outcome)
+            if refunded is not None:  # the answer was cleared, the refund was not made
+                reason = refunded.reason or refunded.status
+                why = _REFUND_REASONS[refunded.status]
             handoff = {"ticket_id": ticket.id, "customer_id": customer_id,
                        "intent": final.intent, "confidence": intent.confidence,
-                       "reason": str(check.decision.get("reason") or check.outcome)}  # fmt: skip
+                       "reason": reason}  # fmt: skip
             reference = await ctx.effect("handoff.queue", handoff, key=f"handoff:{ctx.run_id}")
             action = "human"
         return Outcome(
@@ -258,10 +371,20 @@ def register(
             action=action,
             policy_outcome=check.outcome,
             decided_by=reviewers,
-            reason=_why(check.decision),
+            reason=why,
             reference=reference,
             stale_data=bool(ctx.data["stale"]),
+            refund=refunded,
         )
+
+
+_REFUND_FIELDS = ("refund_id", "transaction_id", "amount_cents", "currency")
+
+_REFUND_REASONS = {
+    "denied": "refund denied (policy or reviewer)",
+    "refused": "refund refused by the payments service",
+    "no_transaction": "refund: no refundable transaction",
+}
 
 
 def _why(decision: dict[str, object]) -> str:

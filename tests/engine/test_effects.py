@@ -277,6 +277,48 @@ async def test_a_failed_run_compensates_its_effects_newest_first_once(db_url: st
     assert "duplicate" in codara.engine._codec.decode(record.error)["message"]
 
 
+async def test_a_run_whose_effects_were_compensated_is_not_retried_as_if_they_stood(
+    db_url: str,
+) -> None:
+    """After a failed run's effects were undone, a retry would replay them from the journal
+    as done and complete on a refund the ledger no longer holds: it is refused, saying so."""
+    ledger = Ledger()
+    app = _app(db_url, ledger)
+    crm_down = [True]
+
+    def write_reply() -> str:
+        if crm_down:
+            raise ConnectionError("the CRM is down")
+        return "sent"
+
+    @app.workflow(name="pay-then-reply")
+    async def pay_then_reply(ctx: codara.Context, req: dict[str, Any]) -> Any:
+        paid = await ctx.effect("pay", {"amount": 30.0, "iban": "GB00TEST"})
+        return {"paid": paid, "reply": await ctx.step("reply", write_reply)}
+
+    async with app:
+        run_id = await app.start_run("pay-then-reply", {})
+        assert (await _settle(app, run_id)).status == "failed"
+        [key] = ledger.done
+        assert ledger.undone == [key]  # compensated
+        crm_down.clear()  # the cause is fixed
+        with pytest.raises(codara.ConflictError, match="compensated") as refused:
+            await app.retry(run_id, by="ops")
+        assert refused.value.hint is not None
+        assert "fork" in refused.value.hint
+        # a fork from after the payment would replay it as done too; from before, it pays
+        with pytest.raises(codara.ConflictError, match=r"(?s)'pay'.*compensated.*seq:0"):
+            await app.fork(run_id, from_step="reply", by="ops")
+        forked = await app.fork(run_id, from_step="pay", by="ops")
+        await app.work(until_idle=True)
+        record = await app.get_run(run_id)
+        again = await app.get_run(forked)
+    assert record.status == "failed"  # not completed on an undone payment
+    assert ledger.undone == [key]
+    assert again.status == "completed", again.error
+    assert len(ledger.done) == 2  # the fork paid anew, under its own key
+
+
 def test_effect_failed_error_is_a_run_error() -> None:
     err = EffectFailedError("pay", "was refused: no", outcome="refused")
     assert isinstance(err, codara.RunError)

@@ -12,6 +12,7 @@ import logging
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ from examples.support_triage import crm as crm_module
 from examples.support_triage.app import CONFIG, build, load
 from examples.support_triage.data import load_examples, split
 from examples.support_triage.inbox import Manifest, write_inbox
-from examples.support_triage.simulate import decide_pending
+from examples.support_triage.payments import PaymentsService
+from examples.support_triage.simulate import settle
 
 import codara
 from codara.api import create_app
@@ -47,7 +49,9 @@ class Done:
     intake: dict[str, Any]
 
 
-async def _run(db_url: str, tmp_path: Path, cache: Path) -> tuple[codara.App, Done]:
+async def _run(
+    db_url: str, tmp_path: Path, cache: Path, payments: Callable[[str], PaymentsService]
+) -> tuple[codara.App, Done]:
     crm = f"sqlite:///{tmp_path / 'crm.db'}"
     settings = load(CONFIG, crm_url=crm, inbox=tmp_path / "inbox",
                     overrides={"store": {"url": db_url, "durability": "os"}})  # fmt: skip
@@ -66,6 +70,7 @@ async def _run(db_url: str, tmp_path: Path, cache: Path) -> tuple[codara.App, Do
             "UPDATE customers SET updated_at = ? WHERE id = ?", (old.isoformat(" "), stale)
         )
         conn.execute("UPDATE customers SET tier = 'gold?' WHERE id = ?", (broken,))
+    work.payments.url = payments(crm).url
     app = work.app
     return app, Done(app, manifest, seeded, stale, broken, [], {})
 
@@ -80,9 +85,7 @@ def _inbox_rows(path: Path) -> list[dict[str, str]]:
 
 async def _settle(app: codara.App, done: Done) -> None:
     await app.start_run("intake", {"pattern": "inbox.csv"})
-    await app.work(until_idle=True)
-    await decide_pending(app)
-    await app.work(until_idle=True)
+    await settle(app)  # refund requests may wait for finance after their reply's review
     for _ in range(10):  # until_idle stops when nothing is ready *now*: a run handed back
         # after a store hiccup is queued for a moment later; wait for it (bounded)
         queued = [r for r in await app.store.list_runs(limit=1000) if r.status == "queued"]
@@ -105,9 +108,10 @@ async def _settle(app: codara.App, done: Done) -> None:
 
 
 async def test_bad_rows_and_records_end_in_quarantine_and_stale_data_asks_a_person(
-    db_url: str, tmp_path: Path, model_cache: Path
-) -> None:
-    app, done = await _run(db_url, tmp_path, model_cache)
+    db_url: str, tmp_path: Path, model_cache: Path,
+    payments_service: Callable[[str], PaymentsService],
+) -> None:  # fmt: skip
+    app, done = await _run(db_url, tmp_path, model_cache, payments_service)
     async with app:
         await _settle(app, done)
         by_rule: dict[tuple[str, str], int] = {}
@@ -154,11 +158,11 @@ async def test_bad_rows_and_records_end_in_quarantine_and_stale_data_asks_a_pers
 
 async def test_no_personal_value_of_the_sources_or_the_tickets_leaks(
     db_url: str, tmp_path: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, payments_service: Callable[[str], PaymentsService],
 ) -> None:  # fmt: skip
     monkeypatch.setenv("CODARA_MASK_KEY", secrets.token_urlsafe(32))
     caplog.set_level(logging.DEBUG)
-    app, done = await _run(db_url, tmp_path, model_cache)
+    app, done = await _run(db_url, tmp_path, model_cache, payments_service)
     with sqlite3.connect(tmp_path / "crm.db") as conn:
         canaries = [v for row in conn.execute("SELECT name, email, iban FROM customers")
                     for v in row]  # fmt: skip

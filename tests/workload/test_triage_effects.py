@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,9 @@ from examples.support_triage import crm as crm_module
 from examples.support_triage.app import CONFIG, build, load
 from examples.support_triage.data import load_examples, split
 from examples.support_triage.inbox import write_inbox
+from examples.support_triage.payments import PaymentsService
 from examples.support_triage.report import data_report
-from examples.support_triage.simulate import decide_pending
+from examples.support_triage.simulate import settle
 
 import codara
 
@@ -25,7 +27,9 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("triage-cache")
 
 
-async def _triage(tmp_path: Path, cache: Path, mode: str) -> tuple[codara.App, Any]:
+async def _triage(
+    tmp_path: Path, cache: Path, mode: str, payments: Callable[[str], PaymentsService]
+) -> tuple[codara.App, Any]:
     crm = f"sqlite:///{tmp_path / 'crm.db'}"
     triage_table = tomllib.loads(CONFIG.read_text())["workflows"]["triage"]
     overrides: dict[str, dict[str, object]] = {
@@ -36,12 +40,11 @@ async def _triage(tmp_path: Path, cache: Path, mode: str) -> tuple[codara.App, A
     work = build(settings, inbox_size=20, fit_per_intent=5, tune_per_intent=5, cache_dir=cache)
     parts = split(load_examples(), inbox_size=20, fit_per_intent=5, tune_per_intent=5)
     crm_module.create(crm)
+    work.payments.url = payments(crm).url
     write_inbox(tmp_path / "inbox", parts.inbox)
     async with work.app as app:
         await app.start_run("intake", {"pattern": "inbox.csv"})
-        await app.work(until_idle=True)
-        await decide_pending(app)
-        await app.work(until_idle=True)
+        await settle(app)
         for run in await app.store.list_runs(limit=1000):
             assert run.status == "completed", (run.workflow, run.status, run.error)
         effects = [
@@ -57,9 +60,9 @@ async def _triage(tmp_path: Path, cache: Path, mode: str) -> tuple[codara.App, A
 
 
 async def test_live_every_reply_and_handoff_is_written_once_under_its_key(
-    tmp_path: Path, model_cache: Path
+    tmp_path: Path, model_cache: Path, payments_service: Callable[[str], PaymentsService]
 ) -> None:
-    _, (effects, counts, report) = await _triage(tmp_path, model_cache, "live")
+    _, (effects, counts, report) = await _triage(tmp_path, model_cache, "live", payments_service)
     assert effects, "the triage did nothing to the CRM"
     assert {via for _, via, _ in effects} == {"executed"}
     replies = [e for e in effects if e[0] == "reply.send"]
@@ -71,9 +74,9 @@ async def test_live_every_reply_and_handoff_is_written_once_under_its_key(
 
 
 async def test_shadow_mode_completes_every_run_and_writes_nothing(
-    tmp_path: Path, model_cache: Path
+    tmp_path: Path, model_cache: Path, payments_service: Callable[[str], PaymentsService]
 ) -> None:
-    _, (effects, counts, report) = await _triage(tmp_path, model_cache, "shadow")
+    _, (effects, counts, report) = await _triage(tmp_path, model_cache, "shadow", payments_service)
     assert effects
     assert {via for _, via, _ in effects} == {"shadow"}
     assert counts == {"outbox": 0, "human_queue": 0}  # nothing reached the CRM

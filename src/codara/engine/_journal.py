@@ -100,7 +100,18 @@ async def fail_poisoned(
 
 
 async def retry_run(store: Store, run: RunRecord, by: str, now: float) -> JournalRecord:
-    """Queue the failed ``run`` again, journaling who did it; ConflictError if not failed."""
+    """Queue the failed ``run`` again, journaling who did it; ConflictError if not failed,
+    or if its effects were compensated (a retry would replay them from the journal as done,
+    and the run complete on effects that were undone)."""
+    if run.status == "failed":  # compensations come before the failed result: final here
+        undone = sorted({r.name for r in await store.journal(run.id) if r.kind == "compensate"})
+        if undone:
+            raise ConflictError(
+                f"run {run.id} cannot be retried: its effects were compensated after it "
+                f"failed ({', '.join(undone)}), and a retry would take them as still done",
+                hint="start a new run, or fork it (`codara runs fork RUN --from STEP`) from "
+                "before its first effect so the effects are made again",
+            )
 
     def build(head: JournalRecord | None) -> JournalRecord:
         marker = dumps({"by": by, "at": now})
@@ -134,7 +145,8 @@ def _operations(rows: list[JournalRecord]) -> list[JournalRecord]:
 
 
 def choose_fork_point(run_id: str, rows: list[JournalRecord], step: str) -> int:
-    """The seq of the first row of ``step`` (a step name, first occurrence, or ``seq:N``)."""
+    """The seq of the first row of ``step`` (a step name, first occurrence, or ``seq:N``);
+    ConflictError if a fork from there would copy an effect the run compensated."""
     ops = _operations(rows)
     names = list(dict.fromkeys(r.name for r in ops))
     listing = ", ".join(names[:30]) + (" ..." if len(names) > 30 else "") if names else "none"
@@ -147,14 +159,32 @@ def choose_fork_point(run_id: str, rows: list[JournalRecord], step: str) -> int:
                 f"{', '.join(str(r.seq) for r in ops[:30]) or 'none'})",
                 hint="give a step name or seq:N of an operation (see `codara runs show`)",
             )
-        return int(text)
+        return _before_undone(run_id, rows, int(text))
     for row in ops:
         if row.name == step:
-            return row.seq
+            return _before_undone(run_id, rows, row.seq)
     raise InputError(
         f"run {run_id} has no step named {step!r}; its steps: {listing}",
         hint="give one of those names (the first occurrence is used) or seq:N",
     )
+
+
+def _before_undone(run_id: str, rows: list[JournalRecord], from_seq: int) -> int:
+    """``from_seq``, unless the fork would copy an effect the run compensated: replayed from
+    the copy as done, it would stand in the fork though it was undone (ConflictError)."""
+    undone = {(decode(r.input) or {}).get("key") for r in rows if r.kind == "compensate"}
+    for row in rows:
+        if row.seq >= from_seq:
+            break
+        if row.kind == "effect" and (decode(row.input) or {}).get("key") in undone:
+            first = next(r.seq for r in rows if r.kind == "effect" and r.op == row.op
+                         and r.branch == row.branch)  # fmt: skip
+            raise ConflictError(
+                f"a fork of run {run_id} from seq {from_seq} would replay effect "
+                f"{row.name!r} as done, but the run compensated it",
+                hint=f"fork from before it (--from seq:{first}) so it is made again",
+            )
+    return from_seq
 
 
 def fork_rows(
