@@ -296,3 +296,72 @@ async def test_a_value_from_model_output_never_counts_as_trusted(
     assert f'"provenance":{{"iban":"{expected}"}}' in (decision.input or "")
     paid = [r["iban"] for r in world.refunds]
     assert paid == ([token("iban", OURS["iban"])] if expected == "trusted" else [])
+
+
+AGREED = {
+    "facts": {"agreed": "review.goodwill.amount"},
+    "policy_input": {"amount": "double", "agreed": "double", "provenance": {"amount": "string"}},
+    "policies": [
+        {"name": "as-agreed", "when": "amount != agreed", "outcome": "deny"},
+        {"name": "trusted-amount", "when": 'provenance.amount != "trusted"', "outcome": "deny"},
+    ],
+}
+ASK_ALWAYS = {
+    "policy_input": {"amount": "double"},
+    "policies": [{"name": "a-person-agrees", "when": "amount > 0.0", "outcome": "ask",
+                  "role": "support", "deadline": "1h", "on_timeout": "deny"}],
+}  # fmt: skip
+
+
+async def test_an_earlier_reviewed_decision_is_a_fact_a_policy_allowing_is_not(
+    db_url: str,
+) -> None:
+    """A person edits the goodwill amount a compromised model proposed (50 → 30); the
+    refund the model then proposes must be the amount the person agreed to. Without a
+    person's decision (the gate's policy allowed it) there is no such fact."""
+    from codara.review import Principal, ReviewGate, Reviews
+    from codara.review.policy import load_policies
+
+    paid: list[dict[str, Any]] = []
+    settings = Settings.model_validate({
+        "store": {"url": db_url, "durability": "os"}, "effects": {"goodwill_refund": AGREED},
+    })  # fmt: skip
+    app = codara.App(settings=settings)
+
+    async def refund(args: dict[str, Any], call: EffectCall) -> str:
+        paid.append(args)
+        return "done"
+
+    app.effect(Effect(name="goodwill_refund", run=refund))
+    install_reviews(app)
+    asks = ReviewGate(load_policies(ASK_ALWAYS, workflow="goodwill"), workflow="goodwill")
+    allows = ReviewGate(load_policies({**ASK_ALWAYS, "policies": []}, workflow="goodwill"),
+                        workflow="goodwill")  # fmt: skip
+
+    @app.workflow(name="goodwill")
+    async def goodwill(ctx: codara.Context, t: dict[str, Any]) -> list[str]:
+        gate = asks if t["ask"] else allows
+        await gate.check(ctx, "goodwill", {"amount": 50.0}, inputs={"amount": 50.0})
+        out = []
+        for amount in t["model_says"]:  # the compromised model's proposals, in turn
+            try:
+                out.append(str(await ctx.effect("goodwill_refund", {"amount": amount})))
+            except EffectFailedError as exc:
+                out.append(exc.message)
+        return out
+
+    async with app:
+        asked = await app.start_run("goodwill", {"ask": True, "model_says": [50.0, 30.0]})
+        allowed = await app.start_run("goodwill", {"ask": False, "model_says": [50.0]})
+        await app.work(until_idle=True)
+        reviews = Reviews.of(app)
+        sam = Principal("sam", frozenset({"support"}))
+        [item] = await reviews.queue(sam)
+        await reviews.edit(sam, item.id, {"amount": 30.0})
+        await app.work(until_idle=True)
+        first, second = await app.output(asked)
+        [unreviewed] = await app.output(allowed)
+    assert "as-agreed" in first
+    assert second == "done"
+    assert paid == [{"amount": 30.0}]
+    assert "agreed (review.goodwill.amount)" in unreviewed

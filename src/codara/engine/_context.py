@@ -146,6 +146,7 @@ class Context:
         self._run_input: Any = None  # the run's input, as stored (a trusted fact)
         self._read_rows: dict[str, list[Any]] = {}  # source -> rows of its latest batch
         self._model_said: list[str] = []  # what models answered in this run (provenance)
+        self._reviewed: dict[str, Any] = {}  # gate step -> the proposal a person decided
         self._data: dict[str, Any] = {"reads": 0, "stale": False, "quarantined": 0}
         self._shown = RunOriginals()  # what unmasked reads gave the run: masked when journaled
         self._key = key  # hashes journal rows: HMAC with CODARA_AUDIT_KEY, or SHA-256

@@ -17,7 +17,9 @@ reason. ``policy_input`` declares the type of every argument and fact a policy u
 
 ``read.SOURCE.FIELD[KEY=ARG]`` picks, instead of the first row, the row of that batch whose
 ``KEY`` equals the argument ``ARG``: "the amount of *this* transaction, among those the run
-read for the ticket's customer" (no such row: denied, with the reason).
+read for the ticket's customer" (no such row: denied, with the reason). ``review.STEP.FIELD``
+is the field of what a person approved or edited at the workflow's gate step ``STEP``
+(``ReviewGate.check``): a policy allowing it is not a person's decision and is no fact.
 
 Two tables of ``policy_input`` are computed here, never taken from the arguments:
 
@@ -51,7 +53,10 @@ if TYPE_CHECKING:
 __all__ = ["install_effect_policies"]
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
-_PATH = re.compile(rf"^(input(\.{_NAME})+|read\.[A-Za-z0-9_-]+\.{_NAME}(\[{_NAME}={_NAME}\])?)$")
+_PATH = re.compile(
+    rf"^(input(\.{_NAME})+|read\.[A-Za-z0-9_-]+\.{_NAME}(\[{_NAME}={_NAME}\])?"
+    rf"|review\.[A-Za-z0-9_-]+(\.{_NAME})+)$"
+)
 _PICK = re.compile(rf"^(?P<field>{_NAME})\[(?P<key>{_NAME})=(?P<arg>{_NAME})\]$")
 _COMPUTED = ("provenance", "foreign")
 _MISSING = object()
@@ -97,6 +102,11 @@ def _fact(ctx: Context, path: str, args: Mapping[str, Any]) -> Any:
     root, *rest = path.split(".")
     if root == "input":
         value: Any = ctx._run_input
+    elif root == "review":  # what a person approved or edited at gate step STEP
+        step, *rest = rest
+        if step not in ctx._reviewed:
+            return _MISSING
+        value = ctx._reviewed[step]
     else:
         source, field = rest
         rows = ctx._read_rows.get(source)
@@ -134,7 +144,7 @@ class _Seen:
     the ground for ``provenance`` and ``foreign``."""
 
     def __init__(self, ctx: Context) -> None:
-        held = [ctx._run_input, *ctx._read_rows.values()]
+        held = [ctx._run_input, *ctx._read_rows.values(), *ctx._reviewed.values()]
         leaves = [v for v in _leaves(held) if v is not None and not isinstance(v, bool)]
         self.values = {v for v in leaves if isinstance(v, str | int | float)}
         self.texts = [v for v in leaves if isinstance(v, str)]
@@ -183,8 +193,9 @@ def install_effect_policies(app: App) -> None:
                 raise ConfigError(
                     f"[effects.{name}] facts.{fact} in {where}: {path!r} is not a fact path",
                     hint='write "input.FIELD" (the run\'s input), "read.SOURCE.FIELD" (the '
-                    'latest read of a governed source) or "read.SOURCE.FIELD[KEY=ARG]" (its '
-                    "row whose KEY is the argument ARG)",
+                    'latest read of a governed source), "read.SOURCE.FIELD[KEY=ARG]" (its '
+                    'row whose KEY is the argument ARG) or "review.STEP.FIELD" (what a person '
+                    "approved or edited at the gate step STEP)",
                 )
             if fact not in policies.policy_input:
                 raise ConfigError(

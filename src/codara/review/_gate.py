@@ -138,6 +138,8 @@ class ReviewGate:
         if isinstance(proposal, BaseModel):
             final = type(proposal).model_validate(result.proposal)
         outcome = "rejected" if result.outcome == "rejected" else result.outcome
+        if outcome in ("approved", "edited"):  # a person's decision: a fact for effect policies
+            ctx._reviewed[step] = result.proposal
         return GateResult(
             outcome=outcome,
             proposal=final,
