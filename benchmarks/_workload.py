@@ -31,6 +31,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import sqlite3
 import statistics
 import subprocess
@@ -63,7 +64,7 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _config(args: argparse.Namespace, db: Path, cache_dir: Path) -> Path:
+def _config(args: argparse.Namespace, db: Path, cache_dir: Path, payments_url: str) -> Path:
     """The example's codara.toml with this run's database, CRM and inbox size."""
     import tomllib
 
@@ -75,7 +76,9 @@ def _config(args: argparse.Namespace, db: Path, cache_dir: Path) -> Path:
         data.setdefault("embedding", {})["batch_tokens"] = args.batch_tokens
     if args.threads is not None:
         data.setdefault("embedding", {})["threads"] = args.threads
-    data["triage"].update(inbox_size=args.tickets, cache_dir=str(cache_dir))
+    data["triage"].update(
+        inbox_size=args.tickets, cache_dir=str(cache_dir), payments_url=payments_url
+    )
     # the triage reads the CRM through its sources: this run's own CRM file and inbox folder
     for name in ("crm", "payments"):
         data["sources"][name]["url"] = f"sqlite:///{db.with_suffix('.crm.db')}"
@@ -85,6 +88,11 @@ def _config(args: argparse.Namespace, db: Path, cache_dir: Path) -> Path:
     path = db.with_suffix(".toml")
     path.write_text(_dump_toml(data), encoding="utf-8")
     return path
+
+
+def _key(key: str) -> str:
+    """A TOML key: bare when it can be, else quoted (``"payments.refund"``)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
 
 
 def _dump_toml(data: dict[str, Any], prefix: str = "") -> str:
@@ -97,10 +105,10 @@ def _dump_toml(data: dict[str, Any], prefix: str = "") -> str:
         ):
             tables.append((key, value))
         else:
-            lines.append(f"{key} = {json.dumps(value)}")
+            lines.append(f"{_key(key)} = {json.dumps(value)}")
     out = "\n".join(lines) + ("\n" if lines else "")
     for key, value in tables:
-        name = f"{prefix}{key}"
+        name = f"{prefix}{_key(key)}"
         if isinstance(value, dict):
             out += f"\n[{name}]\n" + _dump_toml(value, f"{name}.")
         else:
@@ -153,10 +161,14 @@ def main() -> None:
     args = parse_args()
     db = Path(args.path).resolve()
     cache_dir = ROOT / ".cache" / "codara"  # the demo's cache: the fitted model is reused
-    config = _config(args, db, cache_dir)
+    from examples.support_triage import crm as crm_module
+    from examples.support_triage import payments as payments_module
+
+    # the demo's payments service, on loopback: refund requests are refunded through it
+    service = payments_module.PaymentsService(db.with_suffix(".payments.db"))
+    config = _config(args, db, cache_dir, service.url)
     os.environ["CODARA_CONFIG"] = str(config)
 
-    from examples.support_triage import crm as crm_module
     from examples.support_triage.app import build
     from examples.support_triage.data import load_examples, split, tickets
 
@@ -197,6 +209,8 @@ def main() -> None:
             for path in (base, Path(f"{base}-wal"), Path(f"{base}-shm")):
                 path.unlink(missing_ok=True)
         crm_module.create(f"sqlite:///{crm}")
+        # the service's book of the same charges, no refunds yet: each rep the same work
+        service.ledger.load_charges(payments_module.charges_from(f"sqlite:///{crm}"))
 
     # In this process first: the same worker loop (App.work), to read the batcher's figures.
     concurrency = load_settings(config).worker.concurrency
