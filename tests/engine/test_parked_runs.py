@@ -5,7 +5,7 @@ A worker in this process parks 200 runs on a signal, then 2,000 more; between th
 worker keeps no entry about any of them (``active``, ``claims``, ``contexts``, the heartbeat's
 ``tasks``), the event loop holds the same number of tasks, the process the same number of
 threads, and the Python heap (objects tracked by the garbage collector) grows by less than one
-object per four parked runs. ``benchmarks/resume_latency.py`` measures RSS and descriptors of a
+object per two parked runs. ``benchmarks/resume_latency.py`` measures RSS and descriptors of a
 ``codara worker`` process with 100,000 parked runs.
 """
 
@@ -61,9 +61,10 @@ async def test_parked_runs_hold_no_task_object_or_thread_in_the_worker(db_url: s
             more_objects, more_tasks, more_threads = _footprint()
             assert more_tasks == tasks, "no task per parked run"
             assert more_threads == threads, "no thread per parked run"
-            # a leak of one object per run would be 2,000; weak references and caches
-            # fluctuate by a few hundred either way
-            assert more_objects - objects < 500, (
+            # a leak of one object per run would be 2,000; weak references, caches and the
+            # connection pool fluctuate by a few hundred either way (280 seen alone, 519
+            # once inside the whole suite on PostgreSQL): half a leak's size is the line
+            assert more_objects - objects < 1000, (
                 f"{more_objects - objects} more objects for 2,000 more parked runs"
             )
 
