@@ -190,6 +190,16 @@ async def test_a_fact_the_run_did_not_read_denies_the_effect(db_url: str, tmp_pa
         ({**POLICY, "facts": {"nope": "input.amount"}}, "is not in its policy_input"),
         ({**POLICY, "facts": ["read.crm.iban"]}, "must be a table of NAME = PATH"),
         ({**POLICY, "policies": [{"name": "x", "when": "amount >", "outcome": "deny"}]}, "x"),
+        ({**POLICY, "facts": {"iban_on_file": "read.crm.iban[id]"}}, "is not a fact path"),
+        ({**POLICY, "facts": {"iban_on_file": "review.iban"}}, "is not a fact path"),
+        (
+            {**POLICY, "policy_input": {**POLICY["policy_input"], "provenance": {"iban": "int"}}},
+            "is computed by Codara",
+        ),
+        (
+            {**POLICY, "policy_input": {**POLICY["policy_input"], "foreign": {"body": "string"}}},
+            "is computed by Codara",
+        ),
     ],
 )
 def test_a_broken_effects_table_stops_at_load(
