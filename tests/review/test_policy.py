@@ -62,7 +62,7 @@ outcome = "deny"
 rate = 0.05
 role = "audit"
 deadline = "72h"
-on_timeout = "approve"
+on_timeout = "close"
 """
 
 CONFIDENT = {"confidence": 0.99, "label": "refund", "amount": 20.0}
@@ -463,16 +463,41 @@ def test_overflow_fails_safe_never_allows() -> None:
 # --------------------------------------------------------------------------- sampling
 
 
-def test_sampling_turns_allow_into_audit_ask(policies: WorkflowPolicies) -> None:
+def test_sampling_picks_an_allow_for_an_audit_after_the_fact(policies: WorkflowPolicies) -> None:
     decision = policies.evaluate(CONFIDENT, decision_key=sampled_key(policies))
-    assert decision.outcome == "ask"
+    assert decision.outcome == "allow"  # the answer still goes out at once
     assert decision.sampled
+    assert decision.sampling_rate == 0.05
+    assert decision.as_record()["sampling_rate"] == 0.05
     assert decision.policy is None
     assert decision.role == "audit"
     assert decision.deadline == timedelta(hours=72)
-    assert decision.on_timeout == "approve"
+    assert decision.on_timeout == "close"
     assert decision.approvals == 1
-    assert "sampling" in decision.reason
+    assert "audit after the fact" in decision.reason
+
+
+@pytest.mark.parametrize("default", ["approve", "deny"])
+def test_sampling_refuses_a_default_decision(default: str) -> None:
+    raw = example()
+    table(raw)["sampling"]["on_timeout"] = default
+    message = str(load_error(raw))
+    assert "sampling.on_timeout" in message
+    assert "no meaning for an audit" in message
+    assert '"close"' in message
+
+
+def test_a_policy_refuses_close() -> None:
+    raw = example()
+    table(raw)["policies"][0].update(deadline="1h", on_timeout="close")
+    message = str(load_error(raw))
+    assert "on_timeout must be 'approve', 'deny' or 'escalate', not \"close\"" in message
+
+
+def test_sampling_deadline_without_on_timeout_names_its_own_values() -> None:
+    raw = example()
+    del table(raw)["sampling"]["on_timeout"]
+    assert 'on_timeout = "close" or "escalate"' in str(load_error(raw))
 
 
 def test_sampling_leaves_deny_and_ask_alone(policies: WorkflowPolicies) -> None:

@@ -57,7 +57,7 @@ outcome = "deny"
 rate = 0.05
 role = "audit"
 deadline = "72h"
-on_timeout = "approve"
+on_timeout = "close"
 """
 
 # Policies that do arithmetic and string work on every field, so that extreme values reach

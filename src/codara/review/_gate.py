@@ -6,6 +6,12 @@
 its journal row, then waits durably for the decision: the run holds no worker while people
 decide, for minutes or days, across restarts. The wake-up signal carries nothing the gate
 trusts: it reads the decision from the review's record (``decided`` by the review service).
+
+An ``allow`` that ``[workflows.NAME.sampling]`` picked is audited *after the fact*: the
+answer goes out at once and an audit review (``kind = "audit"``, with the sampling rate as
+its probability) is created beside it, in a journaled transaction of its own. Nothing waits
+for an audit; its verdict is a label for the metric (``docs/metrics.md``), and it stays open
+after the run finishes.
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ class GateResult(BaseModel):
     decision: dict[str, Any]
     review_id: str | None = None
     review: ReviewResult | None = None
+    audit_id: str | None = None
+    """The audit review created beside an ``allowed`` answer picked by sampling: it judges
+    the answer after the fact (a label for the metric); nothing waits for it."""
 
     @property
     def go_ahead(self) -> bool:
@@ -94,37 +103,20 @@ class ReviewGate:
         decision: dict[str, Any] = await ctx.step(
             f"policy:{step}", self._evaluate, dict(inputs), f"{ctx.run_id}:{step}"
         )
-        proposal_json = _json(proposal)
-        if decision["outcome"] == "allow":
-            return GateResult(outcome="allowed", proposal=proposal, decision=decision)
         if decision["outcome"] == "deny":
             return GateResult(outcome="denied", proposal=proposal, decision=decision)
-        schema = _proposal_schema(type(proposal)) if isinstance(proposal, BaseModel) else None
-        created: list[ReviewRecord] = []
-
-        async def create(user_tx: Tx, *args: Any) -> str:
-            tx = own_sql(user_tx)  # Codara's own SQL (``?`` placeholders) in this transaction
-            review_id = await self._create(tx, *args)
-            record = await repo.get_review(tx, review_id)
-            if record is not None:
-                created.append(record)
-            return review_id
-
-        review_id = await ctx.transaction(
-            f"review:{step}",
-            create,
-            ctx.run_id,
-            step,
-            decision,
-            proposal_json,
-            schema,
-            dict(context or {}),
-            low_risk,
-            priority,
-            ctx.now(),
+        if decision["outcome"] == "allow":
+            audit_id = None
+            if decision.get("sampled"):  # the answer goes out now; its audit judges it later
+                audit_id = await self._open_review(
+                    ctx, step, decision, proposal, context, low_risk, priority, audit=True
+                )
+            return GateResult(
+                outcome="allowed", proposal=proposal, decision=decision, audit_id=audit_id
+            )
+        review_id = await self._open_review(
+            ctx, step, decision, proposal, context, low_risk, priority, audit=False
         )
-        if created:  # created just now, not replayed from the journal, and committed
-            await notify_created(self.notify, created[0])
         while True:
             # The signal only wakes the run; the decision is the review's own record, read in
             # a journaled transaction so that a replay returns what was read the first time.
@@ -148,6 +140,48 @@ class ReviewGate:
             review=result,
         )
 
+    async def _open_review(
+        self,
+        ctx: Context,
+        step: str,
+        decision: dict[str, Any],
+        proposal: Any,
+        context: Mapping[str, Any] | None,
+        low_risk: bool,
+        priority: int,
+        *,
+        audit: bool,
+    ) -> str:
+        """Create the review (or the audit) in a journaled transaction; notify its role."""
+        schema = _proposal_schema(type(proposal)) if isinstance(proposal, BaseModel) else None
+        created: list[ReviewRecord] = []
+
+        async def create(user_tx: Tx, *args: Any) -> str:
+            tx = own_sql(user_tx)  # Codara's own SQL (``?`` placeholders) in this transaction
+            review_id = await self._create(tx, *args)
+            record = await repo.get_review(tx, review_id)
+            if record is not None:
+                created.append(record)
+            return review_id
+
+        review_id: str = await ctx.transaction(
+            f"{'audit' if audit else 'review'}:{step}",
+            create,
+            ctx.run_id,
+            step,
+            decision,
+            _json(proposal),
+            schema,
+            dict(context or {}),
+            low_risk,
+            priority,
+            ctx.now(),
+            audit,
+        )
+        if created:  # created just now, not replayed from the journal, and committed
+            await notify_created(self.notify, created[0])
+        return review_id
+
     async def _create(
         self,
         tx: Tx,
@@ -160,6 +194,7 @@ class ReviewGate:
         low_risk: bool,
         priority: int,
         now: float,
+        audit: bool = False,
     ) -> str:
         rows = await tx.fetchall("SELECT started_by FROM codara_runs WHERE id = ?", (run_id,))
         initiator = rows[0][0] if rows else None
@@ -180,7 +215,7 @@ class ReviewGate:
                 priority=int(decision.get("priority") or priority),
                 due_at=None if deadline is None else now + float(deadline),
                 follow_up_at=None,
-                on_timeout=str(decision.get("on_timeout") or "deny"),
+                on_timeout=str(decision.get("on_timeout") or ("close" if audit else "deny")),
                 escalate_to=decision.get("escalate_to"),
                 escalation_seconds=decision.get("escalation_deadline"),
                 escalation_level=0,
@@ -200,6 +235,8 @@ class ReviewGate:
                 created_at=now,
                 updated_at=now,
                 decided_at=None,
+                kind="audit" if audit else "decision",
+                sampling_probability=decision.get("sampling_rate") if audit else None,
             ),
         )
         await repo.add_event(tx, review_id, "system:policy", "create", None, None, now)

@@ -83,6 +83,11 @@ class ReviewItem(BaseModel):
     created_at: float
     updated_at: float
     decided_at: float | None
+    kind: str = "decision"
+    """``decision``: the run waits for it. ``audit``: a sampled automatic answer that already
+    went out; the verdict is a label for the metric, and the run does not wait for it."""
+    sampling_probability: float | None = None
+    """For an audit, the chance the answer had of being picked (its weight is 1 / this)."""
 
     @classmethod
     def from_record(cls, r: ReviewRecord, approvals: list[str] | None = None) -> ReviewItem:
@@ -118,6 +123,8 @@ class ReviewItem(BaseModel):
             created_at=r.created_at,
             updated_at=r.updated_at,
             decided_at=r.decided_at,
+            kind=r.kind,
+            sampling_probability=r.sampling_probability,
         )
 
     def shown(self) -> str:

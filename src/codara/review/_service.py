@@ -457,6 +457,8 @@ class Reviews:
                            decided_at=now, updated_at=now, assignee=None,
                            claim_expires_at=None)  # fmt: skip
         await repo.add_event(tx, r.id, actor, action, json.dumps(detail, default=str), shown, now)
+        if r.kind == "audit":
+            return  # after the fact: the answer went out, nobody waits; the verdict is a label
         # The signal carries no decision: it only wakes the run, which reads this record.
         if not await repo.signal_run(tx, r.run_id, review_signal(r.id), None, now):
             raise _RunFinished(await repo.run_status(tx, r.run_id) or "gone")
@@ -492,12 +494,18 @@ class Reviews:
                 raise ConflictError("not due")
             if r.on_timeout == "escalate" and r.escalate_to:
                 due = now + (r.escalation_seconds or 3600.0)
+                after = "close" if r.kind == "audit" else "deny"
                 await self._update(tx, r, role=r.escalate_to, escalate_to=None, due_at=due,
-                                   on_timeout="deny", status="pending", assignee=None,
+                                   on_timeout=after, status="pending", assignee=None,
                                    claim_expires_at=None, escalation_level=r.escalation_level + 1,
                                    updated_at=now)  # fmt: skip
                 detail = json.dumps({"from": r.role, "to": r.escalate_to, "due_at": due})
                 await repo.add_event(tx, r.id, SYSTEM, "escalate", detail, None, now)
+            elif r.kind == "audit":  # no verdict by the deadline: no label, nothing to default
+                await self._update(tx, r, status="closed", assignee=None, claim_expires_at=None,
+                                   updated_at=now)  # fmt: skip
+                detail = json.dumps({"default": "close", "label": None})
+                await repo.add_event(tx, r.id, SYSTEM, "expire", detail, None, now)
             else:
                 approve = r.on_timeout == "approve"
                 result = ReviewResult(
@@ -591,6 +599,8 @@ class Reviews:
                 f"review {review_id} is already {r.status} ({r.outcome})",
                 hint="nothing to do: it was decided by someone else or by its deadline",
             )
+        if r.kind == "audit":
+            return r  # an audit judges an answer that went out, whatever became of its run
         run_status = await repo.run_status(tx, r.run_id)
         if run_status is None or run_status in repo.RUN_FINISHED:
             raise _RunFinished(run_status or "gone")

@@ -45,6 +45,10 @@ class ReviewRecord:
     created_at: float
     updated_at: float
     decided_at: float | None
+    kind: str = "decision"
+    """``decision`` (the run waits for it) or ``audit`` (after the fact: the answer went out)."""
+    sampling_probability: float | None = None
+    """An audit's chance of having been picked: its verdict weighs 1 / this in estimates."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,11 +200,13 @@ async def run_status(tx: Tx, run_id: str) -> str | None:
 
 
 async def open_reviews_of_finished_runs(tx: Tx, limit: int = 100) -> list[tuple[str, str]]:
-    """(review id, run status) of open items whose run is finished: nobody waits for them."""
+    """(review id, run status) of open items whose run is finished: nobody waits for them.
+    Audits are not among them: they judge a finished answer, whatever became of its run."""
     marks = ", ".join("?" * len(RUN_FINISHED))
     rows = await tx.fetchall(
         "SELECT r.id, u.status FROM codara_reviews r JOIN codara_runs u ON u.id = r.run_id "
-        f"WHERE r.status IN ('pending', 'claimed') AND u.status IN ({marks}) "
+        f"WHERE r.status IN ('pending', 'claimed') AND r.kind <> 'audit' "
+        f"AND u.status IN ({marks}) "
         "ORDER BY r.created_at LIMIT ?",
         (*RUN_FINISHED, limit),
     )

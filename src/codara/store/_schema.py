@@ -162,7 +162,12 @@ reviews = Table(
     Column("created_at", _Time, nullable=False),
     Column("updated_at", _Time, nullable=False),
     Column("decided_at", _Time),
+    # decision: the run waits for it; audit: a sampled automatic answer that went out at once,
+    # its verdict a label (never a signal to the run), with the chance it had of being sampled
+    Column("kind", String(20), nullable=False, server_default=text("'decision'")),
+    Column("sampling_probability", _Time),
     Index("ix_codara_reviews_queue", "status", "role", "due_at"),
+    Index("ix_codara_reviews_workflow", "workflow", "status", "decided_at"),
     Index("ix_codara_reviews_run", "run_id"),
     Index(
         "ix_codara_reviews_due",

@@ -11,8 +11,10 @@ Semantics
 ---------
 * Policies are evaluated in declaration order; the first whose condition is true decides.
 * None fires: ``allow``. An ``allow`` (by default or by an ``allow`` policy) may then be
-  turned into ``ask`` by ``[workflows.<name>.sampling]``: the choice hashes the workflow name
-  and the caller's ``decision_key`` (e.g. ``f"{run_id}:{step}"``) with sha256, so it is the
+  picked for an audit after the fact by ``[workflows.<name>.sampling]``: it stays ``allow``
+  (the answer goes out at once) with ``sampled`` set and the audit's role and deadline; the
+  review gate creates the audit review beside it. The choice hashes the workflow name and
+  the caller's ``decision_key`` (e.g. ``f"{run_id}:{step}"``) with sha256, so it is the
   same on every replay and in every process, and raising the rate only adds keys.
 * Inputs are coerced to the declared types before CEL sees them: an ``int`` given for a
   ``double`` field becomes a double (CEL does not compare ``150`` with ``100.0``); an ``int``

@@ -144,7 +144,10 @@ class Decision:
     """Distinct approvals needed; 0 unless the outcome is ``ask``."""
     priority: int | None = None
     sampled: bool = False
-    """True when sampling turned an ``allow`` into an audit ``ask``."""
+    """True when sampling picked this ``allow`` for an audit after the fact: the answer goes
+    out at once, and ``role``, ``deadline`` ... say who audits it and by when."""
+    sampling_rate: float | None = None
+    """The chance every automatic answer had of being picked (set when ``sampled``)."""
     inputs_seen: dict[str, Any] = field(default_factory=dict)
     """The coerced values the policies saw (non-finite doubles as "NaN", "Infinity", ...)."""
     defaults_used: tuple[str, ...] = ()
@@ -174,6 +177,7 @@ class Decision:
             "approvals": self.approvals,
             "priority": self.priority,
             "sampled": self.sampled,
+            "sampling_rate": self.sampling_rate,
             "inputs_seen": self.inputs_seen,
             "defaults_used": list(self.defaults_used),
             "error": self.error,
@@ -376,14 +380,16 @@ class Engine:
         if sample_point(self.workflow, decision_key) >= sampling.rate:
             return decision
         return Decision(
-            outcome="ask",
+            outcome="allow",
             policy=decision.policy,
             policy_version=decision.policy_version,
             reason=(
-                f"{decision.reason}; picked for audit review by sampling (rate {sampling.rate:.4g})"
+                f"{decision.reason}; picked for an audit after the fact by sampling "
+                f"(rate {sampling.rate:.4g})"
             ),
             priority=decision.priority,
             sampled=True,
+            sampling_rate=sampling.rate,
             inputs_seen=decision.inputs_seen,
             defaults_used=decision.defaults_used,
             policy_set_version=self.version,

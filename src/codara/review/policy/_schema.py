@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -39,7 +39,8 @@ __all__ = [
 ]
 
 Outcome = Literal["allow", "deny", "ask"]
-OnTimeout = Literal["approve", "deny", "escalate"]
+OnTimeout = Literal["approve", "deny", "escalate", "close"]
+"""``close`` is for audits only: an audit nobody decided in time closes with no verdict."""
 
 
 # --------------------------------------------------------------------------- durations and digests
@@ -176,6 +177,9 @@ class _ReviewSettings(BaseModel):
             raise ValueError(f"{info.field_name} must name a reviewer role, not be empty")
         return value
 
+    _timeouts: ClassVar[str] = '"approve", "deny" or "escalate"'
+    """The on_timeout values this kind of rule takes, for messages."""
+
     def _needs_reviewer(self) -> str | None:
         """Why this rule must name a role, or None when it need not."""
         return None
@@ -196,7 +200,7 @@ class _ReviewSettings(BaseModel):
                 (
                     "on_timeout",
                     "deadline is set but on_timeout is missing: say what happens when nobody "
-                    'decides in time: on_timeout = "approve", "deny" or "escalate"',
+                    f"decides in time: on_timeout = {self._timeouts}",
                 )
             )
         if self.on_timeout is not None and self.deadline is None:
@@ -276,6 +280,8 @@ class PolicyRule(_ReviewSettings):
     outcome: Outcome
     priority: int | None = Field(default=None, strict=True)
     """Passed through to the decision (for the review queue); does not change evaluation order."""
+    on_timeout: Literal["approve", "deny", "escalate"] | None = None
+    """The run waits for this review: what it gets when nobody decides in time."""
 
     @field_validator("when")
     @classmethod
@@ -311,6 +317,10 @@ class PolicyRule(_ReviewSettings):
 class SamplingRule(_ReviewSettings):
     """``[workflows.<name>.sampling]``: a share of automatic approvals sent to audit review."""
 
+    _timeouts: ClassVar[str] = '"close" or "escalate"'
+
+    on_timeout: Literal["close", "escalate"] | None = None
+    """Nothing waits for an audit: at its deadline it closes unlabelled, or escalates."""
     rate: float = Field(strict=True)
     """Share of otherwise-automatic ``allow`` decisions sent to review, 0.0 to 1.0."""
 
@@ -324,6 +334,17 @@ class SamplingRule(_ReviewSettings):
         if not math.isfinite(value) or not 0.0 <= value <= 1.0:
             raise ValueError(f"rate must be between 0 and 1 (e.g. 0.05 for 5%), not {show(value)}")
         return float(value)
+
+    @field_validator("on_timeout", mode="before")
+    @classmethod
+    def _audit_timeout(cls, value: Any) -> Any:
+        if value in ("approve", "deny"):
+            raise ValueError(
+                f'on_timeout = "{value}" has no meaning for an audit: the sampled answer goes '
+                "out at once and its audit judges it after the fact, so no decision waits; "
+                'use "close" (no verdict, no label) or "escalate"'
+            )
+        return value
 
     def _needs_reviewer(self) -> str | None:
         return "sampling with rate above 0" if self.rate > 0 else None
