@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -427,3 +428,17 @@ async def test_retry_and_fork_rows_are_keyed_when_the_audit_key_is_set(
     finally:
         await app.close()
     assert report.ok, report.problems
+
+
+async def test_a_database_url_given_beside_settings_is_used(tmp_path: Path) -> None:
+    # App(url, settings=...) used to drop the URL silently and open [store] url instead
+    from codara.config import load_settings
+
+    settings = load_settings(overrides={"store": {"url": f"sqlite:///{tmp_path / 'a.db'}"}})
+    app = codara.App(f"sqlite:///{tmp_path / 'b.db'}", settings=settings, durability="os")
+    assert app.settings.store.url == f"sqlite:///{tmp_path / 'b.db'}"
+    assert app.settings.store.durability == "os"
+    async with app:
+        assert app.store.url_redacted.endswith("b.db")
+    assert (tmp_path / "b.db").exists()
+    assert not (tmp_path / "a.db").exists()

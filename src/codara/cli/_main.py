@@ -28,6 +28,7 @@ from codara.errors import (
 )
 
 from ._db import EXIT_AUDIT_FAILED, audit_app, db_app
+from ._gate import EXIT_GATE_FAIL, EXIT_GATE_NOT_ENOUGH, gate_app, metric_app
 from ._loader import Options, open_app, options
 from ._output import (
     EXIT_INTERRUPTED,
@@ -62,6 +63,8 @@ _EXIT_CODES = (
     (str(RunError.exit_code), "a run failed"),
     (str(EXIT_AUDIT_FAILED), "`audit verify` found problems in the journal"),
     (str(EXIT_NOT_FINISHED), "`run --wait`: a run did not finish within --timeout"),
+    (str(EXIT_GATE_FAIL), "`gate check` failed (or `gate promote` refused on it)"),
+    (str(EXIT_GATE_NOT_ENOUGH), "`gate check`: not enough evidence yet (promote refused)"),
     (str(EXIT_INTERRUPTED), "interrupted (Ctrl-C)"),
 )
 
@@ -144,6 +147,8 @@ app.add_typer(review_app, name="review")
 app.add_typer(sources_app, name="sources")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(privacy_app, name="privacy")
+app.add_typer(gate_app, name="gate")
+app.add_typer(metric_app, name="metric")
 
 
 # -- codara worker -----------------------------------------------------------------------------

@@ -76,6 +76,13 @@ class App:
                 config_file,
                 overrides={"store": {"url": database_url, "durability": durability}},
             )
+        elif database_url is not None or durability is not None:
+            # given beside settings, the URL and durability win (they were silently ignored)
+            store = settings.store.model_copy(
+                update={k: v for k, v in (("url", database_url), ("durability", durability))
+                        if v is not None}
+            )  # fmt: skip
+            settings = settings.model_copy(update={"store": store})
         self.settings = settings
         self.clock = clock
         self.retry_policy = retry or RetryPolicy()

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Literal
 
-__all__ = ["Interval", "Verdict", "verdict", "weighted_proportion", "wilson"]
+__all__ = [
+    "Interval",
+    "Verdict",
+    "mean_interval",
+    "percent",
+    "quantile_interval",
+    "verdict",
+    "weighted_proportion",
+    "wilson",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +81,43 @@ def weighted_proportion(
     return _wilson(hits / total, n_eff, confidence, "wilson, Kish effective n, IPW")
 
 
+def mean_interval(values: Sequence[float], *, confidence: float = 0.95) -> Interval:
+    """The mean of ``values`` with a normal-approximation interval (mean ± z·s/√n, with the
+    sample standard deviation s): sound for the many cases a gate asks for (the central
+    limit theorem), rough for a handful, which ``min_cases`` keeps from a verdict."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("a mean needs at least one case")
+    mean = math.fsum(values) / n
+    if n == 1:
+        return Interval(mean, -math.inf, math.inf, 1, confidence, "mean, normal approximation")
+    var = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
+    half = _z(confidence) * math.sqrt(var / n)
+    return Interval(mean, mean - half, mean + half, n, confidence, "mean, normal approximation")
+
+
+def quantile_interval(values: Sequence[float], q: float, *, confidence: float = 0.95) -> Interval:
+    """The ``q`` quantile (nearest rank) with a distribution-free interval between two order
+    statistics: the ranks ``n·q ± z·√(n·q·(1-q))`` (the normal approximation to the
+    binomial count of values below the true quantile), widened outward to whole ranks."""
+    if not 0 < q < 1:
+        raise ValueError(f"a quantile must be strictly between 0 and 1, not {q!r}")
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0:
+        raise ValueError("a quantile needs at least one case")
+    point = ordered[max(0, math.ceil(n * q) - 1)]
+    spread = _z(confidence) * math.sqrt(n * q * (1 - q))
+    lo_rank, hi_rank = math.floor(n * q - spread), math.ceil(n * q + spread)
+    low = ordered[lo_rank - 1] if lo_rank >= 1 else -math.inf
+    high = ordered[hi_rank - 1] if hi_rank <= n else math.inf
+    return Interval(point, low, high, n, confidence, f"p{q * 100:g}, order statistics")
+
+
+def percent(value: float) -> str:
+    return f"{value:.2%}"
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """``pass``, ``fail`` or ``not enough evidence``, and why, in words."""
@@ -87,14 +133,16 @@ def verdict(
     at_least: bool = True,
     min_cases: int = 0,
     judged: int | None = None,
+    show: Callable[[float], str] = percent,
 ) -> Verdict:
     """Compare ``interval`` with ``target`` (``at_least``: the proportion must be at least
     the target; else at most). Pass only when the whole interval is on the right side,
     fail only when all of it is on the wrong side; between, or with fewer than
-    ``min_cases`` judged cases (``judged``, default the interval's n), not enough evidence."""
+    ``min_cases`` judged cases (``judged``, default the interval's n), not enough evidence.
+    ``show`` writes a value (a percentage by default; a cost or a duration otherwise)."""
     judged_n = interval.n if judged is None else judged
     pct = f"{interval.confidence:.0%}"
-    shown = f"{interval.point:.2%} [{interval.low:.2%}, {interval.high:.2%}] ({pct})"
+    shown = f"{show(interval.point)} [{show(interval.low)}, {show(interval.high)}] ({pct})"
     if judged_n < min_cases:
         why = f"{judged_n:g} judged case(s), {min_cases} needed; so far {shown}"
         return Verdict("not enough evidence", why)
@@ -106,7 +154,7 @@ def verdict(
         settled_pass, settled_fail = interval.high <= target, interval.low > target
         side = interval.high if settled_pass else interval.low
     if settled_pass:
-        return Verdict("pass", f"{shown}: its bound {side:.2%} is {word} {target:.2%}")
+        return Verdict("pass", f"{shown}: its bound {show(side)} is {word} {show(target)}")
     if settled_fail:
-        return Verdict("fail", f"{shown}: even its bound {side:.2%} misses {word} {target:.2%}")
-    return Verdict("not enough evidence", f"{shown} spans the target {target:.2%}")
+        return Verdict("fail", f"{shown}: even its bound {show(side)} misses {word} {show(target)}")
+    return Verdict("not enough evidence", f"{shown} spans the target {show(target)}")

@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 VERSION_TABLE = "codara_alembic_version"
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0008"
 """The newest migration. Checking a schema needs only this, so Alembic is imported only to
 migrate; a test pins it to Alembic's own head."""
 

@@ -177,6 +177,37 @@ reviews = Table(
     ),
 )
 
+# The business metric's definitions as recorded (who, when, the one before) and the
+# promotions of workflow versions between stages (see store/_gate.py and codara.metrics).
+metric_definitions = Table(
+    "codara_metric_definitions",
+    metadata,
+    Column("workflow", String(200), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("definition", Text, nullable=False),
+    Column("recorded_at", _Time, nullable=False),
+    Column("recorded_by", String(200), nullable=False),
+    Column("previous", String(64)),
+    PrimaryKeyConstraint("workflow", "version", "recorded_at", name="pk_codara_metric_definitions"),
+)
+
+promotions = Table(
+    "codara_promotions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("workflow", String(200), nullable=False),
+    Column("workflow_version", String(100), nullable=False),
+    Column("from_stage", String(20), nullable=False),
+    Column("to_stage", String(20), nullable=False),  # pilot | shadow | production
+    Column("action", String(20), nullable=False),  # promote | override | rollback
+    Column("actor", String(200), nullable=False),
+    Column("reason", Text),
+    Column("evidence", Text, nullable=False),  # the gate's report, as JSON
+    Column("versions", Text, nullable=False),  # workflow, policies, prompts, model, metric
+    Column("at", _Time, nullable=False),
+    Index("ix_codara_promotions_workflow", "workflow", "id"),
+)
+
 review_events = Table(
     "codara_review_events",
     metadata,
