@@ -36,8 +36,10 @@ from rich.progress import (
 from rich.table import Table
 
 import codara
+from codara.cli import print_gate_report
 from codara.config import Settings
 from codara.errors import CodaraError
+from codara.metrics import MetricReport, check, load_metric
 from codara.review import Principal, Reviews
 from codara.store import parse_url
 
@@ -215,6 +217,7 @@ async def _run(
             report.decision_seconds = waited
             if report.data is not None:
                 report.data.refunds.ledger = await asyncio.to_thread(work.payments.totals)
+            gate = await _gate_check(app)
 
     console.print()
     try:
@@ -239,9 +242,21 @@ async def _run(
             f"payments service {work.payments.url}: {ledger['refunded']} refunds in its "
             f"ledger, {ledger['cancelled']} cancelled"
         )
+    if gate is not None:
+        console.print("\n[bold]The gate[/bold] (`codara gate check triage`):")
+        print_gate_report(gate, console)
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
+        print(json.dumps({**report.as_dict(), "gate": gate.as_dict() if gate else None}, indent=2))
     return 0 if report.failed == 0 and report.unfinished == 0 else 1  # waiting is fine
+
+
+async def _gate_check(app: codara.App) -> MetricReport | None:
+    """The gate's verdict for the demo's triage version, from its metric in codara.toml."""
+    definition = load_metric(app.settings.section("workflows"), "triage")
+    if definition is None:
+        return None
+    version = app.latest("triage").version
+    return await check(app.store, definition, version=version, actor="demo", now=app.clock())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,7 +91,7 @@ def test_the_worked_case() -> None:
     assert metric.interval.n == pytest.approx(1e6 / 7300)
     assert metric.interval.low == pytest.approx(0.597891, abs=1e-6)
     assert metric.interval.high == pytest.approx(0.752289, abs=1e-6)
-    assert metric.judged == 370
+    assert metric.judged == 70  # the verdicts it needed: the audits, not the takeovers
     wrong, sensitive = report.guardrails
     assert wrong.interval is not None
     assert wrong.interval.point == pytest.approx(2 / 70)  # equal weights: plain 2 of 70
@@ -102,7 +102,7 @@ def test_the_worked_case() -> None:
 
 
 def test_a_bound_short_of_the_target_is_not_a_pass() -> None:
-    definition = load_metric(table(target=0.6), "triage")
+    definition = load_metric(table(target=0.6, min_cases=60), "triage")
     assert definition is not None
     report = evaluate(definition, worked_cases())
     # 68% looks well above 60%, but the lower bound is 59.79%: not settled
@@ -116,7 +116,7 @@ def test_too_few_judged_cases_give_no_verdict() -> None:
     assert definition is not None
     report = evaluate(definition, worked_cases())
     assert report.metric.verdict.outcome == "not enough evidence"
-    assert "370 judged case(s), 500 needed" in report.metric.verdict.reason
+    assert "70 judged case(s), 500 needed" in report.metric.verdict.reason
 
 
 def test_pass_and_fail() -> None:
@@ -125,7 +125,7 @@ def test_pass_and_fail() -> None:
     report = evaluate(passing, worked_cases())
     assert report.metric.verdict.outcome == "pass"
     assert report.outcome == "pass"
-    failing = load_metric(table(target=0.9), "triage")
+    failing = load_metric(table(target=0.9, min_cases=60), "triage")
     assert failing is not None
     assert evaluate(failing, worked_cases()).outcome == "fail"  # upper bound 75.2% < 90%
 

@@ -15,6 +15,8 @@ from ._loader import open_app, options
 from ._output import err_console, fmt_time, guard, out_console, print_json
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from codara.engine import App
     from codara.metrics import MetricDefinition, MetricReport
 
@@ -104,12 +106,14 @@ def _pct_or(value: float | None, kind: str) -> str:
     return f"{value:.4g}"
 
 
-def print_report(report: MetricReport) -> None:
+def print_report(report: MetricReport, console: Console | None = None) -> None:
+    """The check as a manager reads it: the verdict, the stage, the metric's definition,
+    the evidence, each figure with its interval, and why."""
     from rich.table import Table
     from rich.text import Text
 
     data = report.as_dict()
-    console = out_console()
+    console = console or out_console()
     style = {"pass": "green", "fail": "red"}.get(report.outcome, "yellow")
     console.print(Text(f"{data['workflow']} version {data['workflow_version']}: ", style="bold")
                   + Text(report.outcome.upper(), style=f"bold {style}"))  # fmt: skip

@@ -42,7 +42,8 @@ class Figure:
     cases: int
     """Cases the figure could be computed on."""
     judged: int
-    """Of those, cases a person or a dataset judged."""
+    """Of those, the cases whose verdict (a person's, or a dataset's label) the figure
+    needed and had: the evidence ``min_cases`` asks for."""
     verdict: Verdict
     count: int | None = None
     """For a count guardrail: the judged cases where it held."""
@@ -101,11 +102,12 @@ def _decide(expression: Expression, case: Mapping[str, Any]) -> tuple[bool, floa
     """(holds, probability, judged) of a case for a share, or None when it cannot say.
 
     What holds without the verdict (``automated && correct`` of an answer a person took
-    over is false whatever the label) weighs 1: it is known for every case. Only what needs
-    the verdict takes the case's chance of having been judged."""
+    over is false whatever the label) weighs 1: it is known for every case, and it is no
+    evidence of the verdicts the figure is about (``judged`` is False). Only what needs the
+    verdict takes the case's chance of having been judged, and counts as judged."""
     blind = expression.value(case, blind=True)
     if blind is not None:
-        return bool(blind), 1.0, bool(case.get("judged"))
+        return bool(blind), 1.0, False
     if not case.get("judged"):
         return None  # e.g. an automatic answer nobody audited: it stands for nothing
     holds = expression.value(case)
