@@ -9,6 +9,7 @@ import asyncio
 from typing import Literal
 
 from codara.errors import SchemaOutOfDateError
+from codara.store import _decisions as decisions
 from codara.store import _reviews as reviews
 from codara.store import _workflows as registry
 from codara.store._base import FencedError, Params, Store, Tx, own_sql
@@ -34,6 +35,7 @@ __all__ = [
     "UserRecord",
     "WorkflowRecord",
     "check_schema",
+    "decisions",
     "head_revision",
     "open_store",
     "own_sql",
