@@ -236,6 +236,9 @@ async def simulate(
             rows = await repo.decision_rows(tx, ids, step)
             reviews = await repo.decided_reviews(tx, ids)
         if not runs:
+            if step is not None and sim.nothing_to_simulate and sim.runs:
+                async with store.tx() as tx:
+                    sim.other_steps = await repo.gate_steps(tx, workflow, since, until)
             return sim
         after = runs[-1]
         sim.runs += len(runs)

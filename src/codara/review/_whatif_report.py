@@ -146,6 +146,8 @@ class Simulation:
     runs: int = 0
     steps: Counter[str] = field(default_factory=Counter)
     """Journaled decisions read, by gate step."""
+    other_steps: list[str] = field(default_factory=list)
+    """When ``step`` has no decision in the window: the gate steps that do."""
     old: Tally = field(default_factory=Tally)
     new: Tally = field(default_factory=Tally)
     transitions: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -210,6 +212,7 @@ class Simulation:
             "nothing_to_simulate": self.nothing_to_simulate,
             "runs": self.runs,
             "decisions": dict(sorted(self.steps.items())),
+            "other_steps": list(self.other_steps),
             "compared": self.compared,
             "old": self.old.as_dict(),
             "new": self.new.as_dict(),

@@ -19,6 +19,7 @@ __all__ = [
     "RunKey",
     "decided_reviews",
     "decision_rows",
+    "gate_steps",
     "known_workflows",
     "run_page",
     "workflow_known",
@@ -116,6 +117,20 @@ async def decision_rows(
         DecisionRow(str(r[0]), int(r[1]), str(r[2]).removeprefix(POLICY_PREFIX), str(r[3]), r[4])
         for r in rows
     ]
+
+
+async def gate_steps(
+    tx: Tx, workflow: str, since: float, until: float, limit: int = 30
+) -> list[str]:
+    """The gate steps that journaled decisions in the window (to name them when a step
+    asked for has none: this reads every such run's journal, so only then)."""
+    rows = await tx.fetchall(
+        "SELECT DISTINCT j.name FROM codara_journal j JOIN codara_runs r ON r.id = j.run_id "
+        "WHERE r.workflow = ? AND r.created_at >= ? AND r.created_at <= ? AND j.kind = 'step' "
+        "AND j.name LIKE ? ORDER BY j.name LIMIT ?",
+        (workflow, since, until, POLICY_PREFIX + "%", limit),
+    )
+    return [str(r[0]).removeprefix(POLICY_PREFIX) for r in rows]
 
 
 async def decided_reviews(tx: Tx, run_ids: Sequence[str]) -> list[DecidedReview]:
