@@ -240,6 +240,10 @@ async def test_audit_samples_label_the_old_automatic_answers_deadlines_do_not(
     new = sim.new_precision
     assert (new.automatic, new.labelled, new.correct) == (4, 3, 2)
     assert (new.from_review, new.from_audit) == (1, 2)
+    audit = new.audit_interval()  # a and b alone: 1 of 2, the random sample kept apart
+    assert audit is not None
+    assert audit.point == 0.5
+    assert (old.correct_audit, new.correct_audit) == (1, 1)
     interval = new.interval()  # Wilson 2/3 at 95%: 20.77% to 93.85%, worked by hand
     assert interval is not None
     assert interval.low == pytest.approx(0.2077, abs=1e-4)

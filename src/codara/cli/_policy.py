@@ -181,11 +181,18 @@ def _precision(name: str, p: Precision) -> str:
     if iv is None:
         return f"  {name}: {p.automatic} automatic answer(s), none labelled"
     sources = f"{p.from_review} from reviews, {p.from_audit} from audits"
-    return (
+    line = (
         f"  {name}: {p.correct}/{p.labelled} labelled automatic answers correct, "
         f"{iv.point:.1%} (95% Wilson {iv.low:.1%} to {iv.high:.1%}); {p.labelled} of "
         f"{p.automatic} automatic answers labelled ({sources})"
     )
+    audit = p.audit_interval()
+    if audit is not None and p.from_review:  # the random sample alone, when there is a mix
+        line += (
+            f"; audits alone {p.correct_audit}/{p.from_audit}, {audit.point:.1%} "
+            f"({audit.low:.1%} to {audit.high:.1%})"
+        )
+    return line
 
 
 def _print(sim: Simulation) -> None:

@@ -82,6 +82,9 @@ class Precision:
     """Labels from people deciding a review a policy asked for (the old policies' ask)."""
     from_audit: int = 0
     """Labels from people auditing a sampled automatic answer."""
+    correct_audit: int = 0
+    """Of those, correct: a random sample of automatic answers, unlike the reviews a policy
+    asked for (docs/metrics.md keeps the two apart)."""
 
     def add(self, label: bool | None, sampled: bool) -> None:
         self.automatic += 1
@@ -91,14 +94,19 @@ class Precision:
         self.correct += label
         if sampled:
             self.from_audit += 1
+            self.correct_audit += label
         else:
             self.from_review += 1
 
     def interval(self) -> Interval | None:
         return wilson(self.correct, self.labelled) if self.labelled else None
 
+    def audit_interval(self) -> Interval | None:
+        """The same among the audit samples only."""
+        return wilson(self.correct_audit, self.from_audit) if self.from_audit else None
+
     def as_dict(self) -> dict[str, Any]:
-        iv = self.interval()
+        iv, audit = self.interval(), self.audit_interval()
         return {
             "automatic": self.automatic,
             "labelled": self.labelled,
@@ -107,6 +115,8 @@ class Precision:
             "labels_from_audit": self.from_audit,
             "precision": None if iv is None else iv.point,
             "wilson_95": None if iv is None else [iv.low, iv.high],
+            "audit_precision": None if audit is None else audit.point,
+            "audit_wilson_95": None if audit is None else [audit.low, audit.high],
         }
 
 
