@@ -311,6 +311,21 @@ async def test_decisions_that_cannot_be_taken_again_say_why_without_values(env: 
     assert "jane" not in str(sim.as_dict())
 
 
+async def test_a_gate_that_failed_in_the_run_has_no_decision_to_take_again(env: Env) -> None:
+    """Text given for the double ``confidence``: the gate's step failed (journaled as an
+    error, the run failed), so there is no decision to compare; it is counted with why."""
+    run_id = await env.app.start_run(
+        "triage", {"intent": "greeting", "confidence": "high", "customer": "C-1"}
+    )
+    await env.app.work(until_idle=True)
+    assert (await env.app.get_run(run_id)).status == "failed"
+    await env.start("greeting", 0.95)
+    sim = await env.simulate()
+    assert sim.compared == 1
+    reason = "the gate's own evaluation failed in the run: no decision was made"
+    assert sim.skipped_keys == [(f"{run_id}:reply", reason)]
+
+
 async def test_show_inputs_gives_the_masked_values_as_journaled(env: Env) -> None:
     """The changed decision's inputs only when asked, and then masked: the email the run's
     input carried is a token in the journal, and that is what is shown."""

@@ -123,7 +123,7 @@ def _nothing(sim: Simulation) -> str:
         return f"nothing to simulate: no run of {sim.workflow!r} was created {window}"
     what = f"step {sim.step!r}" if sim.step else "any gate step"
     seen = ", ".join(sorted(sim.steps) or sim.other_steps) or "none"
-    out = f"nothing to simulate: {sim.runs} run(s) {window}, none journaled a decision of {what}"
+    out = f"nothing to simulate: {sim.runs} run(s) {window}, no decision of {what} to re-evaluate"
     out += f" (gate steps seen: {seen})"
     for reason, n in sim.left_out.items():
         out += f"; {n} left out: {reason}"
