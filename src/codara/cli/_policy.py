@@ -145,8 +145,8 @@ def _counts(sim: Simulation) -> Table:
     row("allowed", sim.old.allowed, sim.new.allowed)
     for role in sorted(set(sim.old.asked) | set(sim.new.asked)):
         row(f"asked: {role}", sim.old.asked[role], sim.new.asked[role])
-    row("  of which audit samples", sim.old.sampled, sim.new.sampled)
     row("denied", sim.old.denied, sim.new.denied)
+    row("sampled for audit", sim.old.sampled, sim.new.sampled)
     return table
 
 

@@ -274,8 +274,10 @@ def _take_again(
     if not isinstance(old, dict) or old.get("outcome") not in ("allow", "ask", "deny"):
         sim.skip(key, "the journaled decision is not a decision record")
         return
-    # The i-th ask of a step created its i-th review: pair them before anything is skipped.
-    label = pairing.next(row.run_id, row.step) if old["outcome"] == "ask" else None
+    # The i-th review (or audit) of a step came from its i-th ask or sampled decision: pair
+    # them before anything is skipped.
+    reviewed = old["outcome"] == "ask" or bool(old.get("sampled"))
+    label = pairing.next(row.run_id, row.step) if reviewed else None
     seen = old.get("inputs_seen")
     inputs: dict[str, Any] = seen if isinstance(seen, dict) else {}
     missing = [p for p in target.paths_read if not _recorded(inputs, p)]

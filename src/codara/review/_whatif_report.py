@@ -42,7 +42,8 @@ class Tally:
     """By role."""
     denied: int = 0
     sampled: int = 0
-    """Of the asked: allowed, then picked by sampling for audit."""
+    """Allowed by the policies, then picked by sampling for an audit (counted among the asked
+    where the audit holds the answer, among the allowed where it comes after the fact)."""
     by_policy: Counter[str] = field(default_factory=Counter)
     failed_safe: int = 0
     """Decided by a policy whose condition could not be evaluated (fail-safe ask or deny)."""
@@ -55,7 +56,8 @@ class Tally:
             self.denied += 1
         else:
             self.asked[str(decision.get("role"))] += 1
-            self.sampled += bool(decision.get("sampled"))
+        # Sampled for audit: an ask held for it, or (audits after the fact) an allow beside it.
+        self.sampled += bool(decision.get("sampled"))
         self.by_policy[str(decision.get("policy") or NO_POLICY)] += 1
         self.failed_safe += decision.get("error") is not None
 
