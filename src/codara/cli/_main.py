@@ -37,6 +37,7 @@ from ._output import (
     print_codara_error,
     print_unexpected,
 )
+from ._policy import policy_app
 from ._review import review_app
 from ._runs import EXIT_NOT_FINISHED, run_command, runs_app, signal_command
 from ._serve import serve_command, tokens_app, users_app
@@ -144,6 +145,7 @@ app.command("serve")(serve_command)
 app.add_typer(users_app, name="users")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(review_app, name="review")
+app.add_typer(policy_app, name="policy")
 app.add_typer(sources_app, name="sources")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(privacy_app, name="privacy")

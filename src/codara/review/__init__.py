@@ -17,6 +17,8 @@ from codara.review._service import ForbiddenError, Reviews, reveal_rules, review
 
 if TYPE_CHECKING:
     from codara.review._gate import GateResult, ReviewGate, install_reviews
+    from codara.review._whatif import PolicySet, load_policy_file, parse_since, simulate
+    from codara.review._whatif_report import Simulation
     from codara.review.policy import (
         Decision,
         PolicyError,
@@ -37,6 +39,7 @@ __all__ = [
     "PolicyInputError",
     "PolicyProblem",
     "PolicyRule",
+    "PolicySet",
     "Principal",
     "RevealRules",
     "Revealed",
@@ -45,17 +48,25 @@ __all__ = [
     "ReviewResult",
     "Reviews",
     "SamplingRule",
+    "Simulation",
     "WorkflowPolicies",
     "diff",
     "install_reviews",
     "load_policies",
+    "load_policy_file",
+    "parse_since",
     "reveal_rules",
     "review_signal",
+    "simulate",
     "validate_edit",
 ]
 
 _LAZY = {
     **dict.fromkeys(("GateResult", "ReviewGate", "install_reviews"), "codara.review._gate"),
+    **dict.fromkeys(
+        ("PolicySet", "load_policy_file", "parse_since", "simulate"), "codara.review._whatif"
+    ),
+    "Simulation": "codara.review._whatif_report",
     **dict.fromkeys(
         (
             "Decision",

@@ -9,6 +9,7 @@ import asyncio
 from typing import Literal
 
 from codara.errors import SchemaOutOfDateError
+from codara.store import _decisions as decisions
 from codara.store import _gate as gate
 from codara.store import _reviews as reviews
 from codara.store import _workflows as registry
@@ -35,6 +36,7 @@ __all__ = [
     "UserRecord",
     "WorkflowRecord",
     "check_schema",
+    "decisions",
     "gate",
     "head_revision",
     "open_store",

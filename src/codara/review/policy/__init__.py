@@ -158,6 +158,14 @@ class WorkflowPolicies(BaseModel):
         """sha256 (hex) over every rule's version, sampling, reject reasons and input shape."""
         return self._version
 
+    @property
+    def paths_read(self) -> tuple[str, ...]:
+        """The dotted input paths the conditions read (``data.stale``), each once, in
+        policy order: what a decision needs recorded to be taken again (``policy simulate``)."""
+        private = cast(dict[str, Any], self.__pydantic_private__)
+        engine: Engine = private["_engine"]
+        return tuple(dict.fromkeys(path for rule in engine.rules for path in rule.paths))
+
     def evaluate(self, values: Mapping[str, Any], *, decision_key: str) -> Decision:
         """Decide for ``values`` (of the declared shape); see the module docs for semantics.
 
