@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, Field
 
@@ -64,12 +65,13 @@ def split(
     examples: Iterable[Example],
     *,
     inbox_size: int,
-    fit_per_intent: int,
+    fit_per_intent: int | Literal["all"],
     tune_per_intent: int,
     seed: int = 77,
 ) -> Split:
     """Deterministic split. The inbox is a random sample of the whole set; fit and tune come
-    only from what is left, at most ``fit_per_intent`` and ``tune_per_intent`` per intent."""
+    only from what is left: ``tune_per_intent`` per intent to tune, then at most
+    ``fit_per_intent`` per intent (``"all"``: all the rest) to fit."""
     rows = list(dict.fromkeys(examples))  # exact duplicates would leak across parts
     rng = random.Random(seed)  # noqa: S311 - a reproducible split
     rng.shuffle(rows)
@@ -86,7 +88,8 @@ def split(
     for label in sorted(by_label):
         items = by_label[label]
         tune.extend(items[:tune_per_intent])
-        fit.extend(items[tune_per_intent : tune_per_intent + fit_per_intent])
+        end = None if fit_per_intent == "all" else tune_per_intent + fit_per_intent
+        fit.extend(items[tune_per_intent:end])
     return Split(fit=fit, tune=tune, inbox=inbox)
 
 

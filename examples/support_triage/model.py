@@ -1,5 +1,6 @@
 """The triage model: the built-in offline classifier (all-MiniLM-L6-v2 int8 embeddings and a
-logistic regression), with a confidence threshold set on held-out tuning examples."""
+logistic regression), with a confidence threshold set on held-out tuning examples, and for
+every ticket the probability that it is about a sensitive intent."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import asyncio
 import threading
 from collections.abc import Callable
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel
 
 from codara.config import EmbeddingSettings
+from codara.errors import ConfigError
 from codara.models import Embedder, EmbeddingClassifier, Prediction, TextBatcher, pick_threshold
 
 from .data import Split, load_examples, split
@@ -19,10 +23,28 @@ from .settings import TriageSettings
 class Intent(BaseModel):
     label: str
     confidence: float
+    sensitive_mass: float
+    """The summed probability of the sensitive intents (``[triage] sensitive_intents``): how
+    likely the ticket is to be about one of them, whatever its top intent."""
     model: str
     threshold: float
     """The auto-answer threshold the model had: journaled with the intent, so a replay on a
     worker that has not prepared the model decides with the same value."""
+
+    def policy_inputs(self, sensitive: frozenset[str]) -> dict[str, object]:
+        """What the triage's review policies see of this intent ([workflows.triage]
+        policy_input; Codara adds ``data``)."""
+        return {
+            "intent": self.label,
+            "confidence": self.confidence,
+            "threshold": self.threshold,
+            "sensitive": self.label in sensitive,
+            "sensitive_mass": self.sensitive_mass,
+        }
+
+
+Scored = tuple[Prediction, float]
+"""A ticket's prediction and its sensitive mass."""
 
 
 class TriageModel:
@@ -37,7 +59,8 @@ class TriageModel:
         self._embedder: Embedder | None = None
         self._classifier: EmbeddingClassifier | None = None
         self._threshold: float | None = None
-        self._batcher: TextBatcher[Prediction] | None = None
+        self._sensitive: frozenset[str] = frozenset(settings.sensitive_intents)
+        self._batcher: TextBatcher[Scored] | None = None
         self._preparing: asyncio.Future[tuple[None, None]] | None = None
 
     @property
@@ -49,15 +72,21 @@ class TriageModel:
         return self._embedder
 
     @property
-    def batcher(self) -> TextBatcher[Prediction]:
+    def batcher(self) -> TextBatcher[Scored]:
         """Batches concurrent runs' tickets into model calls ([embedding] batch_*)."""
         if self._batcher is None:
             if self._classifier is None:
                 raise RuntimeError("the model is not prepared yet")
-            self._batcher = TextBatcher(
-                self.embedder, self._classifier.predict_embeddings, self.embedding
-            )
+            self._batcher = TextBatcher(self.embedder, self.score_embeddings, self.embedding)
         return self._batcher
+
+    def score_embeddings(self, embeddings: npt.NDArray[np.float32]) -> list[Scored]:
+        """Each embedding's prediction and sensitive mass."""
+        if self._classifier is None:
+            raise RuntimeError("the model is not prepared yet")
+        predictions = self._classifier.predict_embeddings(embeddings)
+        mass = self._classifier.label_mass(embeddings, self._sensitive)
+        return [(p, float(m)) for p, m in zip(predictions, mass, strict=True)]
 
     @property
     def threshold(self) -> float:
@@ -86,11 +115,25 @@ class TriageModel:
             clf = EmbeddingClassifier(self.embedder).fit_cached(
                 texts, labels, cfg.cache_dir, on_progress=on_progress
             )
+            unknown = sorted(self._sensitive - set(clf.labels))
+            if unknown:
+                raise ConfigError(
+                    f"[triage] sensitive_intents names {unknown}, which the classifier does "
+                    "not know",
+                    hint="name intents as the training data spells them (its category column)",
+                )
             tune_vectors = clf.embedder.embed_cached([e.text for e in parts.tune], cfg.cache_dir)
-            tune = clf.predict_embeddings(tune_vectors)
-            correct = [p.label == e.label for p, e in zip(tune, parts.tune, strict=True)]
+            # A sensitive top intent never goes out by itself: the threshold is for the rest.
+            tune = [
+                (p, e)
+                for p, e in zip(clf.predict_embeddings(tune_vectors), parts.tune, strict=True)
+                if p.label not in self._sensitive
+            ]
             self._threshold = pick_threshold(
-                [p.confidence for p in tune], correct, cfg.target_precision
+                [p.confidence for p, _ in tune],
+                [p.label == e.label for p, e in tune],
+                cfg.target_precision,
+                confidence=cfg.threshold_confidence,
             )
             self._classifier = clf
 
@@ -99,10 +142,15 @@ class TriageModel:
         token length (see ``TextBatcher``)."""
         if self._classifier is None:
             await asyncio.shield(self._prepare_once())
-        prediction = await self.batcher(text)
+        prediction, mass = await self.batcher(text)
+        return self.intent(prediction, mass)
+
+    def intent(self, prediction: Prediction, sensitive_mass: float) -> Intent:
+        """The intent ``classify`` journals for a prediction and its sensitive mass."""
         return Intent(
             label=prediction.label,
             confidence=round(prediction.confidence, 6),
+            sensitive_mass=round(sensitive_mass, 6),
             model=self.name,
             threshold=self.threshold,
         )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from codara.config import Settings
 from codara.errors import ConfigError
@@ -24,9 +25,14 @@ class TriageSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     inbox_size: int = Field(default=2000, ge=1, le=9000)
-    fit_per_intent: int = Field(default=60, ge=5, le=200)
+    fit_per_intent: int | Literal["all"] = "all"
+    """Labelled examples per intent the classifier learns from: "all" is every one that is
+    neither in the inbox nor in the tuning part."""
     tune_per_intent: int = Field(default=20, ge=5, le=100)
-    target_precision: float = Field(default=0.98, gt=0.5, le=1.0)
+    target_precision: float = Field(default=0.985, gt=0.5, le=1.0)
+    """What the auto-answer threshold must show on the tuning part: the lower end of the
+    Wilson interval (at ``threshold_confidence``) of the automatic answers' precision."""
+    threshold_confidence: float = Field(default=0.95, ge=0.5, lt=1.0)
     sensitive_intents: tuple[str, ...] = DEFAULT_SENSITIVE
     cache_dir: Path = Path(".cache/codara")
     seed: int = 77
@@ -35,6 +41,13 @@ class TriageSettings(BaseModel):
     (``codara worker`` processes need it set)."""
     payments_ledger: Path = Path("demo-out/payments.db")
     """The ledger of the payments service the demo starts (recreated on each demo)."""
+
+    @field_validator("fit_per_intent", mode="before")
+    @classmethod
+    def _all_or_a_count(cls, value: Any) -> Any:
+        if value == "all" or (type(value) is int and value >= 5):
+            return value
+        raise ValueError(f'must be "all" or a whole number of at least 5, not {value!r}')
 
 
 def triage_settings(settings: Settings) -> TriageSettings:

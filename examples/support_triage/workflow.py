@@ -292,7 +292,7 @@ def register(
         )
         return RefundOutcome(status=status, **{k: done[k] for k in _REFUND_FIELDS})
 
-    @app.workflow(name="triage", version="6")
+    @app.workflow(name="triage", version="7")
     async def triage(ctx: codara.Context, ticket: Ticket) -> Outcome:
         # classify first: the runs that start together reach the model together, batched
         intent: Intent = await ctx.step("classify", model.classify, ticket.text)
@@ -319,12 +319,7 @@ def register(
             ctx,
             "reply",
             proposal,
-            inputs={
-                "intent": intent.label,
-                "confidence": intent.confidence,
-                "threshold": intent.threshold,
-                "sensitive": is_sensitive,
-            },
+            inputs=intent.policy_inputs(sensitive),
             context={
                 "message": ticket.text,
                 "ticket_id": ticket.id,

@@ -12,12 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from codara.errors import ConfigError, InputError
 from codara.models import Embedder, EmbeddingClassifier, Prediction, pick_threshold
-from codara.models._classifier import NEVER
 
 _VENDORED = Path(__file__).parents[2] / "examples/support_triage/data/banking77_train.csv"
 BANKING77 = Path(os.environ.get("CODARA_BANKING77_CSV", _VENDORED))
@@ -206,56 +203,6 @@ def test_bad_training_data_and_unfitted_use(embedder: Embedder, split: Split) ->
         clf.fit_embeddings(np.zeros((2, 3)), ["a", "b"])
     with pytest.raises(ValueError, match="l2"):
         EmbeddingClassifier(embedder, l2=0.0)
-
-
-def test_pick_threshold_examples() -> None:
-    conf = [0.99, 0.95, 0.9, 0.8, 0.6, 0.5]
-    assert pick_threshold(conf, [True] * 6, 0.98) == 0.5  # all correct: automate all
-    assert pick_threshold(conf, [False] * 6, 0.5) == NEVER
-    assert NEVER > 1.0
-    assert pick_threshold([], [], 0.9) == NEVER
-    # 3/3 correct down to 0.9, then 3/4, 4/5, 4/6.
-    correct = [True, True, True, False, True, False]
-    assert pick_threshold(conf, correct, 1.0) == 0.9
-    assert pick_threshold(conf, correct, 0.8) == 0.6
-    assert pick_threshold(conf, correct, 0.75) == 0.6
-    assert pick_threshold(conf, correct, 0.6) == 0.5
-    # Ties are decided together: 0.9 covers both items at 0.9, one of them wrong.
-    assert pick_threshold([0.99, 0.9, 0.9], [True, True, False], 0.9) == 0.99
-    with pytest.raises(ValueError, match="3 confidences but 2"):
-        pick_threshold([0.1, 0.2, 0.3], [True, False], 0.9)
-    with pytest.raises(ValueError, match="target_precision"):
-        pick_threshold([0.5], [True], 0.0)
-    with pytest.raises(ValueError, match="probabilities"):
-        pick_threshold([1.5], [True], 0.9)
-
-
-def _precision_at(conf: np.ndarray, ok: np.ndarray, threshold: float) -> float:
-    chosen = conf >= threshold
-    return float(ok[chosen].sum() / chosen.sum())
-
-
-@given(
-    st.lists(
-        st.tuples(st.sampled_from([i / 20 for i in range(21)]), st.booleans()),
-        max_size=60,
-    ),
-    st.sampled_from([0.5, 0.8, 0.9, 0.95, 0.98, 1.0]),
-)
-def test_pick_threshold_is_the_lowest_that_reaches_the_target(
-    items: list[tuple[float, bool]], target: float
-) -> None:
-    conf = np.array([c for c, _ in items], dtype=np.float64)
-    ok = np.array([k for _, k in items], dtype=bool)
-    threshold = pick_threshold(conf, ok, target)
-    candidates = sorted(set(conf.tolist()))
-    reaching = [c for c in candidates if _precision_at(conf, ok, c) >= target]
-    if threshold == NEVER:
-        assert reaching == []
-    else:
-        assert threshold in candidates
-        assert _precision_at(conf, ok, threshold) >= target
-        assert threshold == min(reaching)
 
 
 def test_threshold_on_real_predictions_meets_its_target(

@@ -64,3 +64,17 @@ async def test_a_failed_preparation_is_tried_again(tmp_path: Path) -> None:
     model._embedder = Embedder(threads=1)  # the file is back
     intent = await model.classify(TEXTS[0])
     assert intent.model == model.name
+
+
+def test_bad_fit_per_intent_and_unknown_sensitive_intents_are_refused(tmp_path: Path) -> None:
+    settings = load_settings(CONFIG)
+    for bad in (3, "some", 2.5):
+        with pytest.raises(ValueError, match='must be "all" or a whole number of at least 5'):
+            triage_settings(settings).model_validate({"fit_per_intent": bad})
+    model = _model(tmp_path)
+    model = TriageModel(
+        model.settings.model_copy(update={"sensitive_intents": ("compromised_crad",)}),
+        model.embedding,
+    )
+    with pytest.raises(ConfigError, match=r"\['compromised_crad'\], which the classifier"):
+        model.prepare()

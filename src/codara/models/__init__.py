@@ -9,12 +9,14 @@ Anthropic, any OpenAI-compatible server) switch on through :class:`LLMSettings`;
 """
 
 from codara.models._batching import BatchStats, TextBatcher, TokenBatcher
-from codara.models._classifier import EmbeddingClassifier, Prediction, pick_threshold
+from codara.models._classifier import EmbeddingClassifier, Prediction
 from codara.models._embedding import Embedder
 from codara.models._journaled import llm_step
 from codara.models._llm import LLMCall, LLMCallError, LLMSettings, build_model, call_llm
+from codara.models._threshold import NEVER, pick_threshold
 
 __all__ = [
+    "NEVER",
     "BatchStats",
     "Embedder",
     "EmbeddingClassifier",

@@ -1,8 +1,9 @@
 """A text classifier: sentence embeddings plus multinomial logistic regression, in numpy.
 
-Training is full-batch L-BFGS on the L2-regularised cross-entropy, started from zero, so the
-same data always gives the same weights. Saved models are an ``.npz`` of weights and a JSON
-file of metadata (no pickle); the JSON carries the weights' sha256 and the embedding model id.
+Training (``_training``) is full-batch L-BFGS on the L2-regularised cross-entropy, started
+from zero, so the same data always gives the same weights. Saved models are an ``.npz`` of
+weights and a JSON file of metadata (no pickle); the JSON carries the weights' sha256 and
+the embedding model id.
 """
 
 from __future__ import annotations
@@ -11,12 +12,10 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import time
 import zipfile
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -33,16 +32,13 @@ from codara.models._embedding import (
     check_texts,
     hash_strings,
 )
+from codara.models._training import F64, softmax, train
 
 logger = logging.getLogger(__name__)
 
 _FORMAT = "codara.embedding-classifier/1"
 _WEIGHTS_FILE = "weights.npz"
 _META_FILE = "classifier.json"
-#: What :func:`pick_threshold` returns when no threshold reaches the target: automate nothing.
-NEVER = math.nextafter(1.0, 2.0)
-
-F64 = npt.NDArray[np.float64]
 
 
 class Prediction(BaseModel):
@@ -73,6 +69,8 @@ class EmbeddingClassifier:
         self._labels: tuple[str, ...] = ()
         self._weights: F64 = np.zeros((EMBEDDING_DIM, 0))
         self._bias: F64 = np.zeros(0)
+        self.converged: bool | None = None
+        """Whether the last :meth:`fit_embeddings` converged (None: loaded, or not fitted)."""
 
     @property
     def embedder(self) -> Embedder:
@@ -109,15 +107,25 @@ class EmbeddingClassifier:
         index = {name: i for i, name in enumerate(names)}
         y = np.fromiter((index[label] for label in labels), dtype=np.int64, count=len(labels))
         started = time.perf_counter()
-        self._weights, self._bias, iterations = _train(x, y, len(names), self._l2, self._max_iter)
+        fitted = train(x, y, len(names), self._l2, self._max_iter)
+        self._weights, self._bias = fitted.weights, fitted.bias
         self._labels = tuple(names)
+        self.converged = fitted.converged
         logger.info(
-            "fitted %d labels on %d examples in %.2f s (%d iterations)",
+            "fitted %d labels on %d examples in %.2f s (%d iterations, gradient %.1e of its start)",
             len(names),
             len(x),
             time.perf_counter() - started,
-            iterations,
+            fitted.iterations,
+            fitted.gradient_ratio,
         )
+        if not fitted.converged:
+            logger.warning(
+                "the classifier did not converge in %d iterations (gradient %.1e of its "
+                "start): raise max_iter",
+                fitted.iterations,
+                fitted.gradient_ratio,
+            )
         return self
 
     def fit_cached(
@@ -182,7 +190,21 @@ class EmbeddingClassifier:
     def predict_proba_embeddings(self, embeddings: npt.ArrayLike) -> F64:
         """Softmax probabilities, one row per embedding, one column per label in ``labels``."""
         self._require_fitted()
-        return _softmax(self._check_matrix(embeddings) @ self._weights + self._bias)
+        return softmax(self._check_matrix(embeddings) @ self._weights + self._bias)
+
+    def label_mass(self, embeddings: npt.ArrayLike, labels: Collection[str]) -> F64:
+        """Per embedding, the summed probability of ``labels`` (all of them labels of this
+        classifier): how likely the text is to be any of them, whatever its top label."""
+        self._require_fitted()
+        unknown = sorted(set(labels) - set(self._labels))
+        if unknown:
+            raise InputError(
+                f"{unknown} are not labels of this classifier",
+                hint="name labels as they are spelled in the training data",
+            )
+        columns = [i for i, label in enumerate(self._labels) if label in set(labels)]
+        mass: F64 = self.predict_proba_embeddings(embeddings)[:, columns].sum(axis=1)
+        return mass
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the classifier into directory ``path``: weights.npz and classifier.json."""
@@ -251,143 +273,9 @@ class EmbeddingClassifier:
         return x
 
 
-def pick_threshold(
-    confidences: Sequence[float] | npt.ArrayLike,
-    correct: Sequence[bool] | npt.ArrayLike,
-    target_precision: float,
-) -> float:
-    """The lowest confidence threshold whose automatic decisions reach ``target_precision``.
-
-    A prediction is decided automatically when its confidence is ``>= threshold``; among
-    those, the fraction that is ``correct`` must be at least ``target_precision`` on this
-    tuning data. The lowest such threshold automates the most. When none reaches the target
-    (or there is no data) it returns :data:`NEVER`, a value above 1.0 that automates nothing.
-    """
-    conf = np.asarray(confidences, dtype=np.float64).reshape(-1)
-    ok = np.asarray(correct, dtype=bool).reshape(-1)
-    if conf.shape != ok.shape:
-        raise ValueError(f"{conf.size} confidences but {ok.size} correctness flags")
-    if not 0.0 < target_precision <= 1.0:
-        raise ValueError(f"target_precision must be in (0, 1], got {target_precision}")
-    if conf.size and not (np.isfinite(conf).all() and conf.min() >= 0.0 and conf.max() <= 1.0):
-        raise ValueError("confidences must be probabilities in [0, 1]")
-    order = np.argsort(-conf, kind="stable")
-    conf, ok = conf[order], ok[order]
-    hits = np.cumsum(ok)
-    # Every item tied at a confidence is decided together: look only at the last of each tie.
-    last_of_tie = np.append(conf[1:] != conf[:-1], True) if conf.size else np.zeros(0, bool)
-    counts = np.arange(1, conf.size + 1)
-    meets = last_of_tie & (hits / counts >= target_precision)
-    if not meets.any():
-        return NEVER
-    return float(conf[np.flatnonzero(meets)[-1]])
-
-
 def _check_pairs(texts: Sequence[str], labels: Sequence[str]) -> None:
     check_texts(texts)
     if len(texts) != len(labels):
         raise InputError(f"{len(texts)} texts but {len(labels)} labels")
     if any(not isinstance(label, str) for label in labels):
         raise InputError("labels must be strings")
-
-
-def _softmax(logits: F64) -> F64:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    probs: F64 = exp / exp.sum(axis=1, keepdims=True)
-    return probs
-
-
-def _train(
-    x: F64, y: npt.NDArray[np.int64], k: int, l2: float, max_iter: int
-) -> tuple[F64, F64, int]:
-    """Minimise mean cross-entropy + l2/2 |W|^2 on standardised features.
-
-    Returns the weights and bias folded back onto raw embeddings, and the iterations used.
-    """
-    n, d = x.shape
-    mean, scale = x.mean(axis=0), x.std(axis=0)
-    scale[scale < 1e-12] = 1.0
-    z = (x - mean) / scale
-    rows = np.arange(n)
-
-    def objective(theta: F64) -> tuple[float, F64]:
-        w, b = theta[: d * k].reshape(d, k), theta[d * k :]
-        logits = z @ w + b
-        logits -= logits.max(axis=1, keepdims=True)
-        log_norm = np.log(np.exp(logits).sum(axis=1))
-        loss = float((log_norm - logits[rows, y]).mean() + 0.5 * l2 * _dot(w, w))
-        delta = np.exp(logits - log_norm[:, None])
-        delta[rows, y] -= 1.0
-        delta /= n
-        grad = np.concatenate([(z.T @ delta + l2 * w).ravel(), delta.sum(axis=0)])
-        return loss, grad
-
-    theta, iterations = _lbfgs(objective, np.zeros(d * k + k), max_iter)
-    w, b = theta[: d * k].reshape(d, k), theta[d * k :]
-    weights = w / scale[:, None]
-    return weights, b - mean @ weights, iterations
-
-
-def _dot(a: F64, b: F64) -> float:
-    # Not BLAS: on a busy machine a threaded ddot waits far longer than this loop takes.
-    return float(np.multiply(a, b).sum())
-
-
-def _lbfgs(
-    fun: Callable[[F64], tuple[float, F64]],
-    theta: F64,
-    max_iter: int,
-    *,
-    memory: int = 10,
-    grad_rtol: float = 1e-3,
-    ftol: float = 1e-9,
-) -> tuple[F64, int]:
-    """Limited-memory BFGS with a backtracking (Armijo) line search; deterministic.
-
-    Stops when the gradient norm has fallen by ``grad_rtol`` (held-out accuracy stops moving
-    well before that on BANKING77), when the loss stops falling, or after ``max_iter`` steps.
-    """
-    f, g = fun(theta)
-    g_stop = grad_rtol * math.sqrt(_dot(g, g))
-    history: deque[tuple[F64, F64, float]] = deque(maxlen=memory)
-    for iteration in range(1, max_iter + 1):
-        g_norm = math.sqrt(_dot(g, g))
-        if g_norm <= g_stop:
-            return theta, iteration - 1
-        q = g.copy()
-        alphas = []
-        for s, yv, rho in reversed(history):
-            alpha = rho * _dot(s, q)
-            q -= alpha * yv
-            alphas.append(alpha)
-        if history:
-            s, yv, _ = history[-1]
-            q *= _dot(s, yv) / _dot(yv, yv)
-        else:
-            q /= max(1.0, g_norm)
-        for (s, yv, rho), alpha in zip(history, reversed(alphas), strict=True):
-            q += s * (alpha - rho * _dot(yv, q))
-        direction = -q
-        slope = _dot(g, direction)
-        if slope >= 0.0:  # not a descent direction: restart from steepest descent
-            history.clear()
-            direction, slope = -g / max(1.0, g_norm), -g_norm * g_norm / max(1.0, g_norm)
-        step = 1.0
-        while True:
-            candidate = theta + step * direction
-            f_new, g_new = fun(candidate)
-            if f_new <= f + 1e-4 * step * slope:
-                break
-            step *= 0.5
-            if step < 1e-12:
-                return theta, iteration
-        s_new, y_new = candidate - theta, g_new - g
-        sy = _dot(s_new, y_new)
-        if sy > 1e-12:
-            history.append((s_new, y_new, 1.0 / sy))
-        converged = f - f_new <= ftol * max(abs(f), abs(f_new), 1.0)
-        theta, f, g = candidate, f_new, g_new
-        if converged:
-            return theta, iteration
-    return theta, max_iter
