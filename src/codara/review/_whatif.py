@@ -29,6 +29,7 @@ from typing import Any
 
 from codara.config import load_settings
 from codara.errors import ConfigError, InputError, UnknownWorkflowError
+from codara.metrics import label_of
 from codara.review._whatif_report import Change, Simulation, kind_of
 from codara.review.policy import PolicyInputError, WorkflowPolicies, load_policies
 from codara.store import Store
@@ -128,20 +129,18 @@ def review_label(review: repo.DecidedReview, label_field: str) -> bool | None:
     if not isinstance(result, dict) or result.get("by_deadline"):
         return None
     outcome = result.get("outcome", review.outcome)
-    if outcome == "approved":
-        return True
-    if outcome == "rejected":
-        return False
-    if outcome != "edited":
-        return None
-    try:
-        before = json.loads(review.proposal)
-    except json.JSONDecodeError:
-        return None
-    after = result.get("proposal")
-    if not isinstance(before, dict) or label_field not in before or not isinstance(after, dict):
-        return None
-    return bool(before[label_field] == after.get(label_field))
+    proposal = None
+    if outcome == "edited":  # judged by the label field: it must be there on both sides
+        try:
+            proposal = json.loads(review.proposal)
+        except json.JSONDecodeError:
+            return None
+        after = result.get("proposal")
+        if not isinstance(proposal, dict) or label_field not in proposal:
+            return None
+        if not isinstance(after, dict):
+            return None
+    return label_of(outcome, proposal, result, label_field)[1]
 
 
 def _recorded(inputs: Mapping[str, Any], path: str) -> bool:
