@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from codara.errors import ConfigError, UserError
+from codara.errors import ConfigError
 
 from ._loader import open_app, options
 from ._output import err_console, fmt_time, guard, out_console, print_json
+from ._review import USER_ENV, acting_user
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 
 __all__ = ["EXIT_GATE_FAIL", "EXIT_GATE_NOT_ENOUGH", "gate_app", "metric_app"]
 
-USER_ENV = "CODARA_USER"
 EXIT_GATE_FAIL = 30
 """`gate check` failed, or `gate promote` was refused on a failed check (codara.metrics)."""
 EXIT_GATE_NOT_ENOUGH = 31
@@ -212,7 +212,7 @@ def promote_command(
 
     async def body() -> dict[str, Any]:
         async with open_app(opts, workflows=True) as app:
-            who = await _principal(app, user)
+            who = await acting_user(app, user, doing="a promotion records who made it")
             definition = _definition(app, workflow)
             v = _version(app, workflow, version)
             return await promote(
@@ -245,7 +245,7 @@ def rollback_command(
 
     async def body() -> dict[str, Any]:
         async with open_app(opts, workflows=True) as app:
-            who = await _principal(app, user)
+            who = await acting_user(app, user, doing="a promotion records who made it")
             definition = _definition(app, workflow)
             v = _version(app, workflow, version)
             return await rollback(app.store, workflow, version=v, actor=who.username,
@@ -319,21 +319,3 @@ def metric_show_command(
         was = f" (replacing {r['previous'][:12]})" if r["previous"] else ""
         console.print(f"recorded {fmt_time(r['recorded_at'])} by {r['recorded_by']}: "
                       f"{r['version'][:12]}{was}")  # fmt: skip
-
-
-async def _principal(app: App, user: str | None) -> Any:
-    from codara.auth import AuthError, Users
-
-    name = (user or "").strip()
-    if not name:
-        raise UserError(
-            "no user to act as: a promotion records who made it",
-            hint=f"pass --user NAME or set {USER_ENV}=NAME (a user of `codara users`)",
-        )
-    try:
-        return await Users(app.store, app.clock).principal(name)
-    except AuthError:
-        raise AuthError(
-            f"no active user {name!r} in {app.store.url_redacted}",
-            hint="have an admin add the user with its roles (`codara users add`)",
-        ) from None

@@ -35,9 +35,10 @@ from ._output import (
 if TYPE_CHECKING:  # the review layer (and its CEL policies) loads when a command runs
     from rich.table import Table
 
+    from codara.engine import App
     from codara.review import Principal, Revealed, ReviewItem, Reviews
 
-__all__ = ["review_app"]
+__all__ = ["USER_ENV", "acting_user", "review_app"]
 
 T = TypeVar("T")
 USER_ENV = "CODARA_USER"
@@ -76,32 +77,41 @@ VersionOpt = Annotated[
 
 
 # -- acting as a user --------------------------------------------------------------------------
-def _username(user: str | None) -> str:
+def _username(user: str | None, doing: str) -> str:
     name = (user or "").strip()
     if not name:
         raise UserError(
-            "no user to act as: review commands act as a user of this Codara",
+            f"no user to act as: {doing}",
             hint=f"pass --user NAME or set {USER_ENV}=NAME",
         )
     return name
 
 
+async def acting_user(
+    app: App, user: str | None, *, doing: str = "review commands act as a user of this Codara"
+) -> Principal:
+    """The principal ``user`` (--user / CODARA_USER) stands for, with its roles; ``doing``
+    says why a user is needed when none is given."""
+    from codara.auth import AuthError, Users
+
+    name = _username(user, doing)
+    try:
+        return await Users(app.store, app.clock).principal(name)
+    except AuthError:
+        raise AuthError(
+            f"no active user {name!r} in {app.store.url_redacted}",
+            hint=f"check --user / {USER_ENV}, or have an admin add the user with its roles "
+            "(`codara users add`)",
+        ) from None
+
+
 @asynccontextmanager
 async def _session(opts: Options, user: str | None) -> AsyncIterator[tuple[Reviews, Principal]]:
     """The review service on the CLI's store, and the principal ``user`` stands for."""
-    from codara.auth import AuthError, Users
     from codara.review import Reviews
 
-    name = _username(user)
     async with open_app(opts, workflows=False) as app:
-        try:
-            who = await Users(app.store, app.clock).principal(name)
-        except AuthError:
-            raise AuthError(
-                f"no active user {name!r} in {app.store.url_redacted}",
-                hint=f"check --user / {USER_ENV}, or have an admin add the user with its roles "
-                "(`codara users add`)",
-            ) from None
+        who = await acting_user(app, user)
         yield Reviews.of(app), who
 
 
